@@ -1,0 +1,481 @@
+//! runc-like operations on containers: create, start, run, state, kill,
+//! delete. `create` forks a monitor process that clones the init, waits
+//! for it and records its exit; `run` does the same in the calling process.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::{kill, SigHandler, Signal};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::cgroup::Cgroup;
+use crate::error::{Result, ShimError, SysContext};
+use crate::plan::{build_plan, load_spec, Plan};
+use crate::process::{spawn, InitHandle};
+use crate::state::{
+    now_rfc3339, process_alive, process_start_time, ExitInfo, Report, Saved, StateDir, Status,
+};
+
+/// Options shared by all commands.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// State directory (`--root`).
+    pub root: PathBuf,
+    /// cgroup v2 directory under which `linux.cgroupsPath` is created;
+    /// `None` leaves processes in the shim's cgroup.
+    pub cgroup_root: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            root: PathBuf::from("/run/skiff/shim"),
+            cgroup_root: None,
+        }
+    }
+}
+
+fn prepare(opts: &Options, id: &str, bundle: &Path) -> Result<(StateDir, Plan)> {
+    let sd = StateDir::new(&opts.root, id)?;
+    if sd.dir.exists() {
+        return Err(ShimError::container(id, "already exists"));
+    }
+    let bundle = std::fs::canonicalize(bundle).map_err(|e| ShimError::Bundle {
+        path: bundle.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let spec = load_spec(&bundle)?;
+    let plan = build_plan(&bundle, &spec)?;
+    if plan.cgroups_path.is_some() {
+        if let Some(root) = &opts.cgroup_root {
+            // Validate now, before anything is created.
+            crate::cgroup::cgroup_dir(root, plan.cgroups_path.as_deref().unwrap_or(Path::new("")))?;
+        }
+    }
+    std::fs::create_dir_all(&opts.root).map_err(|e| ShimError::io("mkdir", &opts.root, e))?;
+    std::fs::create_dir(&sd.dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            ShimError::container(id, "already exists")
+        } else {
+            ShimError::io("mkdir", &sd.dir, e)
+        }
+    })?;
+    Ok((sd, plan))
+}
+
+/// Everything that exists once the init is set up.
+struct Created {
+    init: InitHandle,
+    cgroup: Option<Cgroup>,
+}
+
+fn spawn_container(opts: &Options, sd: &StateDir, plan: &Plan, monitor: Pid) -> Result<Created> {
+    let mut cgroup = None;
+    let res = (|| {
+        if let (Some(root), Some(cp)) = (&opts.cgroup_root, &plan.cgroups_path) {
+            cgroup = Some(Cgroup::create(root, cp)?);
+        }
+        let cg = cgroup.clone();
+        let init = spawn(plan, &mut |pid| match &cg {
+            Some(c) => c.add(pid),
+            None => Ok(()),
+        })?;
+        let saved = Saved {
+            oci_version: "1.0.2".to_string(),
+            id: sd.id.clone(),
+            pid: init.pid.as_raw(),
+            pid_start_time: process_start_time(init.pid.as_raw()).unwrap_or(0),
+            monitor_pid: monitor.as_raw(),
+            monitor_start_time: process_start_time(monitor.as_raw()).unwrap_or(0),
+            bundle: plan.bundle.clone(),
+            rootfs: plan.rootfs.clone(),
+            created: now_rfc3339(),
+            cgroup_path: cgroup.as_ref().map(|c| c.path.clone()),
+        };
+        sd.save(&saved)?;
+        Ok(init)
+    })();
+    match res {
+        Ok(init) => Ok(Created { init, cgroup }),
+        Err(e) => {
+            if let Some(c) = &cgroup {
+                let _ = c.remove();
+            }
+            let _ = sd.remove();
+            Err(e)
+        }
+    }
+}
+
+/// Wait for `pid`, reaping any other child on the way (the shim is a
+/// subreaper). Returns the exit record.
+fn wait_for_init(pid: Pid) -> ExitInfo {
+    loop {
+        match waitpid(None::<Pid>, None) {
+            Ok(WaitStatus::Exited(p, code)) if p == pid => {
+                return ExitInfo {
+                    exit_code: code,
+                    signal: None,
+                    finished: now_rfc3339(),
+                }
+            }
+            Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => {
+                return ExitInfo {
+                    exit_code: 128 + sig as i32,
+                    signal: Some(sig as i32),
+                    finished: now_rfc3339(),
+                }
+            }
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(_) => {
+                return ExitInfo {
+                    exit_code: 255,
+                    signal: None,
+                    finished: now_rfc3339(),
+                }
+            }
+        }
+    }
+}
+
+/// Reap whatever other children are already gone.
+fn reap_leftovers() {
+    while let Ok(s) = waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+        if s == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+fn set_subreaper() -> Result<()> {
+    // SAFETY: prctl with integer arguments.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
+    Errno::result(r).map(|_| ()).ctx("prctl", "PR_SET_CHILD_SUBREAPER")
+}
+
+static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let pid = FORWARD_TO.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+fn forward_signals_to(pid: Pid) {
+    FORWARD_TO.store(pid.as_raw(), Ordering::Relaxed);
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        // SAFETY: the handler only calls kill(2).
+        let _ = unsafe { nix::sys::signal::signal(s, SigHandler::Handler(forward_signal)) };
+    }
+}
+
+/// `run`: create, start, wait, delete. Returns the container's exit code
+/// (128 + signal when it was killed).
+pub fn run(opts: &Options, id: &str, bundle: &Path) -> Result<i32> {
+    let (sd, plan) = prepare(opts, id, bundle)?;
+    if let Err(e) = set_subreaper() {
+        let _ = sd.remove();
+        return Err(e);
+    }
+    let c = spawn_container(opts, &sd, &plan, nix::unistd::getpid())?;
+    let pid = c.init.pid;
+    forward_signals_to(pid);
+    let started = c.init.start();
+    let exit = wait_for_init(pid);
+    reap_leftovers();
+    if let Some(cg) = &c.cgroup {
+        let _ = cg.kill_all(Signal::SIGKILL);
+        let _ = cg.remove();
+    }
+    sd.remove()?;
+    started?;
+    Ok(exit.exit_code)
+}
+
+/// Open the exec fifo for the monitor: non-blocking read end.
+fn make_fifo(sd: &StateDir) -> Result<OwnedFd> {
+    let p = sd.fifo();
+    nix::unistd::mkfifo(&p, Mode::from_bits_truncate(0o600)).ctx("mkfifo", p.display())?;
+    let fd = nix::fcntl::open(
+        &p,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx("open", p.display())?;
+    // SAFETY: fd was just returned by open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let fd = Errno::result(r).ctx("pidfd_open", pid)?;
+    // SAFETY: a new fd owned by us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The monitor's life after create: wait for `start` (a byte on the exec
+/// fifo) or for the init to die, then wait for the init and record it.
+fn monitor(sd: &StateDir, c: Created, fifo: OwnedFd) -> ! {
+    let pid = c.init.pid;
+    let pidfd = pidfd_open(pid).ok();
+    let mut init = Some(c.init);
+    let mut fifo = Some(fifo);
+    while let Some(f) = &fifo {
+        let mut fds = vec![nix::poll::PollFd::new(f.as_fd(), nix::poll::PollFlags::POLLIN)];
+        if let Some(p) = &pidfd {
+            fds.push(nix::poll::PollFd::new(p.as_fd(), nix::poll::PollFlags::POLLIN));
+        }
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16)) {
+            Err(Errno::EINTR) | Ok(0) => {
+                if pidfd.is_none() && !process_alive(pid.as_raw(), process_start_time(pid.as_raw()).unwrap_or(0)) {
+                    break;
+                }
+                continue;
+            }
+            Err(_) => break,
+            Ok(_) => {}
+        }
+        let dead = fds
+            .get(1)
+            .and_then(|p| p.revents())
+            .map(|r| !r.is_empty())
+            .unwrap_or(false);
+        if dead {
+            break;
+        }
+        let mut b = [0u8; 1];
+        match nix::unistd::read(f.as_raw_fd(), &mut b) {
+            Ok(1) => {
+                let r = init.take().expect("started once").start();
+                match r {
+                    Ok(()) => {
+                        let _ = sd.mark_started();
+                    }
+                    Err(e) => {
+                        let _ = std::fs::write(sd.dir.join("start-error"), e.to_string());
+                    }
+                }
+                let _ = std::fs::remove_file(sd.fifo());
+                fifo = None;
+            }
+            // A writer came and went without a byte: reopen to clear the hangup.
+            Ok(_) => {
+                fifo = None;
+                if let Ok(f) = nix::fcntl::open(
+                    &sd.fifo(),
+                    OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                ) {
+                    // SAFETY: fresh fd.
+                    fifo = Some(unsafe { OwnedFd::from_raw_fd(f) });
+                }
+            }
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
+            Err(_) => fifo = None,
+        }
+    }
+    drop(init);
+    let exit = wait_for_init(pid);
+    reap_leftovers();
+    let _ = sd.save_exit(&exit);
+    // SAFETY: end the monitor without unwinding into the caller's code.
+    unsafe { libc::_exit(0) }
+}
+
+fn redirect_stdio_to_null() {
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), fd);
+            }
+        }
+    }
+}
+
+/// `create`: set the container up and leave it waiting for `start`. A
+/// monitor process stays behind as the init's parent.
+pub fn create(opts: &Options, id: &str, bundle: &Path, pid_file: Option<&Path>) -> Result<()> {
+    let (sd, plan) = prepare(opts, id, bundle)?;
+    let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ctx("pipe2", "create status")?;
+    // SAFETY: the shim is single-threaded.
+    match unsafe { nix::unistd::fork() }.ctx("fork", "monitor")? {
+        nix::unistd::ForkResult::Child => {
+            drop(rd);
+            let mut wr = File::from(wr);
+            let _ = nix::unistd::setsid();
+            let res = set_subreaper()
+                .and_then(|_| make_fifo(&sd))
+                .and_then(|fifo| {
+                    spawn_container(opts, &sd, &plan, nix::unistd::getpid()).map(|c| (c, fifo))
+                });
+            match res {
+                Ok((c, fifo)) => {
+                    let _ = wr.write_all(format!("O{}", c.init.pid).as_bytes());
+                    drop(wr);
+                    redirect_stdio_to_null();
+                    monitor(&sd, c, fifo)
+                }
+                Err(e) => {
+                    let _ = sd.remove();
+                    let _ = wr.write_all(format!("E{e}").as_bytes());
+                    // SAFETY: leave the forked monitor.
+                    unsafe { libc::_exit(1) }
+                }
+            }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = File::from(rd).read_to_string(&mut msg);
+            if let Some(pid) = msg.strip_prefix('O') {
+                if let Some(pf) = pid_file {
+                    std::fs::write(pf, pid).map_err(|e| ShimError::io("write", pf, e))?;
+                }
+                Ok(())
+            } else {
+                let _ = waitpid(child, None);
+                let _ = sd.remove();
+                match msg.strip_prefix('E') {
+                    Some(m) => Err(ShimError::container(id, format!("create failed: {m}"))),
+                    None => Err(ShimError::container(id, "create failed: monitor died")),
+                }
+            }
+        }
+    }
+}
+
+fn monitor_alive(s: &Saved) -> bool {
+    process_alive(s.monitor_pid, s.monitor_start_time)
+}
+
+/// `start`: release a created container.
+pub fn start(opts: &Options, id: &str) -> Result<()> {
+    let sd = StateDir::new(&opts.root, id)?;
+    let s = sd.load()?;
+    let st = sd.status(&s);
+    if st != Status::Created {
+        return Err(ShimError::container(id, format!("cannot start a container that is {st}")));
+    }
+    let fifo = sd.fifo();
+    let fd = nix::fcntl::open(&fifo, OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| {
+            if e == Errno::ENXIO {
+                ShimError::container(id, "its monitor is gone")
+            } else {
+                ShimError::sys("open", fifo.display(), e)
+            }
+        })?;
+    // SAFETY: fresh fd.
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    f.write_all(b"1").map_err(|e| ShimError::io("write", &fifo, e))?;
+    drop(f);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(e) = std::fs::read_to_string(sd.dir.join("start-error")) {
+            return Err(ShimError::container(id, format!("start failed: {e}")));
+        }
+        if !fifo.exists() {
+            return Ok(());
+        }
+        if !monitor_alive(&s) {
+            return Err(ShimError::container(id, "its monitor died during start"));
+        }
+        if Instant::now() > deadline {
+            return Err(ShimError::container(id, "start timed out"));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+pub fn state(opts: &Options, id: &str) -> Result<Report> {
+    StateDir::new(&opts.root, id)?.report()
+}
+
+/// Parse "KILL", "SIGKILL" or "9".
+pub fn parse_signal(s: &str) -> Result<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| ShimError::spec("signal", format!("unknown signal {s}")));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    name.parse::<Signal>()
+        .map_err(|_| ShimError::spec("signal", format!("unknown signal {s}")))
+}
+
+/// `kill`: signal the init (or, with `all`, every process of the container).
+pub fn kill_container(opts: &Options, id: &str, sig: Signal, all: bool) -> Result<()> {
+    let sd = StateDir::new(&opts.root, id)?;
+    let s = sd.load()?;
+    let st = sd.status(&s);
+    if st == Status::Stopped {
+        return Err(ShimError::container(id, "container is not running"));
+    }
+    if all {
+        if let Some(p) = &s.cgroup_path {
+            return Cgroup { path: p.clone() }.kill_all(sig);
+        }
+    }
+    kill(Pid::from_raw(s.pid), sig).ctx("kill", s.pid)
+}
+
+/// `delete`: remove a stopped container (a created one is killed first, as
+/// runc does; a running one only with `force`).
+pub fn delete(opts: &Options, id: &str, force: bool) -> Result<()> {
+    let sd = StateDir::new(&opts.root, id)?;
+    let s = match sd.load() {
+        Ok(s) => s,
+        Err(e) => {
+            // A half-created directory without state: remove it when forced.
+            if force && sd.dir.exists() {
+                return sd.remove();
+            }
+            return Err(e);
+        }
+    };
+    let st = sd.status(&s);
+    if st == Status::Running && !force {
+        return Err(ShimError::container(
+            id,
+            "cannot delete a running container (stop it first or use --force)",
+        ));
+    }
+    if st != Status::Stopped {
+        if let Some(p) = &s.cgroup_path {
+            let _ = Cgroup { path: p.clone() }.kill_all(Signal::SIGKILL);
+        }
+        let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
+    }
+    // Let the monitor record the exit and go.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while monitor_alive(&s) && s.monitor_pid != nix::unistd::getpid().as_raw() {
+        if Instant::now() > deadline {
+            return Err(ShimError::container(id, "monitor did not exit after SIGKILL"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if let Some(p) = &s.cgroup_path {
+        Cgroup { path: p.clone() }.remove()?;
+    }
+    sd.remove()
+}

@@ -1,0 +1,166 @@
+//! `skiff-shim`: runc's command line over the skiff-shim library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use skiff_shim::container;
+use skiff_shim::Options;
+
+const USAGE: &str = "usage: skiff-shim [--root DIR] [--cgroup-root DIR] COMMAND
+commands:
+  run    [--bundle|-b DIR] ID        create, start, wait, delete; exits with the container's code
+  create [--bundle|-b DIR] [--pid-file FILE] ID
+  start  ID
+  state  ID
+  kill   [--all|-a] ID [SIGNAL]     (default SIGTERM)
+  delete [--force|-f] ID";
+
+struct Args {
+    opts: Options,
+    cmd: String,
+    rest: Vec<String>,
+}
+
+fn parse_global(argv: Vec<String>) -> anyhow::Result<Args> {
+    let mut opts = Options::default();
+    let mut it = argv.into_iter().skip(1).peekable();
+    while let Some(a) = it.next() {
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (a.clone(), None),
+        };
+        let mut value = |n: &str| -> anyhow::Result<String> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => it.next().with_context(|| format!("{n} needs a value")),
+            }
+        };
+        match name.as_str() {
+            "--root" => opts.root = PathBuf::from(value("--root")?),
+            "--cgroup-root" => opts.cgroup_root = Some(PathBuf::from(value("--cgroup-root")?)),
+            // Accepted for runc compatibility, without effect.
+            "--log" | "--log-format" => {
+                value(&name)?;
+            }
+            "--debug" | "--systemd-cgroup" => {}
+            "-h" | "--help" | "help" => bail!("{USAGE}"),
+            _ if a.starts_with('-') => bail!("unknown option {a}\n{USAGE}"),
+            _ => {
+                return Ok(Args {
+                    opts,
+                    cmd: a,
+                    rest: it.collect(),
+                })
+            }
+        }
+    }
+    bail!("missing command\n{USAGE}")
+}
+
+/// Command options: returns (flags with values, bare flags, positionals).
+fn parse_cmd(
+    rest: Vec<String>,
+    with_value: &[&str],
+    bare: &[&str],
+) -> anyhow::Result<(Vec<(String, String)>, Vec<String>, Vec<String>)> {
+    let mut vals = Vec::new();
+    let mut flags = Vec::new();
+    let mut pos = Vec::new();
+    let mut it = rest.into_iter();
+    while let Some(a) = it.next() {
+        if a.starts_with('-') && a.len() > 1 && pos.is_empty() {
+            let (n, inline) = match a.split_once('=') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (a.clone(), None),
+            };
+            if with_value.contains(&n.as_str()) {
+                let v = match inline {
+                    Some(v) => v,
+                    None => it.next().with_context(|| format!("{n} needs a value"))?,
+                };
+                vals.push((n, v));
+            } else if bare.contains(&n.as_str()) {
+                flags.push(n);
+            } else {
+                bail!("unknown option {a}\n{USAGE}");
+            }
+        } else {
+            pos.push(a);
+        }
+    }
+    Ok((vals, flags, pos))
+}
+
+fn one_id(pos: &[String]) -> anyhow::Result<&str> {
+    match pos {
+        [id] => Ok(id),
+        _ => bail!("expected exactly one container id\n{USAGE}"),
+    }
+}
+
+fn bundle_of(vals: &[(String, String)]) -> PathBuf {
+    vals.iter()
+        .rev()
+        .find(|(n, _)| n == "--bundle" || n == "-b")
+        .map(|(_, v)| PathBuf::from(v))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn real_main() -> anyhow::Result<i32> {
+    let a = parse_global(std::env::args().collect())?;
+    let o = &a.opts;
+    match a.cmd.as_str() {
+        "run" => {
+            let (v, _, p) = parse_cmd(a.rest, &["--bundle", "-b"], &[])?;
+            Ok(container::run(o, one_id(&p)?, &bundle_of(&v))?)
+        }
+        "create" => {
+            let (v, _, p) = parse_cmd(a.rest, &["--bundle", "-b", "--pid-file"], &[])?;
+            let pid_file = v
+                .iter()
+                .find(|(n, _)| n == "--pid-file")
+                .map(|(_, f)| PathBuf::from(f));
+            container::create(o, one_id(&p)?, &bundle_of(&v), pid_file.as_deref())?;
+            Ok(0)
+        }
+        "start" => {
+            let (_, _, p) = parse_cmd(a.rest, &[], &[])?;
+            container::start(o, one_id(&p)?)?;
+            Ok(0)
+        }
+        "state" => {
+            let (_, _, p) = parse_cmd(a.rest, &[], &[])?;
+            let r = container::state(o, one_id(&p)?)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(0)
+        }
+        "kill" => {
+            let (_, f, p) = parse_cmd(a.rest, &[], &["--all", "-a"])?;
+            let (id, sig) = match p.as_slice() {
+                [id] => (id.as_str(), "SIGTERM"),
+                [id, s] => (id.as_str(), s.as_str()),
+                _ => bail!("usage: kill [--all] ID [SIGNAL]"),
+            };
+            let sig = container::parse_signal(sig)?;
+            container::kill_container(o, id, sig, !f.is_empty())?;
+            Ok(0)
+        }
+        "delete" => {
+            let (_, f, p) = parse_cmd(a.rest, &[], &["--force", "-f"])?;
+            container::delete(o, one_id(&p)?, !f.is_empty())?;
+            Ok(0)
+        }
+        other => bail!("unknown command {other}\n{USAGE}"),
+    }
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("skiff-shim: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! The process chain. The shim clones the container's init directly with
+//! the new namespaces (so that with a new PID namespace the init is PID 1 and
+//! the shim stays its parent), then talks to it over a SEQPACKET socketpair:
+//!
+//! ```text
+//! shim                                   init (child)
+//!  clone(NEW* flags) ───────────────────▶ wait for 'M'
+//!  write uid/gid maps, cgroup placement
+//!  send 'M' ────────────────────────────▶ setns joins, unshare the rest,
+//!                                         rlimits, oom_score_adj, rootfs,
+//!                                         pivot_root, masks, user, caps
+//!  ◀──────────────────────────────────── 'R' ready (or 'E' + error text)
+//!  (created; `start` arrives)
+//!  send 'S' ────────────────────────────▶ execve; the socket is CLOEXEC, so
+//!  EOF = exec done, 'E' = exec failed ◀── the shim sees EOF on success
+//! ```
+//!
+//! The shim is single-threaded, so the child may allocate and use the
+//! standard library between clone and exec.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use nix::sys::wait::waitpid;
+use nix::unistd::{Gid, Pid, Uid};
+
+use crate::error::{Result, ShimError, SysContext};
+use crate::plan::{CapsPlan, Plan};
+use crate::rootfs;
+use crate::syscall::LinuxSyscall;
+
+const MSG_MAPPED: u8 = b'M';
+const MSG_READY: u8 = b'R';
+const MSG_START: u8 = b'S';
+const MSG_ERROR: u8 = b'E';
+
+/// Flags given to clone(2) and flags the child unshares itself.
+pub fn split_namespace_flags(plan: &Plan) -> (CloneFlags, CloneFlags) {
+    let ns = &plan.namespaces;
+    if ns.joins(CloneFlags::CLONE_NEWUSER).is_some() {
+        // New namespaces must be owned by the joined user namespace: create
+        // them after setns, from the child.
+        (
+            ns.new & CloneFlags::CLONE_NEWPID,
+            ns.new - CloneFlags::CLONE_NEWPID,
+        )
+    } else {
+        (ns.new, CloneFlags::empty())
+    }
+}
+
+/// The running (not yet exec'd) init process seen from the shim.
+#[derive(Debug)]
+pub struct InitHandle {
+    pub pid: Pid,
+    sock: OwnedFd,
+}
+
+fn send(fd: BorrowedFd<'_>, msg: &[u8]) -> Result<()> {
+    loop {
+        match nix::unistd::write(fd, msg) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(ShimError::sys("write", "sync socket", e)),
+        }
+    }
+}
+
+/// Receive one message; `None` on EOF.
+fn recv(fd: BorrowedFd<'_>) -> Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(ShimError::sys("read", "sync socket", e)),
+        }
+    }
+}
+
+fn write_id_map(pid: Pid, file: &str, maps: &[crate::plan::IdMap]) -> Result<()> {
+    let text: String = maps
+        .iter()
+        .map(|m| format!("{} {} {}\n", m.container_id, m.host_id, m.size))
+        .collect();
+    let p = PathBuf::from(format!("/proc/{pid}/{file}"));
+    std::fs::write(&p, text).map_err(|e| ShimError::io("write", p, e))
+}
+
+/// Raw clone(2) without a new stack: the child continues on a copy of the
+/// parent's stack, exactly like fork(2), and returns 0.
+fn clone_fork(flags: CloneFlags) -> Result<Option<Pid>> {
+    let f = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: with a NULL stack clone behaves like fork; the process is
+    // single-threaded, so the child may keep running Rust code.
+    let r = unsafe { libc::syscall(libc::SYS_clone, f, 0usize, 0usize, 0usize, 0usize) };
+    let r = Errno::result(r).ctx("clone", format!("{flags:?}"))?;
+    Ok(if r == 0 {
+        None
+    } else {
+        Some(Pid::from_raw(r as i32))
+    })
+}
+
+fn kill_and_reap(pid: Pid) {
+    let _ = kill(pid, Signal::SIGKILL);
+    let _ = waitpid(pid, None);
+}
+
+/// Clone the init process and run it up to the point where it waits for
+/// `start`. `place` runs in the shim after the clone and before the child
+/// sets anything up (cgroup placement).
+pub fn spawn(plan: &Plan, place: &mut dyn FnMut(Pid) -> Result<()>) -> Result<InitHandle> {
+    let (clone_flags, _) = split_namespace_flags(plan);
+    let (parent_sock, child_sock) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .ctx("socketpair", "AF_UNIX SOCK_SEQPACKET")?;
+
+    // Joining a PID namespace only affects children: do it here, around
+    // the clone, and restore afterwards.
+    let mut restore_pid_ns = None;
+    if let Some(p) = plan.namespaces.joins(CloneFlags::CLONE_NEWPID) {
+        let own = File::open("/proc/self/ns/pid").map_err(|e| ShimError::io("open", "/proc/self/ns/pid", e))?;
+        let target = File::open(p).map_err(|e| ShimError::io("open", p, e))?;
+        nix::sched::setns(target.as_fd(), CloneFlags::CLONE_NEWPID).ctx("setns", p.display())?;
+        restore_pid_ns = Some(own);
+    }
+
+    let forked = clone_fork(clone_flags);
+    if let Some(own) = &restore_pid_ns {
+        if !matches!(forked, Ok(None)) {
+            let _ = nix::sched::setns(own.as_fd(), CloneFlags::CLONE_NEWPID);
+        }
+    }
+    let pid = match forked? {
+        None => {
+            drop(parent_sock);
+            child_main(plan, child_sock)
+        }
+        Some(pid) => pid,
+    };
+    drop(child_sock);
+
+    let setup = (|| -> Result<()> {
+        if plan.namespaces.creates(CloneFlags::CLONE_NEWUSER) {
+            write_id_map(pid, "uid_map", &plan.uid_mappings)?;
+            write_id_map(pid, "gid_map", &plan.gid_mappings)?;
+        }
+        place(pid)?;
+        send(parent_sock.as_fd(), &[MSG_MAPPED])
+    })();
+    if let Err(e) = setup {
+        kill_and_reap(pid);
+        return Err(e);
+    }
+    match recv(parent_sock.as_fd()) {
+        Ok(Some(m)) if m.first() == Some(&MSG_READY) => Ok(InitHandle {
+            pid,
+            sock: parent_sock,
+        }),
+        Ok(Some(m)) if m.first() == Some(&MSG_ERROR) => {
+            kill_and_reap(pid);
+            Err(ShimError::Init(String::from_utf8_lossy(&m[1..]).into_owned()))
+        }
+        Ok(_) => {
+            kill_and_reap(pid);
+            Err(ShimError::Init("init exited during setup".into()))
+        }
+        Err(e) => {
+            kill_and_reap(pid);
+            Err(e)
+        }
+    }
+}
+
+impl InitHandle {
+    /// Let the init exec the container process; returns once it has
+    /// exec'd (or with the reason it could not).
+    pub fn start(self) -> Result<()> {
+        send(self.sock.as_fd(), &[MSG_START])?;
+        match recv(self.sock.as_fd())? {
+            None => Ok(()),
+            Some(m) if m.first() == Some(&MSG_ERROR) => {
+                Err(ShimError::Init(String::from_utf8_lossy(&m[1..]).into_owned()))
+            }
+            Some(_) => Err(ShimError::Init("unexpected message from init".into())),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- child side
+
+fn child_main(plan: &Plan, sock: OwnedFd) -> ! {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| init(plan, sock.as_fd())));
+    let msg = match r {
+        Ok(Ok(never)) => match never {},
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "panic in container init".to_string(),
+    };
+    let mut m = vec![MSG_ERROR];
+    m.extend_from_slice(msg.as_bytes());
+    let _ = send(sock.as_fd(), &m);
+    // SAFETY: leaving the child without running the parent's atexit handlers.
+    unsafe { libc::_exit(1) }
+}
+
+fn wait_for(sock: BorrowedFd<'_>, what: u8) -> Result<()> {
+    match recv(sock)? {
+        Some(m) if m.first() == Some(&what) => Ok(()),
+        Some(_) => Err(ShimError::Init("unexpected message from shim".into())),
+        // The shim went away: nothing left to do.
+        None => unsafe { libc::_exit(1) },
+    }
+}
+
+fn become_root() -> Result<()> {
+    nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+        .ctx("setresgid", 0)?;
+    nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+        .ctx("setresuid", 0)
+}
+
+fn prctl(op: libc::c_int, a: libc::c_ulong, what: &str) -> Result<()> {
+    // SAFETY: plain prctl with integer arguments.
+    let r = unsafe { libc::prctl(op, a, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    Errno::result(r).map(|_| ()).ctx("prctl", what)
+}
+
+fn cap_mask(set: &caps::CapsHashSet) -> u64 {
+    set.iter().fold(0u64, |m, c| m | c.bitmask())
+}
+
+/// Effective, permitted and inheritable in one capset(2), so that the
+/// kernel checks them against the sets before the call.
+fn capset(c: &CapsPlan) -> Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let (e, p, i) = (
+        cap_mask(&c.effective),
+        cap_mask(&c.permitted),
+        cap_mask(&c.inheritable),
+    );
+    let mut hdr = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [
+        Data {
+            effective: e as u32,
+            permitted: p as u32,
+            inheritable: i as u32,
+        },
+        Data {
+            effective: (e >> 32) as u32,
+            permitted: (p >> 32) as u32,
+            inheritable: (i >> 32) as u32,
+        },
+    ];
+    // SAFETY: header and two data words laid out as the kernel expects.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut Header, data.as_ptr()) };
+    Errno::result(r)
+        .map(|_| ())
+        .ctx("capset", format!("eff={e:#x} prm={p:#x} inh={i:#x}"))
+}
+
+fn apply_user_and_caps(plan: &Plan) -> Result<()> {
+    let pr = &plan.process;
+    if let Some(c) = &pr.caps {
+        for cap in caps::read(None, caps::CapSet::Bounding)
+            .map_err(|e| ShimError::Init(format!("read bounding set: {e}")))?
+        {
+            if !c.bounding.contains(&cap) {
+                prctl(libc::PR_CAPBSET_DROP, cap.index() as libc::c_ulong, "PR_CAPBSET_DROP")?;
+            }
+        }
+    }
+    prctl(libc::PR_SET_KEEPCAPS, 1, "PR_SET_KEEPCAPS")?;
+    let groups: Vec<Gid> = pr.additional_gids.iter().map(|g| Gid::from_raw(*g)).collect();
+    nix::unistd::setgroups(&groups).ctx("setgroups", format!("{:?}", pr.additional_gids))?;
+    let g = Gid::from_raw(pr.gid);
+    nix::unistd::setresgid(g, g, g).ctx("setresgid", pr.gid)?;
+    let u = Uid::from_raw(pr.uid);
+    nix::unistd::setresuid(u, u, u).ctx("setresuid", pr.uid)?;
+    prctl(libc::PR_SET_KEEPCAPS, 0, "PR_SET_KEEPCAPS")?;
+    if let Some(c) = &pr.caps {
+        capset(c)?;
+        for cap in &c.ambient {
+            // Like runc: a capability that is not both permitted and
+            // inheritable cannot be ambient; that is not an error.
+            let _ = nix::errno::Errno::result(unsafe {
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                    cap.index() as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Resolve the program like execvp would, with PATH from the container's
+/// environment.
+pub fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf> {
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false)
+            && nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
+    };
+    if arg0.contains('/') {
+        let p = PathBuf::from(arg0);
+        if is_exec(&p) {
+            return Ok(p);
+        }
+        return Err(ShimError::Init(format!(
+            "process.args[0] {arg0}: not an executable file in the container"
+        )));
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let p = Path::new(dir).join(arg0);
+        if is_exec(&p) {
+            return Ok(p);
+        }
+    }
+    Err(ShimError::Init(format!(
+        "process.args[0] {arg0}: executable file not found in $PATH ({path})"
+    )))
+}
+
+fn init(plan: &Plan, sock: BorrowedFd<'_>) -> Result<Infallible> {
+    wait_for(sock, MSG_MAPPED)?;
+    let ns = &plan.namespaces;
+    if ns.creates(CloneFlags::CLONE_NEWUSER) {
+        become_root()?;
+    }
+    for (flag, path) in &ns.join {
+        if *flag == CloneFlags::CLONE_NEWPID {
+            continue;
+        }
+        let f = File::open(path).map_err(|e| ShimError::io("open", path, e))?;
+        nix::sched::setns(f.as_fd(), *flag).ctx("setns", path.display())?;
+        if *flag == CloneFlags::CLONE_NEWUSER {
+            become_root()?;
+        }
+    }
+    let (_, unshare) = split_namespace_flags(plan);
+    if !unshare.is_empty() {
+        nix::sched::unshare(unshare).ctx("unshare", format!("{unshare:?}"))?;
+    }
+    let in_userns = ns.creates(CloneFlags::CLONE_NEWUSER) || ns.joins(CloneFlags::CLONE_NEWUSER).is_some();
+
+    let pr = &plan.process;
+    if let Some(adj) = pr.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| ShimError::io("write", "/proc/self/oom_score_adj", e))?;
+    }
+    for r in &pr.rlimits {
+        let lim = libc::rlimit {
+            rlim_cur: r.soft,
+            rlim_max: r.hard,
+        };
+        // SAFETY: valid resource number from the plan and a valid struct.
+        let rc = unsafe { libc::setrlimit(r.resource as libc::__rlimit_resource_t, &lim) };
+        Errno::result(rc).ctx("setrlimit", r.name)?;
+    }
+
+    let sys = LinuxSyscall;
+    if ns.has_mount_ns() {
+        rootfs::prepare_rootfs(&sys, plan, in_userns)?;
+    } else {
+        nix::unistd::chroot(&plan.rootfs).ctx("chroot", plan.rootfs.display())?;
+        nix::unistd::chdir("/").ctx("chdir", "/")?;
+    }
+    rootfs::finish_rootfs(&sys, plan)?;
+    if !pr.cwd.exists() {
+        // Like runc, create a missing working directory (as root, before
+        // the user switch); a read-only rootfs makes this fail later at chdir.
+        let _ = std::fs::create_dir_all(&pr.cwd);
+    }
+
+    apply_user_and_caps(plan)?;
+    let mask = pr.umask.unwrap_or(0o022);
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    nix::unistd::chdir(&pr.cwd).ctx("chdir", format!("process.cwd {}", pr.cwd.display()))?;
+    if pr.no_new_privileges {
+        prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")?;
+    }
+
+    let exe = find_executable(&pr.args[0], &pr.env)?;
+    let cexe = CString::new(exe.as_os_str().as_bytes())
+        .map_err(|_| ShimError::spec("process.args[0]", "contains a NUL byte"))?;
+    let args = to_cstrings("process.args", &pr.args)?;
+    let env = to_cstrings("process.env", &pr.env)?;
+
+    send(sock, &[MSG_READY])?;
+    wait_for(sock, MSG_START)?;
+    let e = nix::unistd::execve(&cexe, &args, &env).unwrap_err();
+    Err(ShimError::sys("execve", exe.display(), e))
+}
+
+fn to_cstrings(field: &str, v: &[String]) -> Result<Vec<CString>> {
+    v.iter()
+        .map(|s| {
+            CString::new(s.as_bytes())
+                .map_err(|_| ShimError::spec(field, format!("{s:?} contains a NUL byte")))
+        })
+        .collect()
+}
