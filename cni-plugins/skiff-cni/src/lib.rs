@@ -1,0 +1,118 @@
+//! Skiff's CNI plugins, in one multi-call binary: `bridge`, `host-local`,
+//! `loopback` (and the names of plugins still to come, which answer with a
+//! CNI error). See README.md.
+
+pub mod cidr;
+pub mod firewall;
+pub mod ipam;
+pub mod netlink;
+pub mod netns;
+pub mod plugins;
+pub mod spec;
+
+use serde_json::Value;
+
+use spec::{code, CniError, Command, Env};
+
+/// Plugin names this binary may be installed under.
+pub const PLUGINS: &[&str] = &["bridge", "host-local", "loopback", "portmap", "skiff-overlay"];
+
+/// Runs one invocation of `plugin` with the given environment and stdin.
+/// Ok(Some) is the JSON to print; errors carry the negotiated cniVersion.
+pub fn dispatch(plugin: &str, env: Result<Env, CniError>, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    let env = env?;
+    if env.command == Command::Version {
+        let requested = serde_json::from_slice::<Value>(stdin)
+            .ok()
+            .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string));
+        return Ok(Some(spec::version_result(requested.as_deref())));
+    }
+    let (conf, version) = spec::negotiate_version(stdin)?;
+    let tag = |mut e: CniError| {
+        e.cni_version = version.clone();
+        e
+    };
+    let min = match env.command {
+        Command::Gc | Command::Status => Some("1.1.0"),
+        Command::Check => Some("0.4.0"),
+        _ => None,
+    };
+    if let Some(min) = min {
+        if !spec::version_at_least(&version, min) {
+            return Err(tag(CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                format!("config version {version} does not allow {}", env.command.as_str()),
+            )));
+        }
+    }
+    let result = match plugin {
+        "bridge" => plugins::bridge::run(&env, &conf, stdin),
+        "host-local" => ipam::host_local::run(&env, &conf),
+        "loopback" => plugins::loopback::run(&env),
+        "portmap" | "skiff-overlay" => Err(CniError::new(
+            code::NOT_IMPLEMENTED,
+            format!("plugin {plugin} is not implemented in skiff-cni yet"),
+        )),
+        other => Err(CniError::new(
+            code::NOT_IMPLEMENTED,
+            format!("unknown plugin {other:?}; this binary answers as {PLUGINS:?}"),
+        )),
+    }
+    .map_err(tag)?;
+    Ok(result.map(|r| r.to_value(&version)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spec::Env;
+
+    fn env(cmd: Command) -> Env {
+        Env {
+            command: cmd,
+            container_id: "c".into(),
+            netns: "/nonexistent/ns".into(),
+            ifname: "eth0".into(),
+            args: vec![],
+            path: vec![],
+        }
+    }
+
+    #[test]
+    fn version_command_answers_without_config() {
+        let v = dispatch("bridge", Ok(env(Command::Version)), b"").unwrap().unwrap();
+        assert_eq!(v["cniVersion"], spec::LATEST_VERSION);
+        let v = dispatch("bridge", Ok(env(Command::Version)), br#"{"cniVersion":"0.4.0"}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(v["cniVersion"], "0.4.0");
+    }
+
+    #[test]
+    fn error_codes_by_input() {
+        let e = dispatch("bridge", Ok(env(Command::Add)), b"{nope").unwrap_err();
+        assert_eq!(e.code, code::DECODE);
+        let e = dispatch("bridge", Ok(env(Command::Add)), br#"{"cniVersion":"7.0.0"}"#).unwrap_err();
+        assert_eq!(e.code, code::INCOMPATIBLE_VERSION);
+        let raw = br#"{"cniVersion":"1.0.0","name":"n","type":"bridge","mtu":"x"}"#;
+        let e = dispatch("bridge", Ok(env(Command::Add)), raw).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert_eq!(e.cni_version, "1.0.0");
+        let raw = br#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#;
+        assert_eq!(dispatch("bridge", Ok(env(Command::Gc)), raw).unwrap_err().code, code::INCOMPATIBLE_VERSION);
+        let raw03 = br#"{"cniVersion":"0.3.1","name":"n","type":"bridge"}"#;
+        assert_eq!(dispatch("bridge", Ok(env(Command::Check)), raw03).unwrap_err().code, code::INCOMPATIBLE_VERSION);
+        let e = dispatch("portmap", Ok(env(Command::Add)), raw).unwrap_err();
+        assert_eq!(e.code, code::NOT_IMPLEMENTED);
+        assert!(e.msg.contains("portmap"));
+        assert_eq!(dispatch("nope", Ok(env(Command::Add)), raw).unwrap_err().code, code::NOT_IMPLEMENTED);
+        let env_err = CniError::new(code::INVALID_ENV, "x");
+        assert_eq!(dispatch("bridge", Err(env_err), raw).unwrap_err().code, code::INVALID_ENV);
+    }
+
+    #[test]
+    fn loopback_del_without_netns_succeeds() {
+        let raw = br#"{"cniVersion":"1.0.0","name":"lo","type":"loopback"}"#;
+        assert_eq!(dispatch("loopback", Ok(env(Command::Del)), raw).unwrap(), None);
+    }
+}

@@ -1,0 +1,4 @@
+//! The plugins this binary answers as, chosen by the name it was run under.
+
+pub mod bridge;
+pub mod loopback;
