@@ -1,0 +1,691 @@
+//! Privileged conformance tests: Skiff's plugins and the reference plugins
+//! from Debian's containernetworking-plugins run with the same configs in
+//! network namespaces these tests create (a "host" namespace holding the
+//! bridge and iptables rules, one namespace per container), and are compared.
+//! Nothing touches the real host's interfaces or iptables. Without root each
+//! test prints "skipped: needs root" and returns.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{json, Value};
+
+const REFERENCE_DIR: &str = "/usr/lib/cni";
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+fn sh(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("exec {cmd}: {e}"))
+}
+
+fn must(cmd: &str, args: &[&str]) -> String {
+    let o = sh(cmd, args);
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A named network namespace, deleted on drop.
+struct Netns {
+    name: String,
+    deleted: bool,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("skiff-test-{tag}-{:08x}", rand::random::<u32>());
+        must("ip", &["netns", "add", &name]);
+        Netns {
+            name,
+            deleted: false,
+        }
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    fn exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+
+    fn delete(&mut self) {
+        if !self.deleted {
+            let _ = sh("ip", &["netns", "del", &self.name]);
+            self.deleted = true;
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+/// Which plugin set runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Impl {
+    Skiff,
+    Reference,
+}
+
+const IMPLS: [Impl; 2] = [Impl::Skiff, Impl::Reference];
+
+/// A directory with the skiff-cni binary installed under each plugin name.
+fn skiff_bin_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("skiff-cni-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["bridge", "host-local", "loopback", "portmap"] {
+        let link = dir.join(name);
+        if !link.exists() {
+            // Concurrent tests may race to create the same link.
+            let _ = std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_skiff-cni"), &link);
+        }
+    }
+    dir
+}
+
+fn bin_dir(i: Impl) -> PathBuf {
+    match i {
+        Impl::Skiff => skiff_bin_dir(),
+        Impl::Reference => {
+            let d = PathBuf::from(REFERENCE_DIR);
+            assert!(
+                d.join("bridge").is_file(),
+                "reference plugins missing in {REFERENCE_DIR}: install Debian's containernetworking-plugins"
+            );
+            d
+        }
+    }
+}
+
+/// One test's world: a host namespace, container namespaces, a data dir.
+struct Lab {
+    imp: Impl,
+    host: Netns,
+    data: tempfile::TempDir,
+    containers: Vec<Netns>,
+}
+
+/// What one plugin call returned.
+#[derive(Debug)]
+struct Reply {
+    ok: bool,
+    json: Value,
+    raw: String,
+}
+
+impl Reply {
+    fn code(&self) -> u64 {
+        assert!(!self.ok, "expected failure, got {}", self.raw);
+        self.json["code"].as_u64().unwrap_or_else(|| panic!("no code in {}", self.raw))
+    }
+}
+
+impl Lab {
+    fn new(imp: Impl) -> Lab {
+        Lab {
+            imp,
+            host: Netns::new("h"),
+            data: tempfile::tempdir().unwrap(),
+            containers: Vec::new(),
+        }
+    }
+
+    fn container(&mut self) -> usize {
+        self.containers.push(Netns::new("c"));
+        self.containers.len() - 1
+    }
+
+    fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// Runs `plugin` inside the host namespace with CNI_* from `env`.
+    fn call(&self, plugin: &str, env: &[(&str, &str)], stdin: &str) -> Reply {
+        let dir = bin_dir(self.imp);
+        let bin = dir.join(plugin);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.host.name])
+            .arg(&bin)
+            .env("CNI_PATH", &dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CNI_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+        let json = if raw.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&raw).unwrap_or_else(|e| {
+                panic!(
+                    "{:?} {plugin} printed non-JSON ({e}): {raw:?} stderr {}",
+                    self.imp,
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+        };
+        Reply {
+            ok: out.status.success(),
+            json,
+            raw,
+        }
+    }
+
+    fn env_for(&self, cmd: &'static str, c: usize, id: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("CNI_COMMAND", cmd.to_string()),
+            ("CNI_CONTAINERID", id.to_string()),
+            ("CNI_NETNS", self.containers[c].path()),
+            ("CNI_IFNAME", "eth0".to_string()),
+        ]
+    }
+
+    fn cni(&self, plugin: &str, cmd: &'static str, c: usize, id: &str, conf: &Value) -> Reply {
+        let env = self.env_for(cmd, c, id);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.call(plugin, &env, &conf.to_string())
+    }
+
+    /// IP address files currently in the host-local store of `network`.
+    fn allocations(&self, network: &str) -> BTreeSet<String> {
+        let dir = self.data_dir().join(network);
+        std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// nat rules in the host namespace that are not the built-in policies.
+    fn nat_rules(&self) -> Vec<String> {
+        let o = self.host.exec(&["iptables-save", "-t", "nat"]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with("-A "))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn host_veths(&self) -> usize {
+        let o = self.host.exec(&["ip", "-o", "link", "show", "type", "veth"]);
+        String::from_utf8_lossy(&o.stdout).lines().count()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.containers {
+            c.delete();
+        }
+        self.host.delete();
+    }
+}
+
+fn bridge_conf(data: &Path, version: &str, subnet: &str) -> Value {
+    json!({
+        "cniVersion": version,
+        "name": "skiffnet",
+        "type": "bridge",
+        "bridge": "skiff0",
+        "isGateway": true,
+        "isDefaultGateway": true,
+        "ipMasq": true,
+        "hairpinMode": true,
+        "mtu": 1400,
+        "dns": {"nameservers": ["10.96.0.10"], "search": ["default.svc.cluster.local"]},
+        "ipam": {
+            "type": "host-local",
+            "dataDir": data,
+            "ranges": [[{"subnet": subnet}]],
+            "routes": [{"dst": "10.96.0.0/12"}]
+        }
+    })
+}
+
+/// Replaces values that differ run to run (MACs, veth names, netns paths).
+fn normalize(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| {
+                    let x = match (k.as_str(), x) {
+                        ("mac", Value::String(_)) => json!("<mac>"),
+                        ("sandbox", Value::String(_)) => json!("<sandbox>"),
+                        ("name", Value::String(s)) if s.starts_with("veth") => json!("<veth>"),
+                        ("routes", Value::Array(a)) => {
+                            let mut a: Vec<Value> = a.iter().map(normalize).collect();
+                            a.sort_by_key(|r| r.to_string());
+                            return (k.clone(), Value::Array(a));
+                        }
+                        _ => normalize(x),
+                    };
+                    (k.clone(), x)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(normalize).collect()),
+        other => other.clone(),
+    }
+}
+
+/// `ip` output from a namespace with volatile parts removed.
+fn net_state(ns: &Netns) -> String {
+    let addrs = ns.exec(&["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+    let routes = ns.exec(&["ip", "-4", "route"]);
+    let a: Vec<String> = String::from_utf8_lossy(&addrs.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().skip(1).take(5).collect::<Vec<_>>().join(" "))
+        .collect();
+    format!("{}\n{}", a.join("\n"), String::from_utf8_lossy(&routes.stdout))
+}
+
+#[test]
+fn add_result_and_state_match_reference() {
+    require_root!();
+    for version in ["1.0.0", "0.4.0", "0.3.1"] {
+        let mut results = Vec::new();
+        for imp in IMPLS {
+            let mut lab = Lab::new(imp);
+            let c = lab.container();
+            let conf = bridge_conf(lab.data_dir(), version, "10.244.1.0/24");
+            let r = lab.cni("bridge", "ADD", c, "ctr-a", &conf);
+            assert!(r.ok, "{imp:?} ADD {version}: {}", r.raw);
+            assert_eq!(r.json["cniVersion"], version);
+            assert_eq!(r.json["interfaces"][2]["sandbox"], lab.containers[c].path());
+            let state = net_state(&lab.containers[c]);
+            let br = lab.host.exec(&["ip", "-4", "-o", "addr", "show", "dev", "skiff0"]);
+            let br: String = String::from_utf8_lossy(&br.stdout)
+                .split_whitespace()
+                .skip(1)
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ");
+            results.push((imp, normalize(&r.json), state, br));
+        }
+        let (_, skiff, skiff_state, skiff_br) = &results[0];
+        let (_, reference, ref_state, ref_br) = &results[1];
+        assert_eq!(skiff, reference, "result JSON differs for cniVersion {version}");
+        assert_eq!(skiff_state, ref_state, "container state differs for {version}");
+        assert_eq!(skiff_br, ref_br, "bridge address differs for {version}");
+        assert!(skiff_state.contains("default via 10.244.1.1"), "{skiff_state}");
+    }
+}
+
+/// How two implementations' answers to a bad input are compared.
+#[derive(Debug)]
+enum Expect {
+    /// Both fail with this spec code.
+    Code(u64),
+    /// Both fail; codes are plugin-specific (reference: 999, Skiff: the given one).
+    PluginSpecific(u64),
+}
+
+#[test]
+fn error_codes_match_reference() {
+    require_root!();
+    type Case = (&'static str, fn(&mut Value, &mut Vec<(&'static str, String)>) -> String, Expect);
+    let cases: Vec<Case> = vec![
+        ("malformed JSON", |_, _| "{\"cniVersion\": \"1.0.0\", bad".to_string(), Expect::Code(6)),
+        ("unknown cniVersion", |c, _| {
+            c["cniVersion"] = json!("9.9.9");
+            c.to_string()
+        }, Expect::Code(1)),
+        ("missing CNI_NETNS", |c, e| {
+            e.retain(|(k, _)| *k != "CNI_NETNS");
+            c.to_string()
+        }, Expect::Code(4)),
+        ("missing CNI_IFNAME", |c, e| {
+            e.retain(|(k, _)| *k != "CNI_IFNAME");
+            c.to_string()
+        }, Expect::Code(4)),
+        ("unknown CNI_COMMAND", |c, e| {
+            e[0].1 = "FROB".to_string();
+            c.to_string()
+        }, Expect::Code(4)),
+        ("mtu of the wrong type", |c, _| {
+            c["mtu"] = json!("big");
+            c.to_string()
+        }, Expect::PluginSpecific(7)),
+        ("rangeStart outside subnet", |c, _| {
+            c["ipam"]["ranges"][0][0]["rangeStart"] = json!("10.9.9.9");
+            c.to_string()
+        }, Expect::PluginSpecific(7)),
+    ];
+    for (name, mutate, expect) in &cases {
+        let mut codes = Vec::new();
+        for imp in IMPLS {
+            let mut lab = Lab::new(imp);
+            let c = lab.container();
+            let mut conf = bridge_conf(lab.data_dir(), "1.0.0", "10.244.2.0/24");
+            let mut env = lab.env_for("ADD", c, "ctr-err");
+            let stdin = mutate(&mut conf, &mut env);
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let r = lab.call("bridge", &env, &stdin);
+            assert!(!r.ok, "{imp:?} {name}: expected failure, got {}", r.raw);
+            assert!(r.json["msg"].is_string(), "{imp:?} {name}: no msg in {}", r.raw);
+            codes.push(r.code());
+            if imp == Impl::Skiff {
+                assert!(lab.allocations("skiffnet").is_empty(), "{name}: allocation leaked");
+                assert_eq!(lab.host_veths(), 0, "{name}: veth leaked");
+            }
+        }
+        match expect {
+            Expect::Code(want) => {
+                assert_eq!(codes, vec![*want, *want], "{name}: codes (skiff, reference)")
+            }
+            Expect::PluginSpecific(ours) => {
+                assert_eq!(codes[0], *ours, "{name}: skiff code");
+                assert!(codes[1] >= 100 || codes[1] == *ours, "{name}: reference code {}", codes[1]);
+            }
+        }
+    }
+}
+
+#[test]
+fn exhausted_range_fails_like_reference_and_leaves_nothing() {
+    require_root!();
+    let mut codes = Vec::new();
+    for imp in IMPLS {
+        let mut lab = Lab::new(imp);
+        // A /30 has .1 (gateway) and .2 only.
+        let conf = bridge_conf(lab.data_dir(), "1.0.0", "10.244.3.0/30");
+        let a = lab.container();
+        assert!(lab.cni("bridge", "ADD", a, "ctr-1", &conf).ok);
+        let b = lab.container();
+        let r = lab.cni("bridge", "ADD", b, "ctr-2", &conf);
+        assert!(!r.ok);
+        assert!(r.json["msg"].as_str().unwrap().contains("no IP addresses available"), "{}", r.raw);
+        codes.push(r.code());
+        if imp == Impl::Skiff {
+            let o = lab.containers[b].exec(&["ip", "link", "show", "eth0"]);
+            assert!(!o.status.success(), "eth0 left behind in the failed container");
+            assert_eq!(lab.host_veths(), 1);
+        }
+    }
+    assert_eq!(codes[0], 101);
+    assert!(codes[1] >= 100, "reference code {}", codes[1]);
+}
+
+#[test]
+fn del_is_idempotent_even_without_netns() {
+    require_root!();
+    for imp in IMPLS {
+        let mut lab = Lab::new(imp);
+        let conf = bridge_conf(lab.data_dir(), "1.0.0", "10.244.4.0/24");
+        let a = lab.container();
+        let b = lab.container();
+        let add_a = lab.cni("bridge", "ADD", a, "ctr-a", &conf);
+        assert!(add_a.ok, "{imp:?}: {}", add_a.raw);
+        assert!(lab.cni("bridge", "ADD", b, "ctr-b", &conf).ok);
+        assert_eq!(lab.allocations("skiffnet").len(), 2);
+        let mut del_conf = conf.clone();
+        del_conf["prevResult"] = add_a.json.clone();
+        for round in 0..2 {
+            let r = lab.cni("bridge", "DEL", a, "ctr-a", &del_conf);
+            assert!(r.ok, "{imp:?} DEL #{round}: {}", r.raw);
+            assert_eq!(r.raw.trim(), "", "DEL prints nothing");
+        }
+        assert_eq!(lab.allocations("skiffnet").len(), 1);
+        // The second container's namespace is gone before its DEL.
+        lab.containers[b].delete();
+        for round in 0..2 {
+            let r = lab.cni("bridge", "DEL", b, "ctr-b", &conf);
+            assert!(r.ok, "{imp:?} DEL without netns #{round}: {}", r.raw);
+        }
+        // And with an empty CNI_NETNS.
+        let r = lab.call(
+            "bridge",
+            &[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "ctr-b"), ("CNI_IFNAME", "eth0")],
+            &conf.to_string(),
+        );
+        assert!(r.ok, "{imp:?} DEL with no CNI_NETNS: {}", r.raw);
+        assert!(lab.allocations("skiffnet").is_empty(), "{imp:?}: addresses left");
+        // The reference finds its masquerade rules through the container's
+        // address, so it leaks them when the namespace is gone and no
+        // prevResult is given; Skiff names them by container ID.
+        if imp == Impl::Skiff {
+            assert!(lab.nat_rules().is_empty(), "nat rules left: {:?}", lab.nat_rules());
+        }
+        // The kernel destroys a deleted namespace's veths asynchronously.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while lab.host_veths() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(lab.host_veths(), 0, "{imp:?}: veths left");
+    }
+}
+
+#[test]
+fn check_detects_removed_address() {
+    require_root!();
+    for imp in IMPLS {
+        let mut lab = Lab::new(imp);
+        let mut conf = bridge_conf(lab.data_dir(), "1.0.0", "10.244.5.0/24");
+        // The reference CHECK cannot verify IPAM routes without a gateway
+        // (it looks for a gateway-less route that ADD installed via the
+        // gateway), so this config has only the default route.
+        conf["ipam"].as_object_mut().unwrap().remove("routes");
+        let c = lab.container();
+        let add = lab.cni("bridge", "ADD", c, "ctr-c", &conf);
+        assert!(add.ok);
+        let mut check = conf.clone();
+        check["prevResult"] = add.json.clone();
+        let r = lab.cni("bridge", "CHECK", c, "ctr-c", &check);
+        assert!(r.ok, "{imp:?} CHECK on a good container: {}", r.raw);
+        let addr = add.json["ips"][0]["address"].as_str().unwrap().to_string();
+        let o = lab.containers[c].exec(&["ip", "addr", "del", &addr, "dev", "eth0"]);
+        assert!(o.status.success());
+        let r = lab.cni("bridge", "CHECK", c, "ctr-c", &check);
+        assert!(!r.ok, "{imp:?}: CHECK missed the removed address");
+        let code = r.code();
+        assert!(code >= 100, "{imp:?} code {code}");
+        if imp == Impl::Skiff {
+            assert_eq!(code, 106);
+            assert!(r.json["msg"].as_str().unwrap().contains(&addr), "{}", r.raw);
+        }
+        // CHECK without prevResult is an error for both.
+        assert!(!lab.cni("bridge", "CHECK", c, "ctr-c", &conf).ok);
+    }
+}
+
+#[test]
+fn gc_removes_stale_allocations_and_rules() {
+    require_root!();
+    // The reference plugins in Debian predate CNI 1.1.0 (no GC): they must
+    // refuse the version, while Skiff implements GC.
+    let refl = Lab::new(Impl::Reference);
+    let conf11 = bridge_conf(refl.data_dir(), "1.1.0", "10.244.6.0/24");
+    let r = refl.call(
+        "bridge",
+        &[("CNI_COMMAND", "GC")],
+        &conf11.to_string(),
+    );
+    assert!(!r.ok, "reference accepted GC: {}", r.raw);
+    drop(refl);
+
+    let mut lab = Lab::new(Impl::Skiff);
+    let mut conf = bridge_conf(lab.data_dir(), "1.1.0", "10.244.6.0/24");
+    for id in ["keep", "stale-1", "stale-2"] {
+        let c = lab.container();
+        let r = lab.cni("bridge", "ADD", c, id, &conf);
+        assert!(r.ok, "{}", r.raw);
+    }
+    assert_eq!(lab.allocations("skiffnet").len(), 3);
+    assert_eq!(lab.nat_rules().len(), 9);
+    let status = lab.call("bridge", &[("CNI_COMMAND", "STATUS")], &conf.to_string());
+    assert!(status.ok, "STATUS: {}", status.raw);
+    conf["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    let r = lab.call("bridge", &[("CNI_COMMAND", "GC")], &conf.to_string());
+    assert!(r.ok, "GC: {}", r.raw);
+    assert_eq!(lab.allocations("skiffnet").len(), 1);
+    let rules = lab.nat_rules();
+    assert_eq!(rules.len(), 3, "{rules:?}");
+    assert!(rules.iter().all(|r| !r.contains("stale")), "{rules:?}");
+    // GC is not allowed for configs older than 1.1.0.
+    conf["cniVersion"] = json!("1.0.0");
+    let r = lab.call("bridge", &[("CNI_COMMAND", "GC")], &conf.to_string());
+    assert_eq!(r.code(), 1);
+}
+
+#[test]
+fn two_containers_ping_each_other() {
+    require_root!();
+    let mut lab = Lab::new(Impl::Skiff);
+    let conf = bridge_conf(lab.data_dir(), "1.0.0", "10.244.8.0/24");
+    let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
+    let mut ips = Vec::new();
+    for id in ["ping-a", "ping-b"] {
+        let c = lab.container();
+        let r = lab.cni("bridge", "ADD", c, id, &conf);
+        assert!(r.ok, "{}", r.raw);
+        assert!(lab.cni("loopback", "ADD", c, id, &lo).ok);
+        let addr = r.json["ips"][0]["address"].as_str().unwrap();
+        ips.push(addr.split('/').next().unwrap().to_string());
+    }
+    for (from, to) in [(0, &ips[1]), (1, &ips[0]), (0, &"10.244.8.1".to_string()), (1, &"127.0.0.1".to_string())] {
+        let o = lab.containers[from].exec(&["busybox", "ping", "-c", "1", "-W", "2", to]);
+        assert!(
+            o.status.success(),
+            "ping {to} from container {from}: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+}
+
+#[test]
+fn loopback_matches_reference() {
+    require_root!();
+    let mut outs = Vec::new();
+    for imp in IMPLS {
+        let mut lab = Lab::new(imp);
+        let c = lab.container();
+        let conf = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
+        let r = lab.cni("loopback", "ADD", c, "lo-1", &conf);
+        assert!(r.ok, "{imp:?}: {}", r.raw);
+        let o = lab.containers[c].exec(&["ip", "-o", "link", "show", "lo"]);
+        assert!(String::from_utf8_lossy(&o.stdout).contains("UP"), "{imp:?}: lo not up");
+        let mut check = conf.clone();
+        check["prevResult"] = r.json.clone();
+        assert!(lab.cni("loopback", "CHECK", c, "lo-1", &check).ok, "{imp:?} CHECK");
+        assert!(lab.cni("loopback", "DEL", c, "lo-1", &conf).ok, "{imp:?} DEL");
+        lab.containers[c].delete();
+        assert!(lab.cni("loopback", "DEL", c, "lo-1", &conf).ok, "{imp:?} DEL without netns");
+        outs.push(normalize(&r.json));
+    }
+    assert_eq!(outs[0], outs[1]);
+}
+
+#[test]
+fn host_local_matches_reference() {
+    require_root!();
+    let mut outs = Vec::new();
+    for imp in IMPLS {
+        let mut lab = Lab::new(imp);
+        let c = lab.container();
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "hl", "type": "bridge",
+            "ipam": {
+                "type": "host-local",
+                "dataDir": lab.data_dir(),
+                "ranges": [
+                    [{"subnet": "10.250.0.0/24", "rangeStart": "10.250.0.10", "rangeEnd": "10.250.0.11", "gateway": "10.250.0.254"}],
+                    [{"subnet": "fd00:250::/120"}]
+                ],
+                "routes": [{"dst": "0.0.0.0/0"}, {"dst": "192.168.0.0/16", "gw": "10.250.0.1"}]
+            }
+        });
+        let mut seq = Vec::new();
+        for id in ["h1", "h2", "h3"] {
+            let r = lab.cni("host-local", "ADD", c, id, &conf);
+            seq.push(if r.ok { normalize(&r.json) } else { json!({"failed": true}) });
+        }
+        let files = lab.allocations("hl");
+        assert!(lab.cni("host-local", "DEL", c, "h1", &conf).ok);
+        assert!(lab.cni("host-local", "DEL", c, "h1", &conf).ok);
+        let after = lab.allocations("hl");
+        outs.push((seq, files, after));
+    }
+    assert_eq!(outs[0], outs[1]);
+    assert_eq!(outs[0].0[2], json!({"failed": true}), "third ADD must exhaust the v4 range");
+}
+
+#[test]
+fn version_command_matches_reference() {
+    require_root!();
+    for imp in IMPLS {
+        let lab = Lab::new(imp);
+        for plugin in ["bridge", "host-local", "loopback"] {
+            let r = lab.call(plugin, &[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.0.0"}"#);
+            assert!(r.ok, "{imp:?} {plugin}: {}", r.raw);
+            assert_eq!(r.json["cniVersion"], "1.0.0");
+            let versions: Vec<&str> = r.json["supportedVersions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            for v in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"] {
+                assert!(versions.contains(&v), "{imp:?} {plugin} lacks {v}: {versions:?}");
+            }
+            if imp == Impl::Skiff {
+                assert!(versions.contains(&"1.1.0"));
+            }
+        }
+    }
+}
+
+#[test]
+fn portmap_is_reported_unimplemented() {
+    require_root!();
+    let mut lab = Lab::new(Impl::Skiff);
+    let c = lab.container();
+    let conf = json!({"cniVersion": "1.0.0", "name": "pm", "type": "portmap"});
+    let r = lab.cni("portmap", "ADD", c, "pm-1", &conf);
+    assert_eq!(r.code(), 107);
+    assert!(r.json["msg"].as_str().unwrap().contains("portmap"));
+}
