@@ -1,0 +1,4 @@
+//! What happens to an object between decoding and storage: defaulting and validation.
+
+pub mod defaults;
+pub mod validation;

@@ -1,0 +1,252 @@
+//! The watch cache: every object under `/registry/`, kept current from one store watch.
+//!
+//! Reads and watches are served from here, so the store sees one watch no matter how many
+//! clients there are. A write waits until the cache has caught up with its revision before
+//! answering, which gives clients read-your-writes on every backend.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+use skiff_store::{Event, Revision, Store, StoreError};
+use tokio::sync::{broadcast, watch};
+
+const HISTORY: usize = 20_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct CacheEvent {
+    pub revision: Revision,
+    pub kind: EventType,
+    pub key: String,
+    /// The object after the change (for a deletion: the last state, at the deletion's RV).
+    pub object: Arc<Value>,
+    pub prev: Option<Arc<Value>>,
+}
+
+struct Inner {
+    objects: BTreeMap<String, Arc<Value>>,
+    history: VecDeque<Arc<CacheEvent>>,
+    /// A watch from a resourceVersion below this can no longer be served: 410 Gone.
+    oldest: Revision,
+    revision: Revision,
+}
+
+pub struct Cache {
+    inner: RwLock<Inner>,
+    revision: watch::Sender<Revision>,
+    events: broadcast::Sender<Arc<CacheEvent>>,
+}
+
+pub struct TooOld {
+    pub oldest: Revision,
+}
+
+fn with_resource_version(raw: &[u8], revision: Revision) -> Value {
+    let mut value: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+    set_resource_version(&mut value, revision);
+    value
+}
+
+pub fn set_resource_version(value: &mut Value, revision: Revision) {
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+    }
+}
+
+impl Cache {
+    /// Loads everything and starts following the store.
+    pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
+        let (events, _) = broadcast::channel(HISTORY);
+        let (revision_tx, _) = watch::channel(0);
+        let cache = Arc::new(Cache {
+            inner: RwLock::new(Inner {
+                objects: BTreeMap::new(),
+                history: VecDeque::new(),
+                oldest: 0,
+                revision: 0,
+            }),
+            revision: revision_tx,
+            events,
+        });
+        let mut stream = cache.relist(store.as_ref()).await?;
+        let follower = cache.clone();
+        tokio::spawn(async move {
+            loop {
+                match stream.recv().await {
+                    Some(Ok(event)) => follower.apply(event),
+                    Some(Err(err)) => {
+                        tracing::warn!(error = %err, "watch cache fell behind; relisting");
+                        loop {
+                            match follower.relist(store.as_ref()).await {
+                                Ok(s) => {
+                                    stream = s;
+                                    break;
+                                }
+                                Err(err) => {
+                                    tracing::error!(error = %err, "relist failed; retrying");
+                                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                                }
+                            }
+                        }
+                    }
+                    None => {
+                        tracing::error!("store watch ended; the cache no longer follows");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(cache)
+    }
+
+    async fn relist(&self, store: &dyn Store) -> Result<skiff_store::WatchStream, StoreError> {
+        let (items, revision) = store.list("/registry/").await?;
+        let stream = store.watch("/registry/", revision).await?;
+        let mut inner = self.inner.write().expect("cache lock");
+        inner.objects = items
+            .into_iter()
+            .map(|kv| {
+                let value = with_resource_version(&kv.value, kv.mod_revision);
+                (kv.key, Arc::new(value))
+            })
+            .collect();
+        // Watchers that were between revisions must start over.
+        inner.history.clear();
+        inner.oldest = revision;
+        inner.revision = revision;
+        drop(inner);
+        self.revision.send_replace(revision);
+        Ok(stream)
+    }
+
+    fn apply(&self, event: Event) {
+        let revision = event.revision();
+        let mut inner = self.inner.write().expect("cache lock");
+        let cache_event = match event {
+            Event::Put { kv, prev } => {
+                let object = Arc::new(with_resource_version(&kv.value, kv.mod_revision));
+                let old = inner.objects.insert(kv.key.clone(), object.clone());
+                CacheEvent {
+                    revision,
+                    kind: if prev.is_some() {
+                        EventType::Modified
+                    } else {
+                        EventType::Added
+                    },
+                    key: kv.key,
+                    object,
+                    prev: old,
+                }
+            }
+            Event::Delete { prev, revision } => {
+                let old = inner.objects.remove(&prev.key);
+                let object = Arc::new(with_resource_version(&prev.value, revision));
+                CacheEvent {
+                    revision,
+                    kind: EventType::Deleted,
+                    key: prev.key,
+                    object,
+                    prev: old,
+                }
+            }
+        };
+        let cache_event = Arc::new(cache_event);
+        if inner.history.len() == HISTORY {
+            if let Some(dropped) = inner.history.pop_front() {
+                inner.oldest = dropped.revision;
+            }
+        }
+        inner.history.push_back(cache_event.clone());
+        inner.revision = revision;
+        // Publish while holding the lock so that subscribe() can never miss or repeat one.
+        let _ = self.events.send(cache_event);
+        drop(inner);
+        self.revision.send_replace(revision);
+    }
+
+    pub fn revision(&self) -> Revision {
+        self.inner.read().expect("cache lock").revision
+    }
+
+    /// Waits until the cache reflects `revision` (a write this server just made).
+    pub async fn wait_for(&self, revision: Revision) {
+        let mut rx = self.revision.subscribe();
+        let _ = rx.wait_for(|r| *r >= revision).await;
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Value>> {
+        self.inner.read().expect("cache lock").objects.get(key).cloned()
+    }
+
+    /// Objects whose key starts with `prefix`, in key order, starting after `after_key`.
+    pub fn list(&self, prefix: &str, after_key: Option<&str>) -> (Vec<(String, Arc<Value>)>, Revision) {
+        let inner = self.inner.read().expect("cache lock");
+        let start = match after_key {
+            Some(k) => std::ops::Bound::Excluded(k.to_string()),
+            None => std::ops::Bound::Included(prefix.to_string()),
+        };
+        let items = inner
+            .objects
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        (items, inner.revision)
+    }
+
+    /// Events after `after` that are still in memory, and a receiver for everything newer.
+    pub fn subscribe(
+        &self,
+        after: Revision,
+    ) -> Result<(Vec<Arc<CacheEvent>>, broadcast::Receiver<Arc<CacheEvent>>), TooOld> {
+        let inner = self.inner.read().expect("cache lock");
+        if after < inner.oldest {
+            return Err(TooOld {
+                oldest: inner.oldest,
+            });
+        }
+        let backlog = inner
+            .history
+            .iter()
+            .filter(|e| e.revision > after)
+            .cloned()
+            .collect();
+        Ok((backlog, self.events.subscribe()))
+    }
+
+    /// The current objects under `prefix` and a receiver for every later change, atomically.
+    pub fn snapshot_and_subscribe(
+        &self,
+        prefix: &str,
+    ) -> (
+        Vec<Arc<Value>>,
+        Revision,
+        broadcast::Receiver<Arc<CacheEvent>>,
+    ) {
+        let inner = self.inner.read().expect("cache lock");
+        let items = inner
+            .objects
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect();
+        (items, inner.revision, self.events.subscribe())
+    }
+}

@@ -1,0 +1,14 @@
+//! skiff-server: a Kubernetes API server on an embedded store (scheduler and controllers to
+//! come), in one process.
+
+pub mod admission;
+pub mod api;
+pub mod auth;
+pub mod cache;
+pub mod lifecycle;
+pub mod pki;
+pub mod registry;
+pub mod serve;
+
+/// The Kubernetes version this server speaks; kubectl's dispatcher picks its build by it.
+pub const VERSION_GIT: &str = "v1.33.0-skiff";

@@ -1,0 +1,120 @@
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+
+use skiff_server::api::{ApiServer, Settings};
+use skiff_server::auth::{AllowAuthenticated, TokenFile};
+use skiff_server::{cache::Cache, lifecycle, pki, serve};
+use skiff_store::{EmbeddedStore, Store};
+
+/// Skiff's control plane: the Kubernetes API server.
+#[derive(Parser, Debug)]
+#[command(name = "skiff-server", version)]
+struct Args {
+    /// Address to serve HTTPS on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// Port to serve HTTPS on.
+    #[arg(long, default_value_t = 6443)]
+    secure_port: u16,
+    /// State: the store file, the PKI and the admin kubeconfig.
+    #[arg(long, default_value = "/var/lib/skiff/server")]
+    data_dir: PathBuf,
+    /// The address clients should use to reach this server (kubeconfig, `kubernetes` endpoints).
+    #[arg(long, default_value = "127.0.0.1")]
+    advertise_address: IpAddr,
+    /// Extra names and addresses for the serving certificate.
+    #[arg(long = "tls-san", value_delimiter = ',')]
+    tls_sans: Vec<String>,
+    /// Static bearer tokens: `token,user,uid[,"group1,group2"]` per line.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+    /// ClusterIP range.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: String,
+    /// NodePort range, `LOW-HIGH`.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
+}
+
+fn node_port_range(s: &str) -> anyhow::Result<(u16, u16)> {
+    let (lo, hi) = s.split_once('-').context("--service-node-port-range: expected LOW-HIGH")?;
+    let (lo, hi): (u16, u16) = (lo.parse()?, hi.parse()?);
+    anyhow::ensure!(lo <= hi, "--service-node-port-range: LOW must not exceed HIGH");
+    Ok((lo, hi))
+}
+
+fn local_ips() -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = vec!["127.0.0.1".parse().expect("ip")];
+    if let Ok(out) = std::process::Command::new("hostname").arg("-I").output() {
+        for word in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(ip) = word.parse() {
+                ips.push(ip);
+            }
+        }
+    }
+    ips
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let service_cidr: skiff_server::api::ipnet_lite::Ipv4Net =
+        args.service_cluster_ip_range.parse().map_err(|e: String| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?;
+    let node_ports = node_port_range(&args.service_node_port_range)?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+    let mut dns = vec!["localhost".to_string(), "kubernetes".into(), "kubernetes.default".into(), "kubernetes.default.svc".into(), "kubernetes.default.svc.cluster.local".into()];
+    if !hostname.is_empty() {
+        dns.push(hostname);
+    }
+    let mut ips = local_ips();
+    ips.push(service_cidr.nth(1).into());
+    ips.push(args.advertise_address);
+    for san in &args.tls_sans {
+        match san.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => dns.push(san.clone()),
+        }
+    }
+    ips.sort();
+    ips.dedup();
+    let pki = pki::ClusterPki::load_or_create(&args.data_dir.join("pki"), &dns, &ips)?;
+    let admin = pki.admin()?;
+    let server_url = format!("https://{}:{}", match args.advertise_address { IpAddr::V6(v6) => format!("[{v6}]"), v4 => v4.to_string() }, args.secure_port);
+    let kubeconfig_path = args.data_dir.join("admin.kubeconfig");
+    pki::write_kubeconfig(&kubeconfig_path, &pki::kubeconfig(&server_url, &pki.ca.cert_pem, "kubernetes-admin", &admin))?;
+
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(args.data_dir.join("state.redb"))?);
+    let cache = Cache::start(store.clone()).await?;
+    let tokens = match &args.token_auth_file {
+        Some(p) => TokenFile::load(p)?,
+        None => TokenFile::default(),
+    };
+    let api = Arc::new(ApiServer {
+        store,
+        cache,
+        tokens,
+        authorizer: Box::new(AllowAuthenticated),
+        settings: Settings { service_cidr, node_port_range: node_ports },
+        allocation: tokio::sync::Mutex::new(()),
+        myself: std::sync::OnceLock::new(),
+    });
+    let _ = api.myself.set(Arc::downgrade(&api));
+    lifecycle::bootstrap(&api, &args.advertise_address.to_string(), args.secure_port).await?;
+
+    let tls = serve::tls_config(&pki)?;
+    let addr = SocketAddr::new(args.bind_address, args.secure_port);
+    let listener = serve::bind(addr).await?;
+    tracing::info!(%addr, kubeconfig = %kubeconfig_path.display(), "serving the Kubernetes API");
+    serve::serve(listener, tls, api).await;
+    Ok(())
+}
