@@ -15,8 +15,9 @@ pub const CHAIN_PREFIX: &str = "SKIFF-MASQ-";
 pub trait Firewall {
     /// Masquerades traffic from `addrs` leaving their subnets.
     fn add_masq(&mut self, network: &str, container_id: &str, addrs: &[Cidr]) -> Result<(), CniError>;
-    /// Removes the attachment's rules; succeeds when there are none.
-    fn del_masq(&mut self, network: &str, container_id: &str, v4: bool, v6: bool) -> Result<(), CniError>;
+    /// Removes the attachment's rules; succeeds when there are none. `known`
+    /// is the attachment's addresses when the caller has them (prevResult).
+    fn del_masq(&mut self, network: &str, container_id: &str, known: Option<&[Cidr]>) -> Result<(), CniError>;
     /// Removes rules of attachments of `network` whose container is not in `keep`.
     fn gc_masq(&mut self, network: &str, keep: &HashSet<String>) -> Result<(), CniError>;
     /// Turns on IP forwarding for the families given (needed when the bridge is a gateway).
@@ -98,6 +99,22 @@ pub fn render_del(save: &str, chain: &str) -> Option<String> {
     Some(s)
 }
 
+/// The restore input removing exactly what [`render_add`] installed for `addrs`.
+pub fn render_del_known(network: &str, container_id: &str, addrs: &[Cidr], v6: bool) -> String {
+    let chain = chain_name(network, container_id);
+    let c = comment(network, container_id);
+    let host = if v6 { 128 } else { 32 };
+    let mut s = String::from("*nat\n");
+    for a in addrs.iter().filter(|a| a.addr.is_ipv6() == v6) {
+        s += &format!(
+            "-D POSTROUTING -s {}/{host} -m comment --comment \"{c}\" -j {chain}\n",
+            a.addr
+        );
+    }
+    s += &format!("-F {chain}\n-X {chain}\nCOMMIT\n");
+    s
+}
+
 /// Attachments (container IDs) of `network` that have rules, read from save output.
 pub fn attachments_in(save: &str, network: &str) -> Vec<String> {
     let marker = format!("\"skiff-cni name={} id=", sanitize(network));
@@ -177,11 +194,18 @@ impl Firewall for Iptables {
         Ok(())
     }
 
-    fn del_masq(&mut self, network: &str, container_id: &str, v4: bool, v6: bool) -> Result<(), CniError> {
+    fn del_masq(&mut self, network: &str, container_id: &str, known: Option<&[Cidr]>) -> Result<(), CniError> {
         let chain = chain_name(network, container_id);
-        for (fam_v6, wanted) in [(false, v4), (true, v6)] {
-            if !wanted {
-                continue;
+        for fam_v6 in [false, true] {
+            if let Some(addrs) = known {
+                if !addrs.iter().any(|a| a.addr.is_ipv6() == fam_v6) {
+                    continue;
+                }
+                // Fast path: delete exactly what ADD installed. It fails when
+                // (some of) the rules are gone already; then look them up.
+                if restore(fam_v6, &render_del_known(network, container_id, addrs, fam_v6)).is_ok() {
+                    continue;
+                }
             }
             let save = save_nat(fam_v6)?;
             if let Some(input) = render_del(&save, &chain) {
@@ -254,6 +278,8 @@ mod tests {
         assert!(del.contains(&format!("-D POSTROUTING -s 10.244.1.5/32 -m comment --comment \"skiff-cni name=pods id=c1\" -j {chain}\n")));
         assert!(del.contains(&format!("-F {chain}\n-X {chain}\n")));
         assert_eq!(render_del("*nat\nCOMMIT\n", &chain), None);
+        let known = render_del_known("pods", "c1", &addrs, false);
+        assert!(known.starts_with(&format!("*nat\n-D POSTROUTING -s 10.244.1.5/32 -m comment --comment \"skiff-cni name=pods id=c1\" -j {chain}\n")));
         assert_eq!(attachments_in(&save, "pods"), vec!["c1".to_string()]);
         assert!(attachments_in(&save, "other").is_empty());
     }

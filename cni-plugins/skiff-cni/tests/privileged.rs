@@ -87,20 +87,30 @@ impl Drop for Netns {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Impl {
     Skiff,
+    /// Skiff's bridge delegating to the reference host-local binary: the
+    /// exec path of IPAM delegation.
+    Mixed,
     Reference,
 }
 
 const IMPLS: [Impl; 2] = [Impl::Skiff, Impl::Reference];
+const ALL: [Impl; 3] = [Impl::Skiff, Impl::Mixed, Impl::Reference];
 
 /// A directory with the skiff-cni binary installed under each plugin name.
-fn skiff_bin_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("skiff-cni-bin-{}", std::process::id()));
+fn skiff_bin_dir(mixed: bool) -> PathBuf {
+    let tag = if mixed { "mixed" } else { "skiff" };
+    let dir = std::env::temp_dir().join(format!("skiff-cni-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for name in ["bridge", "host-local", "loopback", "portmap"] {
         let link = dir.join(name);
+        let target = if mixed && name == "host-local" {
+            PathBuf::from(REFERENCE_DIR).join(name)
+        } else {
+            PathBuf::from(env!("CARGO_BIN_EXE_skiff-cni"))
+        };
         if !link.exists() {
             // Concurrent tests may race to create the same link.
-            let _ = std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_skiff-cni"), &link);
+            let _ = std::os::unix::fs::symlink(target, &link);
         }
     }
     dir
@@ -108,7 +118,8 @@ fn skiff_bin_dir() -> PathBuf {
 
 fn bin_dir(i: Impl) -> PathBuf {
     match i {
-        Impl::Skiff => skiff_bin_dir(),
+        Impl::Skiff => skiff_bin_dir(false),
+        Impl::Mixed => skiff_bin_dir(true),
         Impl::Reference => {
             let d = PathBuf::from(REFERENCE_DIR);
             assert!(
@@ -329,7 +340,7 @@ fn add_result_and_state_match_reference() {
     require_root!();
     for version in ["1.0.0", "0.4.0", "0.3.1"] {
         let mut results = Vec::new();
-        for imp in IMPLS {
+        for imp in ALL {
             let mut lab = Lab::new(imp);
             let c = lab.container();
             let conf = bridge_conf(lab.data_dir(), version, "10.244.1.0/24");
@@ -347,12 +358,13 @@ fn add_result_and_state_match_reference() {
                 .join(" ");
             results.push((imp, normalize(&r.json), state, br));
         }
-        let (_, skiff, skiff_state, skiff_br) = &results[0];
-        let (_, reference, ref_state, ref_br) = &results[1];
-        assert_eq!(skiff, reference, "result JSON differs for cniVersion {version}");
-        assert_eq!(skiff_state, ref_state, "container state differs for {version}");
-        assert_eq!(skiff_br, ref_br, "bridge address differs for {version}");
-        assert!(skiff_state.contains("default via 10.244.1.1"), "{skiff_state}");
+        let (_, reference, ref_state, ref_br) = &results[2];
+        for (imp, json, state, br) in &results[..2] {
+            assert_eq!(json, reference, "{imp:?}: result JSON differs for cniVersion {version}");
+            assert_eq!(state, ref_state, "{imp:?}: container state differs for {version}");
+            assert_eq!(br, ref_br, "{imp:?}: bridge address differs for {version}");
+        }
+        assert!(ref_state.contains("default via 10.244.1.1"), "{ref_state}");
     }
 }
 
@@ -454,7 +466,7 @@ fn exhausted_range_fails_like_reference_and_leaves_nothing() {
 #[test]
 fn del_is_idempotent_even_without_netns() {
     require_root!();
-    for imp in IMPLS {
+    for imp in ALL {
         let mut lab = Lab::new(imp);
         let conf = bridge_conf(lab.data_dir(), "1.0.0", "10.244.4.0/24");
         let a = lab.container();
@@ -488,8 +500,8 @@ fn del_is_idempotent_even_without_netns() {
         // The reference finds its masquerade rules through the container's
         // address, so it leaks them when the namespace is gone and no
         // prevResult is given; Skiff names them by container ID.
-        if imp == Impl::Skiff {
-            assert!(lab.nat_rules().is_empty(), "nat rules left: {:?}", lab.nat_rules());
+        if imp != Impl::Reference {
+            assert!(lab.nat_rules().is_empty(), "{imp:?}: nat rules left: {:?}", lab.nat_rules());
         }
         // The kernel destroys a deleted namespace's veths asynchronously.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -503,7 +515,7 @@ fn del_is_idempotent_even_without_netns() {
 #[test]
 fn check_detects_removed_address() {
     require_root!();
-    for imp in IMPLS {
+    for imp in ALL {
         let mut lab = Lab::new(imp);
         let mut conf = bridge_conf(lab.data_dir(), "1.0.0", "10.244.5.0/24");
         // The reference CHECK cannot verify IPAM routes without a gateway
@@ -524,7 +536,7 @@ fn check_detects_removed_address() {
         assert!(!r.ok, "{imp:?}: CHECK missed the removed address");
         let code = r.code();
         assert!(code >= 100, "{imp:?} code {code}");
-        if imp == Impl::Skiff {
+        if imp != Impl::Reference {
             assert_eq!(code, 106);
             assert!(r.json["msg"].as_str().unwrap().contains(&addr), "{}", r.raw);
         }

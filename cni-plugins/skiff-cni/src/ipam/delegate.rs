@@ -104,3 +104,135 @@ impl Ipam for ExecIpam<'_> {
         self.exec(Command::Status).map(drop)
     }
 }
+
+/// host-local run inside this process. Used only when the `host-local` that
+/// CNI_PATH resolves to is this very binary, so the behaviour is that of
+/// executing it, without the cost of a second process.
+pub struct InProcessHostLocal<'a> {
+    pub env: &'a Env,
+    pub conf: &'a Value,
+}
+
+impl InProcessHostLocal<'_> {
+    fn run(&self, cmd: Command) -> Result<Option<CniResult>, CniError> {
+        let mut env = self.env.clone();
+        env.command = cmd;
+        crate::ipam::host_local::run(&env, self.conf)
+    }
+}
+
+impl Ipam for InProcessHostLocal<'_> {
+    fn add(&mut self) -> Result<CniResult, CniError> {
+        self.run(Command::Add)?
+            .ok_or_else(|| CniError::new(code::INTERNAL, "host-local ADD returned no result"))
+    }
+    fn del(&mut self) -> Result<(), CniError> {
+        self.run(Command::Del).map(drop)
+    }
+    fn check(&mut self) -> Result<(), CniError> {
+        self.run(Command::Check).map(drop)
+    }
+    fn gc(&mut self) -> Result<(), CniError> {
+        self.run(Command::Gc).map(drop)
+    }
+    fn status(&mut self) -> Result<(), CniError> {
+        self.run(Command::Status).map(drop)
+    }
+}
+
+/// True when `plugin` in CNI_PATH is this executable (installed under another name).
+pub fn resolves_to_self(plugin: &str, dirs: &[String]) -> bool {
+    let Ok(found) = find_in_path(plugin, dirs) else {
+        return false;
+    };
+    let (Ok(me), Ok(it)) = (
+        std::env::current_exe().and_then(std::fs::canonicalize),
+        std::fs::canonicalize(found),
+    ) else {
+        return false;
+    };
+    me == it
+}
+
+/// The IPAM for a main plugin: in-process host-local when CNI_PATH's
+/// host-local is this binary, otherwise the plugin binary per the spec.
+pub fn for_plugin<'a>(plugin: &str, env: &'a Env, conf: &'a Value, raw: &'a [u8]) -> Box<dyn Ipam + 'a> {
+    if plugin == "host-local" && resolves_to_self(plugin, &env.path) {
+        Box::new(InProcessHostLocal { env, conf })
+    } else {
+        Box::new(ExecIpam {
+            plugin: plugin.to_string(),
+            env,
+            stdin: raw,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(path: Vec<String>) -> Env {
+        Env {
+            command: Command::Add,
+            container_id: "c".into(),
+            netns: String::new(),
+            ifname: "eth0".into(),
+            args: vec![],
+            path,
+        }
+    }
+
+    #[test]
+    fn missing_plugin_is_a_delegate_error() {
+        let d = tempfile::tempdir().unwrap();
+        let e = env(vec![d.path().to_string_lossy().into_owned()]);
+        let mut ipam = ExecIpam {
+            plugin: "host-local".into(),
+            env: &e,
+            stdin: b"{}",
+        };
+        assert_eq!(ipam.add().unwrap_err().code, code::DELEGATE);
+        assert_eq!(find_in_path("../x", &e.path).unwrap_err().code, code::INVALID_CONFIG);
+    }
+
+    #[test]
+    fn delegate_error_object_is_passed_through() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("fake-ipam");
+        std::fs::write(&p, "#!/bin/sh\ncat >/dev/null\necho '{\"code\":11,\"msg\":\"busy\"}'\nexit 1\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = env(vec![d.path().to_string_lossy().into_owned()]);
+        let mut ipam = ExecIpam {
+            plugin: "fake-ipam".into(),
+            env: &e,
+            stdin: b"{}",
+        };
+        let err = ipam.add().unwrap_err();
+        assert_eq!((err.code, err.msg.as_str()), (11, "busy"));
+        assert!(!resolves_to_self("fake-ipam", &e.path));
+    }
+
+    #[test]
+    fn delegate_result_is_parsed() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("fake-ipam");
+        std::fs::write(
+            &p,
+            "#!/bin/sh\ncat >/dev/null\necho '{\"cniVersion\":\"0.3.1\",\"ips\":[{\"version\":\"4\",\"address\":\"10.1.0.2/24\",\"gateway\":\"10.1.0.1\"}]}'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = env(vec![d.path().to_string_lossy().into_owned()]);
+        let mut ipam = ExecIpam {
+            plugin: "fake-ipam".into(),
+            env: &e,
+            stdin: b"{}",
+        };
+        let r = ipam.add().unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.1.0.2/24");
+        ipam.del().unwrap();
+    }
+}

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::cidr::Cidr;
 use crate::firewall::{Firewall, Iptables};
-use crate::ipam::delegate::{ExecIpam, Ipam};
+use crate::ipam::delegate::{self, Ipam};
 use crate::netlink::{Link, NetOps, Netlink, NetlinkError};
 use crate::netns;
 use crate::spec::{
@@ -346,7 +346,8 @@ pub fn add(
         Ok(r) => Ok(r),
         Err(e) => {
             if conf.ip_masq {
-                let _ = fw.del_masq(&conf.name, &env.container_id, true, true);
+                let addrs: Vec<Cidr> = ipam_res.ips.iter().map(|i| i.address).collect();
+                let _ = fw.del_masq(&conf.name, &env.container_id, Some(&addrs));
             }
             if let Err(de) = ipam.del() {
                 tracing::warn!(error = %de, "cleanup: IPAM DEL failed");
@@ -357,18 +358,11 @@ pub fn add(
     }
 }
 
-/// Address families named by a prevResult; both when unknown.
-fn families(prev: Option<&Value>) -> (bool, bool) {
-    let Some(r) = prev.and_then(|p| CniResult::from_value(p).ok()) else {
-        return (true, true);
-    };
-    if r.ips.is_empty() {
-        return (true, true);
-    }
-    (
-        r.ips.iter().any(|i| i.address.addr.is_ipv4()),
-        r.ips.iter().any(|i| i.address.addr.is_ipv6()),
-    )
+/// The addresses a prevResult names, if it names any.
+fn prev_addrs(prev: Option<&Value>) -> Option<Vec<Cidr>> {
+    let r = CniResult::from_value(prev?).ok()?;
+    let addrs: Vec<Cidr> = r.ips.iter().map(|i| i.address).collect();
+    (!addrs.is_empty()).then_some(addrs)
 }
 
 /// DEL: releases the address, removes the veth when the namespace is still
@@ -393,8 +387,8 @@ pub fn del(
         }
     }
     if conf.ip_masq {
-        let (v4, v6) = families(conf.prev_result.as_ref());
-        fw.del_masq(&conf.name, &env.container_id, v4, v6)?;
+        let known = prev_addrs(conf.prev_result.as_ref());
+        fw.del_masq(&conf.name, &env.container_id, known.as_deref())?;
     }
     Ok(())
 }
@@ -460,11 +454,9 @@ pub fn check(
 /// Entry point with the real netlink, IPAM binary and iptables.
 pub fn run(env: &Env, conf_v: &Value, raw: &[u8]) -> Result<Option<CniResult>, CniError> {
     let conf = BridgeConf::parse(conf_v)?;
-    let mut ipam = ExecIpam {
-        plugin: conf.ipam.as_ref().map(|i| i.kind.clone()).unwrap_or_default(),
-        env,
-        stdin: raw,
-    };
+    let ipam_type = conf.ipam.as_ref().map(|i| i.kind.clone()).unwrap_or_default();
+    let mut ipam = delegate::for_plugin(&ipam_type, env, conf_v, raw);
+    let ipam = ipam.as_mut();
     let mut fw = Iptables;
     match env.command {
         Command::Add => {
@@ -473,7 +465,7 @@ pub fn run(env: &Env, conf_v: &Value, raw: &[u8]) -> Result<Option<CniResult>, C
             let ns = netns::open(path).map_err(ns_err)?;
             let mut cont = netns::netlink_in(&ns, path).map_err(ns_err)?;
             let mut host = Netlink::open().map_err(nl)?;
-            add(env, &conf, &mut host, &mut cont, ns.as_raw_fd(), &mut ipam, &mut fw).map(Some)
+            add(env, &conf, &mut host, &mut cont, ns.as_raw_fd(), ipam, &mut fw).map(Some)
         }
         Command::Del => {
             let path = Path::new(&env.netns);
@@ -490,7 +482,7 @@ pub fn run(env: &Env, conf_v: &Value, raw: &[u8]) -> Result<Option<CniResult>, C
                 env,
                 &conf,
                 cont.as_mut().map(|c| c as &mut dyn NetOps),
-                &mut ipam,
+                ipam,
                 &mut fw,
             )?;
             Ok(None)
@@ -501,7 +493,7 @@ pub fn run(env: &Env, conf_v: &Value, raw: &[u8]) -> Result<Option<CniResult>, C
             let ns = netns::open(path).map_err(ns_err)?;
             let mut cont = netns::netlink_in(&ns, path).map_err(ns_err)?;
             let mut host = Netlink::open().map_err(nl)?;
-            check(env, &conf, &mut host, &mut cont, &mut ipam)?;
+            check(env, &conf, &mut host, &mut cont, ipam)?;
             Ok(None)
         }
         Command::Status => {
@@ -717,7 +709,7 @@ mod tests {
             self.masq.insert(format!("{n}/{id}"), a.to_vec());
             Ok(())
         }
-        fn del_masq(&mut self, n: &str, id: &str, _v4: bool, _v6: bool) -> Result<(), CniError> {
+        fn del_masq(&mut self, n: &str, id: &str, _known: Option<&[Cidr]>) -> Result<(), CniError> {
             self.masq.remove(&format!("{n}/{id}"));
             Ok(())
         }
