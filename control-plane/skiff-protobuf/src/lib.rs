@@ -38,6 +38,9 @@ mod schema_generated;
 mod text;
 mod wire;
 
+#[cfg(test)]
+mod coverage_tests;
+
 use serde_json::Value;
 
 /// The 4-byte prefix of every Kubernetes protobuf body.
