@@ -155,3 +155,37 @@ pub fn is_protobuf_content_type(content_type: &str) -> bool {
         .next()
         .is_some_and(|m| m.trim().eq_ignore_ascii_case(CONTENT_TYPE))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_type_detection() {
+        assert!(is_protobuf_content_type(
+            "application/vnd.kubernetes.protobuf"
+        ));
+        assert!(is_protobuf_content_type(
+            "application/vnd.kubernetes.protobuf; charset=utf-8"
+        ));
+        assert!(is_protobuf_content_type(
+            "Application/VND.Kubernetes.Protobuf"
+        ));
+        assert!(!is_protobuf_content_type("application/json"));
+    }
+
+    #[test]
+    fn supported_kinds_cover_wave_one() {
+        let kinds: Vec<_> = supported_kinds().collect();
+        assert_eq!(kinds.len(), 20);
+        for want in [
+            ("v1", "Pod"),
+            ("apps/v1", "Deployment"),
+            ("coordination.k8s.io/v1", "Lease"),
+            ("discovery.k8s.io/v1", "EndpointSlice"),
+            ("*", "DeleteOptions"),
+        ] {
+            assert!(kinds.contains(&want), "{want:?}");
+        }
+    }
+}

@@ -5,7 +5,8 @@
 //! reporting v1.31.0, so that the dispatcher ran kubectl 1.31, which still sends JSON). The
 //! decoded protobuf must equal the JSON exactly and deserialize into the k8s-openapi type.
 //!
-//! Commands (run against a loopback stub that records POST bodies):
+//! Re-capture with `python3 control-plane/skiff-protobuf/codegen/capture_fixtures.py` (starts
+//! the loopback stub itself). Commands:
 //! ```text
 //! create deployment web --image=nginx --replicas=3
 //! create deployment web2 --image=nginx:1.27 --port=8080 --replicas=0
