@@ -142,14 +142,14 @@ mod tests {
 
     #[test]
     fn token_file_reads_groups_and_rejects_short_lines() {
-        let file = TokenFile::parse(
-            "# comment\nabc,alice,1,\"dev,ops\"\nxyz,bob,2\n",
-        )
-        .unwrap();
+        let file = TokenFile::parse("# comment\nabc,alice,1,\"dev,ops\"\nxyz,bob,2\n").unwrap();
         let alice = file.authenticate("abc").unwrap();
         assert_eq!(alice.name, "alice");
         assert_eq!(alice.groups, ["dev", "ops", "system:authenticated"]);
-        assert_eq!(file.authenticate("xyz").unwrap().groups, ["system:authenticated"]);
+        assert_eq!(
+            file.authenticate("xyz").unwrap().groups,
+            ["system:authenticated"]
+        );
         assert!(file.authenticate("nope").is_none());
         assert_eq!(TokenFile::parse("onlytoken\n").err().unwrap().0, 1);
         assert!(TokenFile::parse("t,u,1,\"g\n").is_err());

@@ -66,7 +66,10 @@ fn with_resource_version(raw: &[u8], revision: Revision) -> Value {
 
 pub fn set_resource_version(value: &mut Value, revision: Revision) {
     if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
     }
 }
 
@@ -192,11 +195,20 @@ impl Cache {
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Value>> {
-        self.inner.read().expect("cache lock").objects.get(key).cloned()
+        self.inner
+            .read()
+            .expect("cache lock")
+            .objects
+            .get(key)
+            .cloned()
     }
 
     /// Objects whose key starts with `prefix`, in key order, starting after `after_key`.
-    pub fn list(&self, prefix: &str, after_key: Option<&str>) -> (Vec<(String, Arc<Value>)>, Revision) {
+    pub fn list(
+        &self,
+        prefix: &str,
+        after_key: Option<&str>,
+    ) -> (Vec<(String, Arc<Value>)>, Revision) {
         let inner = self.inner.read().expect("cache lock");
         let start = match after_key {
             Some(k) => std::ops::Bound::Excluded(k.to_string()),

@@ -7,11 +7,18 @@ use serde_json::{json, Value};
 use crate::api::ApiServer;
 use crate::registry::{self, RESOURCES};
 
-pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// Creates the system namespaces and the `kubernetes` Service if they are missing.
-pub async fn bootstrap(server: &ApiServer, advertise: &str, port: u16) -> Result<(), skiff_store::StoreError> {
-    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+pub async fn bootstrap(
+    server: &ApiServer,
+    advertise: &str,
+    port: u16,
+) -> Result<(), skiff_store::StoreError> {
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
     for ns in SYSTEM_NAMESPACES {
         let key = registry::namespaces().key(None, ns);
         if server.cache.get(&key).is_some() {
@@ -39,7 +46,9 @@ pub async fn bootstrap(server: &ApiServer, advertise: &str, port: u16) -> Result
         });
         create_if_missing(server, &svc_key, &obj).await?;
     }
-    let ep_key = registry::find("", "v1", "endpoints").expect("endpoints").key(Some("default"), "kubernetes");
+    let ep_key = registry::find("", "v1", "endpoints")
+        .expect("endpoints")
+        .key(Some("default"), "kubernetes");
     if server.cache.get(&ep_key).is_none() {
         let obj = json!({
             "apiVersion": "v1", "kind": "Endpoints",
@@ -50,7 +59,9 @@ pub async fn bootstrap(server: &ApiServer, advertise: &str, port: u16) -> Result
         create_if_missing(server, &ep_key, &obj).await?;
     }
     // Namespaces that were terminating when the server stopped finish now.
-    let (namespaces, _) = server.cache.list(&registry::namespaces().key_prefix(None), None);
+    let (namespaces, _) = server
+        .cache
+        .list(&registry::namespaces().key_prefix(None), None);
     for (_, ns) in namespaces {
         if ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
             if let Some(name) = ns.pointer("/metadata/name").and_then(Value::as_str) {
@@ -61,8 +72,16 @@ pub async fn bootstrap(server: &ApiServer, advertise: &str, port: u16) -> Result
     Ok(())
 }
 
-async fn create_if_missing(server: &ApiServer, key: &str, obj: &Value) -> Result<(), skiff_store::StoreError> {
-    match server.store.create(key, serde_json::to_vec(obj).expect("JSON")).await {
+async fn create_if_missing(
+    server: &ApiServer,
+    key: &str,
+    obj: &Value,
+) -> Result<(), skiff_store::StoreError> {
+    match server
+        .store
+        .create(key, serde_json::to_vec(obj).expect("JSON"))
+        .await
+    {
         Ok(kv) => {
             server.cache.wait_for(kv.mod_revision).await;
             Ok(())
@@ -74,7 +93,9 @@ async fn create_if_missing(server: &ApiServer, key: &str, obj: &Value) -> Result
 
 /// Deletes everything in a terminating namespace, then the namespace itself.
 pub fn spawn_namespace_cleanup(server: &ApiServer, namespace: String) {
-    let Some(server) = server.self_ref() else { return };
+    let Some(server) = server.self_ref() else {
+        return;
+    };
     tokio::spawn(async move {
         for attempt in 0..600u32 {
             let mut remaining = 0usize;
@@ -82,11 +103,30 @@ pub fn spawn_namespace_cleanup(server: &ApiServer, namespace: String) {
                 let (items, _) = server.cache.list(&rt.key_prefix(Some(&namespace)), None);
                 for (_, obj) in items {
                     remaining += 1;
-                    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
-                    if obj.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null()) {
+                    let name = obj
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    if obj
+                        .pointer("/metadata/deletionTimestamp")
+                        .is_some_and(|d| !d.is_null())
+                    {
                         continue;
                     }
-                    if let Err(e) = server.delete_one(rt, Some(&namespace), &name, Some(0), "Background", None, None, false).await {
+                    if let Err(e) = server
+                        .delete_one(
+                            rt,
+                            Some(&namespace),
+                            &name,
+                            Some(0),
+                            "Background",
+                            None,
+                            None,
+                            false,
+                        )
+                        .await
+                    {
                         if e.code != 404 {
                             tracing::warn!(namespace, name, error = %e.message, "namespace cleanup: delete failed");
                         }
@@ -96,10 +136,15 @@ pub fn spawn_namespace_cleanup(server: &ApiServer, namespace: String) {
             if remaining == 0 {
                 let key = registry::namespaces().key(None, &namespace);
                 if let Some(ns) = server.cache.get(&key) {
-                    let rv = ns.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok());
+                    let rv = ns
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .and_then(|s| s.parse().ok());
                     match server.store.delete(&key, rv).await {
                         Ok(_) | Err(skiff_store::StoreError::NotFound { .. }) => return,
-                        Err(e) => tracing::warn!(namespace, error = %e, "namespace cleanup: final delete failed"),
+                        Err(e) => {
+                            tracing::warn!(namespace, error = %e, "namespace cleanup: final delete failed")
+                        }
                     }
                 } else {
                     return;
@@ -108,7 +153,10 @@ pub fn spawn_namespace_cleanup(server: &ApiServer, namespace: String) {
             let pause = if attempt < 10 { 100 } else { 1000 };
             tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
         }
-        tracing::error!(namespace, "namespace still not empty after 10 minutes; giving up for now");
+        tracing::error!(
+            namespace,
+            "namespace still not empty after 10 minutes; giving up for now"
+        );
     });
 }
 

@@ -41,9 +41,14 @@ struct Args {
 }
 
 fn node_port_range(s: &str) -> anyhow::Result<(u16, u16)> {
-    let (lo, hi) = s.split_once('-').context("--service-node-port-range: expected LOW-HIGH")?;
+    let (lo, hi) = s
+        .split_once('-')
+        .context("--service-node-port-range: expected LOW-HIGH")?;
     let (lo, hi): (u16, u16) = (lo.parse()?, hi.parse()?);
-    anyhow::ensure!(lo <= hi, "--service-node-port-range: LOW must not exceed HIGH");
+    anyhow::ensure!(
+        lo <= hi,
+        "--service-node-port-range: LOW must not exceed HIGH"
+    );
     Ok((lo, hi))
 }
 
@@ -62,17 +67,31 @@ fn local_ips() -> Vec<IpAddr> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let service_cidr: skiff_server::api::ipnet_lite::Ipv4Net =
-        args.service_cluster_ip_range.parse().map_err(|e: String| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?;
+    let service_cidr: skiff_server::api::ipnet_lite::Ipv4Net = args
+        .service_cluster_ip_range
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?;
     let node_ports = node_port_range(&args.service_node_port_range)?;
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
 
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
-    let mut dns = vec!["localhost".to_string(), "kubernetes".into(), "kubernetes.default".into(), "kubernetes.default.svc".into(), "kubernetes.default.svc.cluster.local".into()];
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let mut dns = vec![
+        "localhost".to_string(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        "kubernetes.default.svc.cluster.local".into(),
+    ];
     if !hostname.is_empty() {
         dns.push(hostname);
     }
@@ -89,9 +108,19 @@ async fn main() -> anyhow::Result<()> {
     ips.dedup();
     let pki = pki::ClusterPki::load_or_create(&args.data_dir.join("pki"), &dns, &ips)?;
     let admin = pki.admin()?;
-    let server_url = format!("https://{}:{}", match args.advertise_address { IpAddr::V6(v6) => format!("[{v6}]"), v4 => v4.to_string() }, args.secure_port);
+    let server_url = format!(
+        "https://{}:{}",
+        match args.advertise_address {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        },
+        args.secure_port
+    );
     let kubeconfig_path = args.data_dir.join("admin.kubeconfig");
-    pki::write_kubeconfig(&kubeconfig_path, &pki::kubeconfig(&server_url, &pki.ca.cert_pem, "kubernetes-admin", &admin))?;
+    pki::write_kubeconfig(
+        &kubeconfig_path,
+        &pki::kubeconfig(&server_url, &pki.ca.cert_pem, "kubernetes-admin", &admin),
+    )?;
 
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(args.data_dir.join("state.redb"))?);
     let cache = Cache::start(store.clone()).await?;
@@ -104,7 +133,10 @@ async fn main() -> anyhow::Result<()> {
         cache,
         tokens,
         authorizer: Box::new(AllowAuthenticated),
-        settings: Settings { service_cidr, node_port_range: node_ports },
+        settings: Settings {
+            service_cidr,
+            node_port_range: node_ports,
+        },
         allocation: tokio::sync::Mutex::new(()),
         myself: std::sync::OnceLock::new(),
     });

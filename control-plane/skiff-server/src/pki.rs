@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +115,10 @@ pub fn issue_client_cert(
     }
     dn.push(DnType::CommonName, user);
     params.distinguished_name = dn;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     validity(&mut params, 365);
     let key = KeyPair::generate().map_err(gen_err(user))?;
@@ -183,7 +186,9 @@ impl ClusterPki {
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
                 validity(&mut params, 365);
                 let key = KeyPair::generate().map_err(gen_err("serving"))?;
-                let cert = params.signed_by(&key, &issuer).map_err(gen_err("serving"))?;
+                let cert = params
+                    .signed_by(&key, &issuer)
+                    .map_err(gen_err("serving"))?;
                 let pair = CertAndKey {
                     cert_pem: cert.pem(),
                     key_pem: key.serialize_pem(),

@@ -4,8 +4,8 @@
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
-use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coordination, core::v1 as core};
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coordination, core::v1 as core};
 
 /// Decodes `value` as the typed object and encodes it again: this rejects wrong types and
 /// yields the canonical form (unknown fields dropped), as kube-apiserver's decoder does.
@@ -14,7 +14,9 @@ pub type RoundTrip = fn(Value) -> Result<Value, serde_json::Error>;
 /// Adds the kind's OpenAPI schema (and everything it references) to the generator.
 pub type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
 
-fn schema_of<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+fn schema_of<T: schemars::JsonSchema>(
+    generator: &mut schemars::SchemaGenerator,
+) -> schemars::Schema {
     generator.subschema_for::<T>()
 }
 
@@ -160,7 +162,9 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
 }
 
 pub fn find_kind(group: &str, kind: &str) -> Option<&'static ResourceType> {
-    RESOURCES.iter().find(|r| r.group == group && r.kind == kind)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.kind == kind)
 }
 
 pub fn namespaces() -> &'static ResourceType {

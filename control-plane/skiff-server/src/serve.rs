@@ -16,7 +16,10 @@ use crate::pki::ClusterPki;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("TLS configuration: {0}")]
     Tls(String),
 }
@@ -38,9 +41,10 @@ pub fn tls_config(pki: &ClusterPki) -> Result<rustls::ServerConfig, ServeError> 
         .allow_unauthenticated()
         .build()
         .map_err(|e| ServeError::Tls(e.to_string()))?;
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut pki.serving.key_pem.as_bytes())
-        .map_err(|e| ServeError::Tls(e.to_string()))?
-        .ok_or_else(|| ServeError::Tls("no private key in the serving key file".into()))?;
+    let key: PrivateKeyDer<'static> =
+        rustls_pemfile::private_key(&mut pki.serving.key_pem.as_bytes())
+            .map_err(|e| ServeError::Tls(e.to_string()))?
+            .ok_or_else(|| ServeError::Tls("no private key in the serving key file".into()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ServeError::Tls(e.to_string()))?
@@ -52,7 +56,9 @@ pub fn tls_config(pki: &ClusterPki) -> Result<rustls::ServerConfig, ServeError> 
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// Accepts connections until the process ends.
@@ -71,7 +77,12 @@ pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, api: Arc<Ap
         let acceptor = acceptor.clone();
         let api = api.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(tcp),
+            )
+            .await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -91,7 +102,10 @@ pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, api: Arc<Ap
                 async move { Ok::<_, std::convert::Infallible>(api.handle(req, user).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });

@@ -179,7 +179,10 @@ fn apply(
                 return Err(StoreError::AlreadyExists { key: key.clone() });
             }
             objects
-                .insert(key.as_str(), encode(next_revision, next_revision, value).as_slice())
+                .insert(
+                    key.as_str(),
+                    encode(next_revision, next_revision, value).as_slice(),
+                )
                 .map_err(|e| backend(path, e))?;
             let kv = KeyValue {
                 key: key.clone(),
@@ -194,7 +197,8 @@ fn apply(
             value,
             expected,
         } => {
-            let prev = current(objects, key)?.ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
+            let prev =
+                current(objects, key)?.ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
             if prev.mod_revision != *expected {
                 return Err(StoreError::Conflict {
                     key: key.clone(),
@@ -223,7 +227,8 @@ fn apply(
             ))
         }
         WriteOp::Delete { key, expected } => {
-            let prev = current(objects, key)?.ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
+            let prev =
+                current(objects, key)?.ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
             if let Some(expected) = expected {
                 if prev.mod_revision != *expected {
                     return Err(StoreError::Conflict {
@@ -281,7 +286,8 @@ fn writer_loop(
                 meta.insert(REVISION_KEY, revision)
                     .map_err(|e| backend(&path, e))?;
                 if let Some(c) = compact_to {
-                    meta.insert(COMPACTED_KEY, c).map_err(|e| backend(&path, e))?;
+                    meta.insert(COMPACTED_KEY, c)
+                        .map_err(|e| backend(&path, e))?;
                 }
             }
             txn.commit().map_err(|e| backend(&path, e))?;
@@ -310,11 +316,7 @@ fn writer_loop(
             }
             if let Some(c) = compact_to {
                 history.oldest_watchable = history.oldest_watchable.max(c);
-                while history
-                    .events
-                    .front()
-                    .is_some_and(|e| e.revision() <= c)
-                {
+                while history.events.front().is_some_and(|e| e.revision() <= c) {
                     history.events.pop_front();
                 }
             }

@@ -8,19 +8,43 @@ fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
 async fn create_get_update_delete_with_revisions() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    let a = store.create("/registry/pods/default/a", b"one".to_vec()).await.unwrap();
+    let a = store
+        .create("/registry/pods/default/a", b"one".to_vec())
+        .await
+        .unwrap();
     assert_eq!(a.create_revision, 1);
-    let b = store.create("/registry/pods/default/b", b"two".to_vec()).await.unwrap();
+    let b = store
+        .create("/registry/pods/default/b", b"two".to_vec())
+        .await
+        .unwrap();
     assert_eq!(b.mod_revision, 2);
     assert!(matches!(
-        store.create("/registry/pods/default/a", b"x".to_vec()).await,
+        store
+            .create("/registry/pods/default/a", b"x".to_vec())
+            .await,
         Err(StoreError::AlreadyExists { .. })
     ));
-    let a2 = store.update("/registry/pods/default/a", b"uno".to_vec(), 1).await.unwrap();
+    let a2 = store
+        .update("/registry/pods/default/a", b"uno".to_vec(), 1)
+        .await
+        .unwrap();
     assert_eq!((a2.create_revision, a2.mod_revision), (1, 3));
-    let stale = store.update("/registry/pods/default/a", b"stale".to_vec(), 1).await;
-    assert!(matches!(stale, Err(StoreError::Conflict { expected: 1, actual: 3, .. })));
-    let got = store.get("/registry/pods/default/a").await.unwrap().unwrap();
+    let stale = store
+        .update("/registry/pods/default/a", b"stale".to_vec(), 1)
+        .await;
+    assert!(matches!(
+        stale,
+        Err(StoreError::Conflict {
+            expected: 1,
+            actual: 3,
+            ..
+        })
+    ));
+    let got = store
+        .get("/registry/pods/default/a")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&*got.value, b"uno");
     let (list, rev) = store.list("/registry/pods/").await.unwrap();
     assert_eq!(list.len(), 2);
@@ -29,10 +53,17 @@ async fn create_get_update_delete_with_revisions() {
         store.delete("/registry/pods/default/b", Some(1)).await,
         Err(StoreError::Conflict { .. })
     ));
-    let (gone, rev) = store.delete("/registry/pods/default/b", None).await.unwrap();
+    let (gone, rev) = store
+        .delete("/registry/pods/default/b", None)
+        .await
+        .unwrap();
     assert_eq!(&*gone.value, b"two");
     assert_eq!(rev, 4);
-    assert!(store.get("/registry/pods/default/b").await.unwrap().is_none());
+    assert!(store
+        .get("/registry/pods/default/b")
+        .await
+        .unwrap()
+        .is_none());
     assert!(matches!(
         store.delete("/registry/pods/default/b", None).await,
         Err(StoreError::NotFound { .. })
@@ -45,10 +76,16 @@ async fn list_prefix_does_not_leak_into_neighbours() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     store.create("/registry/pods/a", vec![]).await.unwrap();
-    store.create("/registry/podsecurity/x", vec![]).await.unwrap();
+    store
+        .create("/registry/podsecurity/x", vec![])
+        .await
+        .unwrap();
     store.create("/registry/services/a", vec![]).await.unwrap();
     let (list, _) = store.list("/registry/pods/").await.unwrap();
-    assert_eq!(list.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(), ["/registry/pods/a"]);
+    assert_eq!(
+        list.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(),
+        ["/registry/pods/a"]
+    );
 }
 
 #[tokio::test]
@@ -64,11 +101,19 @@ async fn watch_replays_backlog_then_follows_live_changes_in_order() {
     let mut seen = Vec::new();
     for _ in 0..3 {
         let event = watch.recv().await.unwrap().unwrap();
-        seen.push((event.revision(), event.key().to_string(), matches!(event, Event::Delete { .. })));
+        seen.push((
+            event.revision(),
+            event.key().to_string(),
+            matches!(event, Event::Delete { .. }),
+        ));
     }
     assert_eq!(
         seen,
-        vec![(2, "/r/b".into(), false), (4, "/r/a".into(), false), (5, "/r/b".into(), true)]
+        vec![
+            (2, "/r/b".into(), false),
+            (4, "/r/a".into(), false),
+            (5, "/r/b".into(), true)
+        ]
     );
 }
 
@@ -80,7 +125,10 @@ async fn watch_before_compaction_is_refused() {
         store.create(&format!("/k/{i}"), vec![]).await.unwrap();
     }
     store.compact(3).await.unwrap();
-    assert!(matches!(store.watch("/k/", 2).await, Err(StoreError::Compacted { oldest: 3, .. })));
+    assert!(matches!(
+        store.watch("/k/", 2).await,
+        Err(StoreError::Compacted { oldest: 3, .. })
+    ));
     assert!(store.watch("/k/", 3).await.is_ok());
 }
 
@@ -96,7 +144,10 @@ async fn concurrent_writes_get_unique_revisions_and_survive_reopen() {
             tasks.push(tokio::spawn(async move {
                 let mut revs = Vec::new();
                 for i in 0..50 {
-                    let kv = store.create(&format!("/w/{worker}/{i}"), vec![worker as u8]).await.unwrap();
+                    let kv = store
+                        .create(&format!("/w/{worker}/{i}"), vec![worker as u8])
+                        .await
+                        .unwrap();
                     revs.push(kv.mod_revision);
                 }
                 revs

@@ -26,7 +26,11 @@ pub fn image_pull_policy(image: &str) -> &'static str {
 
 fn default_container(c: &mut Value) {
     let Some(c) = c.as_object_mut() else { return };
-    let image = c.get("image").and_then(Value::as_str).unwrap_or("").to_string();
+    let image = c
+        .get("image")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if !image.is_empty() {
         set_default(c, "imagePullPolicy", json!(image_pull_policy(&image)));
     }
@@ -53,7 +57,9 @@ fn default_container(c: &mut Value) {
 }
 
 pub fn pod_spec(spec: &mut Value) {
-    let Some(s) = spec.as_object_mut() else { return };
+    let Some(s) = spec.as_object_mut() else {
+        return;
+    };
     set_default(s, "restartPolicy", json!("Always"));
     set_default(s, "dnsPolicy", json!("ClusterFirst"));
     set_default(s, "terminationGracePeriodSeconds", json!(30));
@@ -154,7 +160,11 @@ pub fn apply(kind: &str, obj: &mut Value) {
             template(obj);
             if let Some(s) = object_at(obj, "/spec") {
                 set_default(s, "revisionHistoryLimit", json!(10));
-                set_default(s, "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}));
+                set_default(
+                    s,
+                    "updateStrategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+                );
             }
         }
         "StatefulSet" => {
@@ -163,14 +173,22 @@ pub fn apply(kind: &str, obj: &mut Value) {
                 set_default(s, "replicas", json!(1));
                 set_default(s, "revisionHistoryLimit", json!(10));
                 set_default(s, "podManagementPolicy", json!("OrderedReady"));
-                set_default(s, "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
+                set_default(
+                    s,
+                    "updateStrategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+                );
             }
         }
         "Service" => {
             if let Some(s) = object_at(obj, "/spec") {
                 set_default(s, "type", json!("ClusterIP"));
                 set_default(s, "sessionAffinity", json!("None"));
-                let ty = s.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+                let ty = s
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("ClusterIP")
+                    .to_string();
                 if ty != "ExternalName" {
                     set_default(s, "internalTrafficPolicy", json!("Cluster"));
                     set_default(s, "ipFamilies", json!(["IPv4"]));
@@ -192,6 +210,20 @@ pub fn apply(kind: &str, obj: &mut Value) {
         "Secret" => {
             if let Some(o) = obj.as_object_mut() {
                 set_default(o, "type", json!("Opaque"));
+                // stringData is write-only: it is folded into data, as kube-apiserver does.
+                if let Some(Value::Object(plain)) = o.remove("stringData") {
+                    use base64::Engine;
+                    let data = o.entry("data").or_insert(json!({}));
+                    if let Some(data) = data.as_object_mut() {
+                        for (k, v) in plain {
+                            let text = v.as_str().unwrap_or_default();
+                            data.insert(
+                                k,
+                                json!(base64::engine::general_purpose::STANDARD.encode(text)),
+                            );
+                        }
+                    }
+                }
             }
         }
         "Namespace" => {
@@ -242,9 +274,30 @@ mod tests {
     }
 
     #[test]
+    fn secret_string_data_moves_into_data() {
+        let mut s = json!({"data": {"a": "eA=="}, "stringData": {"b": "hunter2"}});
+        apply("Secret", &mut s);
+        assert_eq!(
+            s,
+            json!({"type": "Opaque", "data": {"a": "eA==", "b": "aHVudGVyMg=="}})
+        );
+    }
+
+    #[test]
     fn qos_classes() {
-        assert_eq!(qos_class(&json!({"containers": [{"name": "a"}]})), "BestEffort");
-        assert_eq!(qos_class(&json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})), "Guaranteed");
-        assert_eq!(qos_class(&json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]})), "Burstable");
+        assert_eq!(
+            qos_class(&json!({"containers": [{"name": "a"}]})),
+            "BestEffort"
+        );
+        assert_eq!(
+            qos_class(
+                &json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})
+            ),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(&json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]})),
+            "Burstable"
+        );
     }
 }

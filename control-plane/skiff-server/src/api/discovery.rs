@@ -11,7 +11,10 @@ pub const AGGREGATED_CONTENT_TYPE: &str =
 pub fn wants_aggregated(accept: &str) -> bool {
     accept.split(',').any(|part| {
         let p = part.replace(' ', "");
-        p.contains("as=APIGroupDiscoveryList") && p.contains("g=apidiscovery.k8s.io") && p.contains("v=v2") && !p.contains("v=v2beta1")
+        p.contains("as=APIGroupDiscoveryList")
+            && p.contains("g=apidiscovery.k8s.io")
+            && p.contains("v=v2")
+            && !p.contains("v=v2beta1")
     })
 }
 
@@ -38,8 +41,13 @@ fn subresource_verbs(sub: &str) -> Vec<&'static str> {
     }
 }
 
-fn resources_in<'a>(group: &'a str, version: &'a str) -> impl Iterator<Item = &'static ResourceType> + 'a {
-    registry::RESOURCES.iter().filter(move |r| r.group == group && r.version == version)
+fn resources_in<'a>(
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'static ResourceType> + 'a {
+    registry::RESOURCES
+        .iter()
+        .filter(move |r| r.group == group && r.version == version)
 }
 
 pub fn api_versions() -> Value {
@@ -84,8 +92,14 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     if resources.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
 }
 
 fn aggregated_group(group: &str, version: &str) -> Value {
@@ -126,6 +140,9 @@ pub fn aggregated_core() -> Value {
 }
 
 pub fn aggregated_groups() -> Value {
-    let items: Vec<Value> = registry::groups().into_iter().map(|(g, v)| aggregated_group(g, v)).collect();
+    let items: Vec<Value> = registry::groups()
+        .into_iter()
+        .map(|(g, v)| aggregated_group(g, v))
+        .collect();
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }

@@ -47,14 +47,19 @@ pub mod ipnet_lite {
     impl std::str::FromStr for Ipv4Net {
         type Err = String;
         fn from_str(s: &str) -> Result<Self, String> {
-            let (a, p) = s.split_once('/').ok_or_else(|| format!("{s}: expected ADDRESS/PREFIX"))?;
+            let (a, p) = s
+                .split_once('/')
+                .ok_or_else(|| format!("{s}: expected ADDRESS/PREFIX"))?;
             let addr: Ipv4Addr = a.parse().map_err(|e| format!("{s}: {e}"))?;
             let prefix: u8 = p.parse().map_err(|e| format!("{s}: {e}"))?;
             if prefix > 30 {
                 return Err(format!("{s}: prefix must be at most /30"));
             }
             let mask = u32::MAX << (32 - prefix as u32);
-            Ok(Self { addr: Ipv4Addr::from(u32::from(addr) & mask), prefix })
+            Ok(Self {
+                addr: Ipv4Addr::from(u32::from(addr) & mask),
+                prefix,
+            })
         }
     }
 
@@ -96,13 +101,24 @@ pub struct Query(pub Vec<(String, String)>);
 
 impl Query {
     pub fn parse(q: Option<&str>) -> Self {
-        Query(form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect())
+        Query(
+            form_urlencoded::parse(q.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        )
     }
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
     pub fn all(&self, key: &str) -> Vec<&str> {
-        self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
     pub fn flag(&self, key: &str) -> bool {
         matches!(self.get(key), Some("true" | "1"))
@@ -111,7 +127,9 @@ impl Query {
         match self.get("dryRun") {
             None | Some("") => Ok(false),
             Some("All") => Ok(true),
-            Some(other) => Err(ApiError::bad_request(format!("Invalid dryRun value {other:?}: only \"All\" is supported"))),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "Invalid dryRun value {other:?}: only \"All\" is supported"
+            ))),
         }
     }
 }
@@ -125,7 +143,11 @@ pub fn bytes_response(code: u16, content_type: &str, body: Vec<u8>) -> Response<
     Response::builder()
         .status(code)
         .header(header::CONTENT_TYPE, content_type)
-        .body(Full::new(Bytes::from(body)).map_err(|e: Infallible| match e {}).boxed())
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|e: Infallible| match e {})
+                .boxed(),
+        )
         .expect("valid response")
 }
 
@@ -134,8 +156,10 @@ pub fn error_response(err: &ApiError) -> Response<Body> {
 }
 
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version" | "/version/")
-        || path.starts_with("/healthz/")
+    matches!(
+        path,
+        "/healthz" | "/livez" | "/readyz" | "/version" | "/version/"
+    ) || path.starts_with("/healthz/")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/")
 }
@@ -151,10 +175,18 @@ fn split_api_path(path: &str) -> Option<(&str, &str, Vec<&str>)> {
 }
 
 fn resolve_target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
-    let not_found = || ApiError::new(404, "NotFound", "the server could not find the requested resource");
+    let not_found = || {
+        ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    };
     let (namespace, rest): (Option<String>, &[&str]) = match rest {
         ["namespaces", ns, plural, tail @ ..]
-            if !(group.is_empty() && ["status", "finalize"].contains(plural) && tail.is_empty()) =>
+            if !(group.is_empty()
+                && ["status", "finalize"].contains(plural)
+                && tail.is_empty()) =>
         {
             let rt = registry::find(group, version, plural).ok_or_else(not_found)?;
             if rt.namespaced {
@@ -182,11 +214,23 @@ fn resolve_target(group: &str, version: &str, rest: &[&str]) -> Result<Target, A
     }
     for part in namespace.iter().chain(name.iter()) {
         // Names become store keys: refuse anything that could address another key.
-        if part.is_empty() || part.contains('/') || part == "." || part == ".." || part.contains('%') {
-            return Err(ApiError::bad_request(format!("invalid resource name {part:?}: may not be '.', '..' or contain '/' or '%'")));
+        if part.is_empty()
+            || part.contains('/')
+            || part == "."
+            || part == ".."
+            || part.contains('%')
+        {
+            return Err(ApiError::bad_request(format!(
+                "invalid resource name {part:?}: may not be '.', '..' or contain '/' or '%'"
+            )));
         }
     }
-    Ok(Target { rt, namespace, name, subresource: sub })
+    Ok(Target {
+        rt,
+        namespace,
+        name,
+        subresource: sub,
+    })
 }
 
 fn version_info() -> Value {
@@ -201,17 +245,27 @@ fn version_info() -> Value {
 pub async fn read_body(body: hyper::body::Incoming) -> Result<Bytes, ApiError> {
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::new(
-            413,
-            "RequestEntityTooLarge",
-            format!("the request body is larger than the limit of {MAX_BODY} bytes"),
-        )),
-        Err(e) => Err(ApiError::bad_request(format!("reading the request body: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::new(
+                413,
+                "RequestEntityTooLarge",
+                format!("the request body is larger than the limit of {MAX_BODY} bytes"),
+            ))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "reading the request body: {e}"
+        ))),
     }
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> &'a str {
-    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 impl ApiServer {
@@ -222,15 +276,26 @@ impl ApiServer {
         peer.cloned()
     }
 
-    pub async fn handle(self: Arc<Self>, req: Request<hyper::body::Incoming>, peer: Option<User>) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<hyper::body::Incoming>,
+        peer: Option<User>,
+    ) -> Response<Body> {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let response = self.route(req, peer).await.unwrap_or_else(|e| error_response(&e));
+        let response = self
+            .route(req, peer)
+            .await
+            .unwrap_or_else(|e| error_response(&e));
         tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
         response
     }
 
-    async fn route(self: &Arc<Self>, req: Request<hyper::body::Incoming>, peer: Option<User>) -> Result<Response<Body>, ApiError> {
+    async fn route(
+        self: &Arc<Self>,
+        req: Request<hyper::body::Incoming>,
+        peer: Option<User>,
+    ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().to_string();
         if is_public(&path) {
             return Ok(match path.as_str() {
@@ -238,31 +303,52 @@ impl ApiServer {
                 _ => bytes_response(200, "text/plain; charset=utf-8", b"ok".to_vec()),
             });
         }
-        let user = self.authenticate(req.headers(), peer.as_ref()).ok_or_else(ApiError::unauthorized)?;
+        let user = self
+            .authenticate(req.headers(), peer.as_ref())
+            .ok_or_else(ApiError::unauthorized)?;
         let accept = header_str(req.headers(), header::ACCEPT).to_string();
         let method = req.method().clone();
         if method == Method::GET {
             match path.trim_end_matches('/') {
                 "/api" => {
                     return Ok(if discovery::wants_aggregated(&accept) {
-                        bytes_response(200, discovery::AGGREGATED_CONTENT_TYPE, serde_json::to_vec(&discovery::aggregated_core()).unwrap_or_default())
+                        bytes_response(
+                            200,
+                            discovery::AGGREGATED_CONTENT_TYPE,
+                            serde_json::to_vec(&discovery::aggregated_core()).unwrap_or_default(),
+                        )
                     } else {
                         json_response(200, &discovery::api_versions())
                     })
                 }
                 "/apis" => {
                     return Ok(if discovery::wants_aggregated(&accept) {
-                        bytes_response(200, discovery::AGGREGATED_CONTENT_TYPE, serde_json::to_vec(&discovery::aggregated_groups()).unwrap_or_default())
+                        bytes_response(
+                            200,
+                            discovery::AGGREGATED_CONTENT_TYPE,
+                            serde_json::to_vec(&discovery::aggregated_groups()).unwrap_or_default(),
+                        )
                     } else {
                         json_response(200, &discovery::api_group_list())
                     })
                 }
-                "/openapi/v3" => return Ok(bytes_response(200, "application/json", openapi::index().to_vec())),
+                "/openapi/v3" => {
+                    return Ok(bytes_response(
+                        200,
+                        "application/json",
+                        openapi::index().to_vec(),
+                    ))
+                }
                 _ => {}
             }
             if let Some(doc_path) = path.strip_prefix("/openapi/v3/") {
-                let doc = openapi::document(doc_path.trim_end_matches('/'))
-                    .ok_or_else(|| ApiError::new(404, "NotFound", format!("no OpenAPI document for {doc_path}")))?;
+                let doc = openapi::document(doc_path.trim_end_matches('/')).ok_or_else(|| {
+                    ApiError::new(
+                        404,
+                        "NotFound",
+                        format!("no OpenAPI document for {doc_path}"),
+                    )
+                })?;
                 let fresh = header_str(req.headers(), header::IF_NONE_MATCH) == doc.etag;
                 let mut resp = if fresh {
                     let mut r = bytes_response(304, "application/json", Vec::new());
@@ -271,18 +357,31 @@ impl ApiServer {
                 } else {
                     bytes_response(200, "application/json", doc.body.clone())
                 };
-                resp.headers_mut().insert(header::ETAG, doc.etag.parse().expect("etag header"));
+                resp.headers_mut()
+                    .insert(header::ETAG, doc.etag.parse().expect("etag header"));
                 return Ok(resp);
             }
         }
-        let (group, version, rest) = split_api_path(&path)
-            .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"))?;
+        let (group, version, rest) = split_api_path(&path).ok_or_else(|| {
+            ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        })?;
         if rest.is_empty() {
             if method != Method::GET {
-                return Err(ApiError::method_not_allowed(format!("{method} is not supported on {path}")));
+                return Err(ApiError::method_not_allowed(format!(
+                    "{method} is not supported on {path}"
+                )));
             }
-            let list = discovery::resource_list(group, version)
-                .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"))?;
+            let list = discovery::resource_list(group, version).ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                )
+            })?;
             return Ok(json_response(200, &list));
         }
         let target = resolve_target(group, version, &rest)?;
@@ -296,7 +395,11 @@ impl ApiServer {
             (&Method::PATCH, _) => "patch",
             (&Method::DELETE, None) => "deletecollection",
             (&Method::DELETE, Some(_)) => "delete",
-            _ => return Err(ApiError::method_not_allowed(format!("{method} is not supported"))),
+            _ => {
+                return Err(ApiError::method_not_allowed(format!(
+                    "{method} is not supported"
+                )))
+            }
         };
         self.authorizer
             .authorize(&Attributes {
@@ -355,15 +458,37 @@ mod tests {
 
     #[test]
     fn url_parsing() {
-        let t = resolve_target("", "v1", &["namespaces", "default", "pods", "web", "status"]).unwrap();
-        assert_eq!((t.rt.plural, t.namespace.as_deref(), t.name.as_deref(), t.subresource.as_deref()), ("pods", Some("default"), Some("web"), Some("status")));
+        let t = resolve_target(
+            "",
+            "v1",
+            &["namespaces", "default", "pods", "web", "status"],
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                t.rt.plural,
+                t.namespace.as_deref(),
+                t.name.as_deref(),
+                t.subresource.as_deref()
+            ),
+            ("pods", Some("default"), Some("web"), Some("status"))
+        );
         let t = resolve_target("", "v1", &["namespaces", "kube-system"]).unwrap();
-        assert_eq!((t.rt.plural, t.name.as_deref()), ("namespaces", Some("kube-system")));
+        assert_eq!(
+            (t.rt.plural, t.name.as_deref()),
+            ("namespaces", Some("kube-system"))
+        );
         let t = resolve_target("", "v1", &["namespaces", "x", "status"]).unwrap();
-        assert_eq!((t.rt.plural, t.subresource.as_deref()), ("namespaces", Some("status")));
+        assert_eq!(
+            (t.rt.plural, t.subresource.as_deref()),
+            ("namespaces", Some("status"))
+        );
         let t = resolve_target("apps", "v1", &["deployments"]).unwrap();
         assert!(t.namespace.is_none() && t.name.is_none());
-        assert!(resolve_target("", "v1", &["pods", "x"]).is_err(), "a namespaced object needs its namespace");
+        assert!(
+            resolve_target("", "v1", &["pods", "x"]).is_err(),
+            "a namespaced object needs its namespace"
+        );
         assert!(resolve_target("", "v1", &["namespaces", "d", "pods", ".."]).is_err());
         assert!(resolve_target("", "v1", &["namespaces", "d", "widgets"]).is_err());
         assert!(resolve_target("", "v1", &["namespaces", "d", "pods", "p", "bogus"]).is_err());

@@ -27,7 +27,10 @@ pub struct RequestContext {
 
 impl RequestContext {
     pub fn wants_table(&self) -> bool {
-        self.accept.split(',').next().is_some_and(|first| first.replace(' ', "").contains("as=Table"))
+        self.accept
+            .split(',')
+            .next()
+            .is_some_and(|first| first.replace(' ', "").contains("as=Table"))
     }
 }
 
@@ -56,8 +59,11 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
         return Err(ApiError::bad_request("the request body is empty"));
     }
     if skiff_protobuf::is_protobuf_content_type(media) {
-        let decoded = skiff_protobuf::decode(body)
-            .map_err(|e| ApiError::bad_request(format!("the body of the request was in an unknown format: {e}")))?;
+        let decoded = skiff_protobuf::decode(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body of the request was in an unknown format: {e}"
+            ))
+        })?;
         let mut object = decoded.object;
         if let Some(o) = object.as_object_mut() {
             o.insert("apiVersion".into(), json!(decoded.api_version));
@@ -94,7 +100,11 @@ fn unknown_fields(input: &Value, decoded: &Value, path: &str, out: &mut Vec<Stri
                 if v.is_null() {
                     continue;
                 }
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match b.get(k) {
                     Some(bv) => unknown_fields(v, bv, &p, out),
                     None => out.push(p),
@@ -111,19 +121,25 @@ fn unknown_fields(input: &Value, decoded: &Value, path: &str, out: &mut Vec<Stri
 }
 
 fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn meta(obj: &Value) -> &Map<String, Value> {
     static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
-    obj.get("metadata").and_then(Value::as_object).unwrap_or_else(|| EMPTY.get_or_init(Map::new))
+    obj.get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or_else(|| EMPTY.get_or_init(Map::new))
 }
 
 fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
     }
-    obj["metadata"].as_object_mut().expect("metadata is an object")
+    obj["metadata"]
+        .as_object_mut()
+        .expect("metadata is an object")
 }
 
 fn meta_str<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
@@ -135,7 +151,9 @@ fn random_suffix() -> String {
     // kube's alphabet: no vowels (no words) and no easily confused characters.
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::thread_rng();
-    (0..5).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 fn with_type_meta(rt: &ResourceType, mut obj: Value) -> Value {
@@ -164,18 +182,23 @@ struct Continue {
 }
 
 fn encode_continue(key: &str, rv: i64) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({"v": "meta.k8s.io/v1", "rv": rv, "start": key}).to_string())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"v": "meta.k8s.io/v1", "rv": rv, "start": key}).to_string())
 }
 
 fn decode_continue(token: &str) -> Result<Continue, ApiError> {
     let bad = || ApiError::bad_request("continue key is not valid: the token is malformed");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
     let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?;
     if !start.starts_with("/registry/") {
         return Err(bad());
     }
-    Ok(Continue { start_after: start.to_string() })
+    Ok(Continue {
+        start_after: start.to_string(),
+    })
 }
 
 pub struct Selectors {
@@ -186,8 +209,10 @@ pub struct Selectors {
 impl Selectors {
     pub fn parse(rt: &ResourceType, q: &Query) -> Result<Self, ApiError> {
         Ok(Self {
-            labels: LabelSelector::parse(q.get("labelSelector").unwrap_or("")).map_err(ApiError::bad_request)?,
-            fields: FieldSelector::parse(rt.kind, q.get("fieldSelector").unwrap_or("")).map_err(ApiError::bad_request)?,
+            labels: LabelSelector::parse(q.get("labelSelector").unwrap_or(""))
+                .map_err(ApiError::bad_request)?,
+            fields: FieldSelector::parse(rt.kind, q.get("fieldSelector").unwrap_or(""))
+                .map_err(ApiError::bad_request)?,
         })
     }
 
@@ -198,8 +223,16 @@ impl Selectors {
 
 /// Allocation of Service ClusterIPs and NodePorts, derived from the Services that exist, so
 /// that deleting a Service releases its addresses and a restart loses nothing.
-fn allocate_service(server: &ApiServer, svc: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
-    let ty = svc.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+fn allocate_service(
+    server: &ApiServer,
+    svc: &mut Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    let ty = svc
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
     let (prefix, _) = (registry::services().key_prefix(None), ());
     let (existing, _) = server.cache.list(&prefix, None);
     let self_ns = meta_str(svc, "namespace").unwrap_or("").to_string();
@@ -208,13 +241,22 @@ fn allocate_service(server: &ApiServer, svc: &mut Value, old: Option<&Value>) ->
     let mut used_ips = HashSet::new();
     let mut used_ports = HashSet::new();
     for (_, other) in &existing {
-        if (meta_str(other, "namespace").unwrap_or(""), meta_str(other, "name").unwrap_or("")) == self_key {
+        if (
+            meta_str(other, "namespace").unwrap_or(""),
+            meta_str(other, "name").unwrap_or(""),
+        ) == self_key
+        {
             continue;
         }
         if let Some(ip) = other.pointer("/spec/clusterIP").and_then(Value::as_str) {
             used_ips.insert(ip.to_string());
         }
-        for p in other.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
+        for p in other
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(np) = p.get("nodePort").and_then(Value::as_i64) {
                 used_ports.insert(np);
             }
@@ -222,25 +264,58 @@ fn allocate_service(server: &ApiServer, svc: &mut Value, old: Option<&Value>) ->
     }
     let net = server.settings.service_cidr;
     if ty != "ExternalName" {
-        let requested = svc.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
-        let kept = old.and_then(|o| o.pointer("/spec/clusterIP")).and_then(Value::as_str).map(str::to_string);
+        let requested = svc
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let kept = old
+            .and_then(|o| o.pointer("/spec/clusterIP"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let ip = if requested == "None" {
             "None".to_string()
         } else if !requested.is_empty() {
             let addr: std::net::Ipv4Addr = requested.parse().map_err(|_| {
-                ApiError::invalid("Service", "", self_key.1, vec![FieldError::invalid("spec.clusterIP", &requested, "must be a valid IP address")])
+                ApiError::invalid(
+                    "Service",
+                    "",
+                    self_key.1,
+                    vec![FieldError::invalid(
+                        "spec.clusterIP",
+                        &requested,
+                        "must be a valid IP address",
+                    )],
+                )
             })?;
             if old.is_none() && (!net.contains(addr) || used_ips.contains(&requested)) {
-                let why = if used_ips.contains(&requested) { "provided IP is already allocated" } else { "provided IP is not in the valid range" };
-                return Err(ApiError::invalid("Service", "", self_key.1, vec![FieldError::invalid("spec.clusterIP", &requested, why)]));
+                let why = if used_ips.contains(&requested) {
+                    "provided IP is already allocated"
+                } else {
+                    "provided IP is not in the valid range"
+                };
+                return Err(ApiError::invalid(
+                    "Service",
+                    "",
+                    self_key.1,
+                    vec![FieldError::invalid("spec.clusterIP", &requested, why)],
+                ));
             }
             requested
         } else if let Some(k) = kept {
             k
         } else {
             // .1 belongs to the `kubernetes` service; hand out the rest in order.
-            let found = (2..net.size() - 1).map(|n| net.nth(n).to_string()).find(|ip| !used_ips.contains(ip));
-            found.ok_or_else(|| ApiError::new(500, "InternalError", "Internal error occurred: failed to allocate a serviceIP: range is full"))?
+            let found = (2..net.size() - 1)
+                .map(|n| net.nth(n).to_string())
+                .find(|ip| !used_ips.contains(ip));
+            found.ok_or_else(|| {
+                ApiError::new(
+                    500,
+                    "InternalError",
+                    "Internal error occurred: failed to allocate a serviceIP: range is full",
+                )
+            })?
         };
         svc["spec"]["clusterIP"] = json!(ip);
         if ip != "None" {
@@ -251,7 +326,11 @@ fn allocate_service(server: &ApiServer, svc: &mut Value, old: Option<&Value>) ->
     }
     let needs_node_ports = ty == "NodePort" || ty == "LoadBalancer";
     let (lo, hi) = server.settings.node_port_range;
-    let old_ports: Vec<Value> = old.and_then(|o| o.pointer("/spec/ports")).and_then(Value::as_array).cloned().unwrap_or_default();
+    let old_ports: Vec<Value> = old
+        .and_then(|o| o.pointer("/spec/ports"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if let Some(Value::Array(ports)) = svc.pointer_mut("/spec/ports") {
         let mut taken_here = HashSet::new();
         for (i, p) in ports.iter_mut().enumerate() {
@@ -272,8 +351,19 @@ fn allocate_service(server: &ApiServer, svc: &mut Value, old: Option<&Value>) ->
                 if requested < lo as i64 || requested > hi as i64 {
                     return Err(ApiError::invalid("Service", "", self_key.1, vec![FieldError::invalid(path, requested, format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}"))]));
                 }
-                if (used_ports.contains(&requested) || taken_here.contains(&requested)) && previous != Some(requested) {
-                    return Err(ApiError::invalid("Service", "", self_key.1, vec![FieldError::invalid(path, requested, "provided port is already allocated")]));
+                if (used_ports.contains(&requested) || taken_here.contains(&requested))
+                    && previous != Some(requested)
+                {
+                    return Err(ApiError::invalid(
+                        "Service",
+                        "",
+                        self_key.1,
+                        vec![FieldError::invalid(
+                            path,
+                            requested,
+                            "provided port is already allocated",
+                        )],
+                    ));
                 }
                 requested
             } else if let Some(prev) = previous {
@@ -285,7 +375,13 @@ fn allocate_service(server: &ApiServer, svc: &mut Value, old: Option<&Value>) ->
                 (0..span)
                     .map(|k| lo as i64 + (start + k) % span)
                     .find(|c| !used_ports.contains(c) && !taken_here.contains(c))
-                    .ok_or_else(|| ApiError::new(500, "InternalError", "Internal error occurred: failed to allocate a nodePort: range is full"))?
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            500,
+                            "InternalError",
+                            "Internal error occurred: failed to allocate a nodePort: range is full",
+                        )
+                    })?
             };
             taken_here.insert(port);
             p["nodePort"] = json!(port);
@@ -302,17 +398,29 @@ fn ensure_namespace_active(server: &ApiServer, ns: &str) -> Result<(), ApiError>
     let key = registry::namespaces().key(None, ns);
     match server.cache.get(&key) {
         None => Err(ApiError::not_found("namespaces", ns)),
-        Some(obj) if obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") => Err(ApiError::forbidden(format!(
-            "unable to create new content in namespace {ns} because it is being terminated"
-        ))),
+        Some(obj)
+            if obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") =>
+        {
+            Err(ApiError::forbidden(format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            )))
+        }
         Some(_) => Ok(()),
     }
 }
 
 /// One managedFields entry per manager and operation, as kube-apiserver records them
 /// (without field-level ownership yet).
-fn record_manager(obj: &mut Value, rt: &ResourceType, manager: Option<&str>, operation: &str, subresource: Option<&str>) {
-    let Some(manager) = manager.filter(|m| !m.is_empty()) else { return };
+fn record_manager(
+    obj: &mut Value,
+    rt: &ResourceType,
+    manager: Option<&str>,
+    operation: &str,
+    subresource: Option<&str>,
+) {
+    let Some(manager) = manager.filter(|m| !m.is_empty()) else {
+        return;
+    };
     let entry = json!({
         "manager": manager, "operation": operation, "apiVersion": rt.api_version(),
         "time": now_rfc3339(), "fieldsType": "FieldsV1", "fieldsV1": {},
@@ -334,31 +442,57 @@ fn record_manager(obj: &mut Value, rt: &ResourceType, manager: Option<&str>, ope
 }
 
 impl ApiServer {
-    fn respond_object(&self, rt: &ResourceType, ctx: &RequestContext, code: u16, obj: &Value) -> Response<Body> {
+    fn respond_object(
+        &self,
+        rt: &ResourceType,
+        ctx: &RequestContext,
+        code: u16,
+        obj: &Value,
+    ) -> Response<Body> {
         if ctx.wants_table() {
             let rv = meta_str(obj, "resourceVersion").unwrap_or("").to_string();
             let include = IncludeObject::parse(ctx.query.get("includeObject"));
-            return json_response(code, &table::table(rt.kind, &[obj], &rv, None, include, true));
+            return json_response(
+                code,
+                &table::table(rt.kind, &[obj], &rv, None, include, true),
+            );
         }
         json_response(code, &with_type_meta(rt, obj.clone()))
     }
 
     /// Decodes through the kind's type, applies defaults and validation; returns the object
     /// to store and any warnings.
-    fn admit(&self, rt: &ResourceType, ctx: &RequestContext, input: Value, old: Option<&Value>) -> Result<(Value, Vec<String>), ApiError> {
+    fn admit(
+        &self,
+        rt: &ResourceType,
+        ctx: &RequestContext,
+        input: Value,
+        old: Option<&Value>,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         let name = meta_str(&input, "name").unwrap_or("").to_string();
         let decoded = (rt.round_trip)(input.clone()).map_err(|e| {
-            ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", rt.kind, rt.version, rt.kind))
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                rt.kind, rt.version, rt.kind
+            ))
         })?;
         let mut unknown = Vec::new();
         unknown_fields(&input, &decoded, "", &mut unknown);
         let mut warnings = Vec::new();
         match field_validation(&ctx.query)? {
             FieldValidation::Strict if !unknown.is_empty() => {
-                let list: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
-                return Err(ApiError::bad_request(format!("strict decoding error: {}", list.join(", "))));
+                let list: Vec<String> = unknown
+                    .iter()
+                    .map(|f| format!("unknown field \"{f}\""))
+                    .collect();
+                return Err(ApiError::bad_request(format!(
+                    "strict decoding error: {}",
+                    list.join(", ")
+                )));
             }
-            FieldValidation::Warn => warnings.extend(unknown.iter().map(|f| format!("unknown field \"{f}\""))),
+            FieldValidation::Warn => {
+                warnings.extend(unknown.iter().map(|f| format!("unknown field \"{f}\"")))
+            }
             _ => {}
         }
         let mut obj = decoded;
@@ -373,12 +507,23 @@ impl ApiServer {
         Ok((obj, warnings))
     }
 
-    async fn commit_create(&self, rt: &ResourceType, key: &str, obj: &Value) -> Result<Value, ApiError> {
+    async fn commit_create(
+        &self,
+        rt: &ResourceType,
+        key: &str,
+        obj: &Value,
+    ) -> Result<Value, ApiError> {
         let name = meta_str(obj, "name").unwrap_or("").to_string();
-        let kv = self.store.create(key, storable(obj)).await.map_err(|e| match e {
-            StoreError::AlreadyExists { .. } => ApiError::already_exists(&rt.qualified(), &name),
-            other => other.into(),
-        })?;
+        let kv = self
+            .store
+            .create(key, storable(obj))
+            .await
+            .map_err(|e| match e {
+                StoreError::AlreadyExists { .. } => {
+                    ApiError::already_exists(&rt.qualified(), &name)
+                }
+                other => other.into(),
+            })?;
         self.cache.wait_for(kv.mod_revision).await;
         let mut out = obj.clone();
         crate::cache::set_resource_version(&mut out, kv.mod_revision);
@@ -398,7 +543,9 @@ impl ApiServer {
                 "pod {name} does not have a host assigned; {} needs a node agent",
                 t.subresource.as_deref().unwrap_or("")
             ))),
-            Some(other) => Err(ApiError::method_not_allowed(format!("GET is not supported on {other}"))),
+            Some(other) => Err(ApiError::method_not_allowed(format!(
+                "GET is not supported on {other}"
+            ))),
         }
     }
 
@@ -406,11 +553,20 @@ impl ApiServer {
         let selectors = Selectors::parse(t.rt, &ctx.query)?;
         let limit: usize = match ctx.query.get("limit") {
             None | Some("") => 0,
-            Some(l) => l.parse().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+            Some(l) => l
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
         };
-        let after = ctx.query.get("continue").filter(|c| !c.is_empty()).map(decode_continue).transpose()?;
+        let after = ctx
+            .query
+            .get("continue")
+            .filter(|c| !c.is_empty())
+            .map(decode_continue)
+            .transpose()?;
         let prefix = t.rt.key_prefix(t.namespace.as_deref());
-        let (items, revision) = self.cache.list(&prefix, after.as_ref().map(|c| c.start_after.as_str()));
+        let (items, revision) = self
+            .cache
+            .list(&prefix, after.as_ref().map(|c| c.start_after.as_str()));
         let mut selected: Vec<&Arc<Value>> = Vec::new();
         let mut next = None;
         for (key, obj) in &items {
@@ -418,21 +574,30 @@ impl ApiServer {
                 continue;
             }
             if limit > 0 && selected.len() == limit {
-                next = Some(encode_continue(&selected.last().map(|_| key.clone()).unwrap_or_default(), revision));
+                next = Some(encode_continue(
+                    &selected.last().map(|_| key.clone()).unwrap_or_default(),
+                    revision,
+                ));
                 break;
             }
             selected.push(obj);
         }
         // The token names the last returned key: continue after it.
         if next.is_some() {
-            let last = items.iter().find(|(_, o)| Arc::ptr_eq(o, selected.last().expect("limit > 0"))).map(|(k, _)| k.clone());
+            let last = items
+                .iter()
+                .find(|(_, o)| Arc::ptr_eq(o, selected.last().expect("limit > 0")))
+                .map(|(k, _)| k.clone());
             next = last.map(|k| encode_continue(&k, revision));
         }
         let rv = revision.to_string();
         if ctx.wants_table() {
             let refs: Vec<&Value> = selected.iter().map(|o| o.as_ref()).collect();
             let include = IncludeObject::parse(ctx.query.get("includeObject"));
-            return Ok(json_response(200, &table::table(t.rt.kind, &refs, &rv, next.as_deref(), include, true)));
+            return Ok(json_response(
+                200,
+                &table::table(t.rt.kind, &refs, &rv, next.as_deref(), include, true),
+            ));
         }
         let mut metadata = json!({"resourceVersion": rv});
         if let Some(token) = next {
@@ -447,29 +612,48 @@ impl ApiServer {
         Ok(json_response(200, &list))
     }
 
-    pub async fn create(&self, t: &Target, ctx: &RequestContext, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    pub async fn create(
+        &self,
+        t: &Target,
+        ctx: &RequestContext,
+        body: &[u8],
+    ) -> Result<Response<Body>, ApiError> {
         match t.subresource.as_deref() {
             None => {}
             Some("binding") => return self.bind(t, ctx, body).await,
             Some("eviction") => return self.evict(t, ctx).await,
-            Some(other) => return Err(ApiError::method_not_allowed(format!("POST is not supported on {other}"))),
+            Some(other) => {
+                return Err(ApiError::method_not_allowed(format!(
+                    "POST is not supported on {other}"
+                )))
+            }
         }
         if t.name.is_some() {
-            return Err(ApiError::method_not_allowed("POST is not supported on a named object; use PUT or PATCH"));
+            return Err(ApiError::method_not_allowed(
+                "POST is not supported on a named object; use PUT or PATCH",
+            ));
         }
         let input = decode_body(&ctx.content_type, body)?;
         let (obj, warnings) = self.prepare_create(t, ctx, input)?;
         let mut obj = obj;
         let dry_run = ctx.query.dry_run()?;
-        let key = t.rt.key(t.namespace.as_deref(), meta_str(&obj, "name").unwrap_or(""));
+        let key =
+            t.rt.key(t.namespace.as_deref(), meta_str(&obj, "name").unwrap_or(""));
         let stored = {
-            let _guard = if t.rt.kind == "Service" { Some(self.allocation.lock().await) } else { None };
+            let _guard = if t.rt.kind == "Service" {
+                Some(self.allocation.lock().await)
+            } else {
+                None
+            };
             if t.rt.kind == "Service" {
                 allocate_service(self, &mut obj, None)?;
             }
             if dry_run {
                 if self.cache.get(&key).is_some() {
-                    return Err(ApiError::already_exists(&t.rt.qualified(), meta_str(&obj, "name").unwrap_or("")));
+                    return Err(ApiError::already_exists(
+                        &t.rt.qualified(),
+                        meta_str(&obj, "name").unwrap_or(""),
+                    ));
                 }
                 obj
             } else {
@@ -482,9 +666,16 @@ impl ApiServer {
     }
 
     /// Everything a create does before allocation and storage.
-    fn prepare_create(&self, t: &Target, ctx: &RequestContext, mut input: Value) -> Result<(Value, Vec<String>), ApiError> {
+    fn prepare_create(
+        &self,
+        t: &Target,
+        ctx: &RequestContext,
+        mut input: Value,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         if !input.is_object() {
-            return Err(ApiError::bad_request("the request body must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
         }
         check_type_meta(t.rt, &mut input)?;
         let m = meta_mut(&mut input);
@@ -500,7 +691,10 @@ impl ApiServer {
         } else if !t.rt.namespaced {
             m.remove("namespace");
         }
-        let has_name = m.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+        let has_name = m
+            .get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
         if !has_name {
             match m.get("generateName").and_then(Value::as_str) {
                 Some(prefix) if !prefix.is_empty() => {
@@ -508,15 +702,28 @@ impl ApiServer {
                     m.insert("name".into(), json!(format!("{base}{}", random_suffix())));
                 }
                 _ => {
-                    return Err(ApiError::invalid(t.rt.kind, t.rt.group, "", vec![FieldError {
-                        path: "metadata.name".into(),
-                        reason: "FieldValueRequired",
-                        message: "Required value: name or generateName is required".into(),
-                    }]))
+                    return Err(ApiError::invalid(
+                        t.rt.kind,
+                        t.rt.group,
+                        "",
+                        vec![FieldError {
+                            path: "metadata.name".into(),
+                            reason: "FieldValueRequired",
+                            message: "Required value: name or generateName is required".into(),
+                        }],
+                    ))
                 }
             }
         }
-        for system in ["resourceVersion", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "generation"] {
+        for system in [
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+            "generation",
+        ] {
             m.remove(system);
         }
         if let Some(ns) = &t.namespace {
@@ -524,7 +731,10 @@ impl ApiServer {
         }
         let (mut obj, warnings) = self.admit(t.rt, ctx, input, None)?;
         let kind = t.rt.kind;
-        let qos = obj.get("spec").map(defaults::qos_class).unwrap_or("BestEffort");
+        let qos = obj
+            .get("spec")
+            .map(defaults::qos_class)
+            .unwrap_or("BestEffort");
         if t.rt.has_spec_and_status {
             obj["status"] = match kind {
                 "Pod" => json!({"phase": "Pending", "qosClass": qos}),
@@ -538,25 +748,46 @@ impl ApiServer {
         if t.rt.has_spec_and_status && kind != "Pod" && kind != "Node" && kind != "Service" {
             m.insert("generation".into(), json!(1));
         }
-        let manager = ctx.query.get("fieldManager").map(str::to_string).or_else(|| Some(default_manager(ctx)));
+        let manager = ctx
+            .query
+            .get("fieldManager")
+            .map(str::to_string)
+            .or_else(|| Some(default_manager(ctx)));
         record_manager(&mut obj, t.rt, manager.as_deref(), "Update", None);
         Ok((obj, warnings))
     }
 
-    pub async fn update(&self, t: &Target, ctx: &RequestContext, body: &[u8]) -> Result<Response<Body>, ApiError> {
-        let name = t.name.clone().ok_or_else(|| ApiError::method_not_allowed("PUT needs an object name"))?;
+    pub async fn update(
+        &self,
+        t: &Target,
+        ctx: &RequestContext,
+        body: &[u8],
+    ) -> Result<Response<Body>, ApiError> {
+        let name = t
+            .name
+            .clone()
+            .ok_or_else(|| ApiError::method_not_allowed("PUT needs an object name"))?;
         let mut input = decode_body(&ctx.content_type, body)?;
         if !input.is_object() {
-            return Err(ApiError::bad_request("the request body must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
         }
         if t.subresource.as_deref() == Some("scale") {
-            let replicas = input.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
-            return self.set_scale(t, ctx, replicas, resource_version_of(&input)).await;
+            let replicas = input
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            return self
+                .set_scale(t, ctx, replicas, resource_version_of(&input))
+                .await;
         }
         check_type_meta(t.rt, &mut input)?;
         let body_name = meta_str(&input, "name").unwrap_or("");
         if !body_name.is_empty() && body_name != name {
-            return Err(ApiError::bad_request(format!("the name of the object ({body_name}) does not match the name on the URL ({name})")));
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
         }
         let expected = resource_version_of(&input);
         let (obj, code) = self
@@ -579,7 +810,10 @@ impl ApiServer {
         let key = t.rt.key(t.namespace.as_deref(), name);
         let qualified = t.rt.qualified();
         for _attempt in 0..8 {
-            let old = self.cache.get(&key).ok_or_else(|| ApiError::not_found(&qualified, name))?;
+            let old = self
+                .cache
+                .get(&key)
+                .ok_or_else(|| ApiError::not_found(&qualified, name))?;
             let old_rv = resource_version_of(&old).unwrap_or(0);
             if let Some(rv) = expected {
                 if rv != old_rv {
@@ -589,7 +823,11 @@ impl ApiServer {
             let mut input = build(&old)?;
             check_type_meta(t.rt, &mut input)?;
             let mut obj = self.merge_update(t, ctx, &old, input, operation)?;
-            let _guard = if t.rt.kind == "Service" { Some(self.allocation.lock().await) } else { None };
+            let _guard = if t.rt.kind == "Service" {
+                Some(self.allocation.lock().await)
+            } else {
+                None
+            };
             if t.rt.kind == "Service" {
                 allocate_service(self, &mut obj, Some(&old))?;
             }
@@ -602,8 +840,16 @@ impl ApiServer {
                 return Ok((obj, 200));
             }
             // Removing the last finalizer of an object being deleted completes the deletion.
-            let finalizers_empty = meta(&obj).get("finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());
-            if meta(&obj).get("deletionTimestamp").is_some_and(|d| !d.is_null()) && finalizers_empty && !is_graceful_pod(t.rt, &obj) {
+            let finalizers_empty = meta(&obj)
+                .get("finalizers")
+                .and_then(Value::as_array)
+                .is_none_or(|f| f.is_empty());
+            if meta(&obj)
+                .get("deletionTimestamp")
+                .is_some_and(|d| !d.is_null())
+                && finalizers_empty
+                && !is_graceful_pod(t.rt, &obj)
+            {
                 return match self.store.delete(&key, Some(old_rv)).await {
                     Ok((_, rev)) => {
                         self.cache.wait_for(rev).await;
@@ -612,7 +858,9 @@ impl ApiServer {
                         Ok((out, 200))
                     }
                     Err(StoreError::Conflict { .. }) if expected.is_none() => continue,
-                    Err(StoreError::Conflict { .. }) => Err(ApiError::conflict(&qualified, name, conflict_message())),
+                    Err(StoreError::Conflict { .. }) => {
+                        Err(ApiError::conflict(&qualified, name, conflict_message()))
+                    }
                     Err(StoreError::NotFound { .. }) => Err(ApiError::not_found(&qualified, name)),
                     Err(e) => Err(e.into()),
                 };
@@ -624,17 +872,32 @@ impl ApiServer {
                     return Ok((obj, 200));
                 }
                 Err(StoreError::Conflict { .. }) if expected.is_none() => continue,
-                Err(StoreError::Conflict { .. }) => return Err(ApiError::conflict(&qualified, name, conflict_message())),
-                Err(StoreError::NotFound { .. }) => return Err(ApiError::not_found(&qualified, name)),
+                Err(StoreError::Conflict { .. }) => {
+                    return Err(ApiError::conflict(&qualified, name, conflict_message()))
+                }
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(ApiError::not_found(&qualified, name))
+                }
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ApiError::conflict(&qualified, name, "too many concurrent writers; try again"))
+        Err(ApiError::conflict(
+            &qualified,
+            name,
+            "too many concurrent writers; try again",
+        ))
     }
 
     /// Combines the stored object and the client's new version the way the kind's strategy
     /// does: system metadata is kept, status and spec each change only through their own door.
-    fn merge_update(&self, t: &Target, ctx: &RequestContext, old: &Value, input: Value, operation: &str) -> Result<Value, ApiError> {
+    fn merge_update(
+        &self,
+        t: &Target,
+        ctx: &RequestContext,
+        old: &Value,
+        input: Value,
+        operation: &str,
+    ) -> Result<Value, ApiError> {
         let mut input = input;
         let status_only = t.subresource.as_deref() == Some("status");
         if status_only {
@@ -643,7 +906,10 @@ impl ApiServer {
             input = merged;
         } else if t.subresource.as_deref() == Some("finalize") {
             let mut merged = old.clone();
-            merged["spec"]["finalizers"] = input.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
+            merged["spec"]["finalizers"] = input
+                .pointer("/spec/finalizers")
+                .cloned()
+                .unwrap_or(json!([]));
             input = merged;
         } else if t.rt.has_spec_and_status || t.rt.kind == "Namespace" {
             match old.get("status") {
@@ -657,7 +923,15 @@ impl ApiServer {
         }
         let m = meta_mut(&mut input);
         let om = meta(old);
-        for keep in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "name"] {
+        for keep in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "namespace",
+            "name",
+        ] {
             match om.get(keep) {
                 Some(v) => {
                     m.insert(keep.into(), v.clone());
@@ -675,10 +949,22 @@ impl ApiServer {
         m.remove("resourceVersion");
         if om.get("deletionTimestamp").is_some_and(|d| !d.is_null()) {
             // New finalizers may not be added to an object that is going away.
-            let old_f: Vec<Value> = om.get("finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+            let old_f: Vec<Value> = om
+                .get("finalizers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             if let Some(Value::Array(new_f)) = m.get("finalizers") {
                 if new_f.iter().any(|f| !old_f.contains(f)) {
-                    return Err(ApiError::invalid(t.rt.kind, t.rt.group, meta_str(old, "name").unwrap_or(""), vec![FieldError::forbidden("metadata.finalizers", "no new finalizers can be added if the object is being deleted")]));
+                    return Err(ApiError::invalid(
+                        t.rt.kind,
+                        t.rt.group,
+                        meta_str(old, "name").unwrap_or(""),
+                        vec![FieldError::forbidden(
+                            "metadata.finalizers",
+                            "no new finalizers can be added if the object is being deleted",
+                        )],
+                    ));
                 }
             }
         }
@@ -688,13 +974,33 @@ impl ApiServer {
                 meta_mut(&mut obj).insert("generation".into(), json!(g + 1));
             }
         }
-        let manager = ctx.query.get("fieldManager").map(str::to_string).or_else(|| Some(default_manager(ctx)));
-        record_manager(&mut obj, t.rt, manager.as_deref(), operation, t.subresource.as_deref().filter(|s| *s == "status" || *s == "scale"));
+        let manager = ctx
+            .query
+            .get("fieldManager")
+            .map(str::to_string)
+            .or_else(|| Some(default_manager(ctx)));
+        record_manager(
+            &mut obj,
+            t.rt,
+            manager.as_deref(),
+            operation,
+            t.subresource
+                .as_deref()
+                .filter(|s| *s == "status" || *s == "scale"),
+        );
         Ok(obj)
     }
 
-    pub async fn patch(&self, t: &Target, ctx: &RequestContext, body: &[u8]) -> Result<Response<Body>, ApiError> {
-        let name = t.name.clone().ok_or_else(|| ApiError::method_not_allowed("PATCH needs an object name"))?;
+    pub async fn patch(
+        &self,
+        t: &Target,
+        ctx: &RequestContext,
+        body: &[u8],
+    ) -> Result<Response<Body>, ApiError> {
+        let name = t
+            .name
+            .clone()
+            .ok_or_else(|| ApiError::method_not_allowed("PATCH needs an object name"))?;
         let kind = PatchType::from_content_type(&ctx.content_type).ok_or_else(|| {
             ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {:?})", ctx.content_type))
         })?;
@@ -719,25 +1025,46 @@ impl ApiServer {
                 if let Some(Value::Array(entries)) = obj.pointer_mut("/metadata/managedFields") {
                     entries.retain(|e| e.get("operation").and_then(Value::as_str) == Some("Apply"));
                 }
-                let _guard = if t.rt.kind == "Service" { Some(self.allocation.lock().await) } else { None };
+                let _guard = if t.rt.kind == "Service" {
+                    Some(self.allocation.lock().await)
+                } else {
+                    None
+                };
                 if t.rt.kind == "Service" {
                     allocate_service(self, &mut obj, None)?;
                 }
-                let stored = if ctx.query.dry_run()? { obj } else { self.commit_create(t.rt, &key, &obj).await? };
+                let stored = if ctx.query.dry_run()? {
+                    obj
+                } else {
+                    self.commit_create(t.rt, &key, &obj).await?
+                };
                 let mut resp = self.respond_object(t.rt, ctx, 201, &stored);
                 add_warnings(&mut resp, &warnings);
                 return Ok(resp);
             }
         }
-        let expected = patch_body.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok());
+        let expected = patch_body
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok());
         if t.subresource.as_deref() == Some("scale") {
-            let old = self.cache.get(&key).ok_or_else(|| ApiError::not_found(&t.rt.qualified(), &name))?;
+            let old = self
+                .cache
+                .get(&key)
+                .ok_or_else(|| ApiError::not_found(&t.rt.qualified(), &name))?;
             let mut scale = scale_of(t.rt, &old);
             apply_patch(kind, &mut scale, &patch_body)?;
-            let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+            let replicas = scale
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             return self.set_scale(t, ctx, replicas, expected).await;
         }
-        let operation = if kind == PatchType::Apply { "Apply" } else { "Update" };
+        let operation = if kind == PatchType::Apply {
+            "Apply"
+        } else {
+            "Update"
+        };
         let (obj, code) = self
             .write_update(t, ctx, &name, expected, operation, |old| {
                 let mut doc = (*old).clone();
@@ -748,12 +1075,32 @@ impl ApiServer {
         Ok(self.respond_object(t.rt, ctx, code, &obj))
     }
 
-    async fn set_scale(&self, t: &Target, ctx: &RequestContext, replicas: i64, expected: Option<i64>) -> Result<Response<Body>, ApiError> {
+    async fn set_scale(
+        &self,
+        t: &Target,
+        ctx: &RequestContext,
+        replicas: i64,
+        expected: Option<i64>,
+    ) -> Result<Response<Body>, ApiError> {
         let name = t.name.clone().unwrap_or_default();
         if replicas < 0 {
-            return Err(ApiError::invalid("Scale", "autoscaling", &name, vec![FieldError::invalid("spec.replicas", replicas, "must be greater than or equal to 0")]));
+            return Err(ApiError::invalid(
+                "Scale",
+                "autoscaling",
+                &name,
+                vec![FieldError::invalid(
+                    "spec.replicas",
+                    replicas,
+                    "must be greater than or equal to 0",
+                )],
+            ));
         }
-        let inner = Target { rt: t.rt, namespace: t.namespace.clone(), name: t.name.clone(), subresource: None };
+        let inner = Target {
+            rt: t.rt,
+            namespace: t.namespace.clone(),
+            name: t.name.clone(),
+            subresource: None,
+        };
         let (obj, _) = self
             .write_update(&inner, ctx, &name, expected, "Update", |old| {
                 let mut doc = (*old).clone();
@@ -764,13 +1111,31 @@ impl ApiServer {
         Ok(json_response(200, &scale_of(t.rt, &obj)))
     }
 
-    pub async fn delete(&self, t: &Target, ctx: &RequestContext, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    pub async fn delete(
+        &self,
+        t: &Target,
+        ctx: &RequestContext,
+        body: &[u8],
+    ) -> Result<Response<Body>, ApiError> {
         if t.subresource.is_some() {
-            return Err(ApiError::method_not_allowed("DELETE is not supported on a subresource"));
+            return Err(ApiError::method_not_allowed(
+                "DELETE is not supported on a subresource",
+            ));
         }
         let name = t.name.clone().unwrap_or_default();
-        let options = if body.is_empty() { json!({}) } else { decode_body("application/json", body)? };
-        let grace = options.get("gracePeriodSeconds").and_then(Value::as_i64).or_else(|| ctx.query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+        let options = if body.is_empty() {
+            json!({})
+        } else {
+            decode_body("application/json", body)?
+        };
+        let grace = options
+            .get("gracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .or_else(|| {
+                ctx.query
+                    .get("gracePeriodSeconds")
+                    .and_then(|g| g.parse().ok())
+            });
         let policy = options
             .get("propagationPolicy")
             .and_then(Value::as_str)
@@ -778,12 +1143,35 @@ impl ApiServer {
             .unwrap_or("Background")
             .to_string();
         if !["Background", "Foreground", "Orphan"].contains(&policy.as_str()) {
-            return Err(ApiError::bad_request(format!("propagationPolicy must be Background, Foreground or Orphan, not {policy:?}")));
+            return Err(ApiError::bad_request(format!(
+                "propagationPolicy must be Background, Foreground or Orphan, not {policy:?}"
+            )));
         }
-        let precondition_uid = options.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string);
-        let precondition_rv = options.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string);
-        let dry_run = ctx.query.dry_run()? || options.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|v| v == "All"));
-        let obj = self.delete_one(t.rt, t.namespace.as_deref(), &name, grace, &policy, precondition_uid, precondition_rv, dry_run).await?;
+        let precondition_uid = options
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let precondition_rv = options
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let dry_run = ctx.query.dry_run()?
+            || options
+                .get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|d| d.iter().any(|v| v == "All"));
+        let obj = self
+            .delete_one(
+                t.rt,
+                t.namespace.as_deref(),
+                &name,
+                grace,
+                &policy,
+                precondition_uid,
+                precondition_rv,
+                dry_run,
+            )
+            .await?;
         Ok(self.respond_object(t.rt, ctx, 200, &obj))
     }
 
@@ -802,7 +1190,10 @@ impl ApiServer {
         let key = rt.key(namespace, name);
         let qualified = rt.qualified();
         for _attempt in 0..8 {
-            let old = self.cache.get(&key).ok_or_else(|| ApiError::not_found(&qualified, name))?;
+            let old = self
+                .cache
+                .get(&key)
+                .ok_or_else(|| ApiError::not_found(&qualified, name))?;
             if let Some(uid) = &precondition_uid {
                 if meta_str(&old, "uid") != Some(uid.as_str()) {
                     return Err(ApiError::conflict(&qualified, name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&old, "uid").unwrap_or(""))));
@@ -814,20 +1205,39 @@ impl ApiServer {
                 }
             }
             let old_rv = resource_version_of(&old).unwrap_or(0);
-            let mut finalizers: Vec<Value> = meta(&old).get("finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+            let mut finalizers: Vec<Value> = meta(&old)
+                .get("finalizers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             match policy {
-                "Foreground" if !finalizers.contains(&json!("foregroundDeletion")) => finalizers.push(json!("foregroundDeletion")),
-                "Orphan" if !finalizers.contains(&json!("orphan")) => finalizers.push(json!("orphan")),
+                "Foreground" if !finalizers.contains(&json!("foregroundDeletion")) => {
+                    finalizers.push(json!("foregroundDeletion"))
+                }
+                "Orphan" if !finalizers.contains(&json!("orphan")) => {
+                    finalizers.push(json!("orphan"))
+                }
                 _ => {}
             }
             let is_namespace = rt.kind == "Namespace";
-            let pod_grace = if rt.kind == "Pod" && old.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
-                let g = grace.unwrap_or_else(|| old.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30));
+            let pod_grace = if rt.kind == "Pod"
+                && old
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| !n.is_empty())
+            {
+                let g = grace.unwrap_or_else(|| {
+                    old.pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(30)
+                });
                 Some(g).filter(|g| *g > 0)
             } else {
                 None
             };
-            let already_deleting = meta(&old).get("deletionTimestamp").is_some_and(|d| !d.is_null());
+            let already_deleting = meta(&old)
+                .get("deletionTimestamp")
+                .is_some_and(|d| !d.is_null());
             if finalizers.is_empty() && !is_namespace && pod_grace.is_none() {
                 if dry_run {
                     return Ok((*old).clone());
@@ -851,7 +1261,10 @@ impl ApiServer {
                 let m = meta_mut(&mut obj);
                 if !already_deleting {
                     m.insert("deletionTimestamp".into(), json!(now_rfc3339()));
-                    m.insert("deletionGracePeriodSeconds".into(), json!(pod_grace.unwrap_or(0)));
+                    m.insert(
+                        "deletionGracePeriodSeconds".into(),
+                        json!(pod_grace.unwrap_or(0)),
+                    );
                 }
                 if !finalizers.is_empty() {
                     m.insert("finalizers".into(), Value::Array(finalizers));
@@ -876,61 +1289,146 @@ impl ApiServer {
                     return Ok(obj);
                 }
                 Err(StoreError::Conflict { .. }) => continue,
-                Err(StoreError::NotFound { .. }) => return Err(ApiError::not_found(&qualified, name)),
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(ApiError::not_found(&qualified, name))
+                }
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ApiError::conflict(&qualified, name, "too many concurrent writers; try again"))
+        Err(ApiError::conflict(
+            &qualified,
+            name,
+            "too many concurrent writers; try again",
+        ))
     }
 
-    pub async fn delete_collection(&self, t: &Target, ctx: &RequestContext, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    pub async fn delete_collection(
+        &self,
+        t: &Target,
+        ctx: &RequestContext,
+        body: &[u8],
+    ) -> Result<Response<Body>, ApiError> {
         let selectors = Selectors::parse(t.rt, &ctx.query)?;
-        let options = if body.is_empty() { json!({}) } else { decode_body("application/json", body)? };
-        let policy = options.get("propagationPolicy").and_then(Value::as_str).unwrap_or("Background").to_string();
+        let options = if body.is_empty() {
+            json!({})
+        } else {
+            decode_body("application/json", body)?
+        };
+        let policy = options
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .unwrap_or("Background")
+            .to_string();
         let grace = options.get("gracePeriodSeconds").and_then(Value::as_i64);
         let dry_run = ctx.query.dry_run()?;
-        let (items, revision) = self.cache.list(&t.rt.key_prefix(t.namespace.as_deref()), None);
+        let (items, revision) = self
+            .cache
+            .list(&t.rt.key_prefix(t.namespace.as_deref()), None);
         let mut deleted = Vec::new();
         for (_, obj) in items.iter().filter(|(_, o)| selectors.matches(t.rt, o)) {
             let name = meta_str(obj, "name").unwrap_or("").to_string();
             let ns = meta_str(obj, "namespace").map(str::to_string);
-            match self.delete_one(t.rt, ns.as_deref(), &name, grace, &policy, None, None, dry_run).await {
+            match self
+                .delete_one(
+                    t.rt,
+                    ns.as_deref(),
+                    &name,
+                    grace,
+                    &policy,
+                    None,
+                    None,
+                    dry_run,
+                )
+                .await
+            {
                 Ok(o) => deleted.push(o),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(json_response(200, &json!({
-            "kind": format!("{}List", t.rt.kind), "apiVersion": t.rt.api_version(),
-            "metadata": {"resourceVersion": revision.to_string()}, "items": deleted,
-        })))
+        Ok(json_response(
+            200,
+            &json!({
+                "kind": format!("{}List", t.rt.kind), "apiVersion": t.rt.api_version(),
+                "metadata": {"resourceVersion": revision.to_string()}, "items": deleted,
+            }),
+        ))
     }
 
-    async fn bind(&self, t: &Target, ctx: &RequestContext, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    async fn bind(
+        &self,
+        t: &Target,
+        ctx: &RequestContext,
+        body: &[u8],
+    ) -> Result<Response<Body>, ApiError> {
         let binding = decode_body(&ctx.content_type, body)?;
         let name = t.name.clone().unwrap_or_default();
-        let node = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or("").to_string();
+        let node = binding
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if node.is_empty() {
-            return Err(ApiError::invalid("Binding", "", &name, vec![FieldError::required("target.name")]));
+            return Err(ApiError::invalid(
+                "Binding",
+                "",
+                &name,
+                vec![FieldError::required("target.name")],
+            ));
         }
-        let inner = Target { rt: t.rt, namespace: t.namespace.clone(), name: t.name.clone(), subresource: None };
+        let inner = Target {
+            rt: t.rt,
+            namespace: t.namespace.clone(),
+            name: t.name.clone(),
+            subresource: None,
+        };
         let key = t.rt.key(t.namespace.as_deref(), &name);
-        let current = self.cache.get(&key).ok_or_else(|| ApiError::not_found("pods", &name))?;
-        if current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
-            return Err(ApiError::conflict("pods", &name, &format!("pod {name} is already assigned to node {:?}", current.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or(""))));
+        let current = self
+            .cache
+            .get(&key)
+            .ok_or_else(|| ApiError::not_found("pods", &name))?;
+        if current
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty())
+        {
+            return Err(ApiError::conflict(
+                "pods",
+                &name,
+                &format!(
+                    "pod {name} is already assigned to node {:?}",
+                    current
+                        .pointer("/spec/nodeName")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                ),
+            ));
         }
         let (obj, _) = self
             .write_update(&inner, ctx, &name, None, "Update", |old| {
                 let mut doc = (*old).clone();
-                if doc.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
-                    return Err(ApiError::conflict("pods", &name, "pod is already assigned to a node"));
+                if doc
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| !n.is_empty())
+                {
+                    return Err(ApiError::conflict(
+                        "pods",
+                        &name,
+                        "pod is already assigned to a node",
+                    ));
                 }
                 doc["spec"]["nodeName"] = json!(node);
                 Ok(doc)
             })
             .await?;
         // The PodScheduled condition belongs to status, written after the spec change.
-        let status_target = Target { rt: t.rt, namespace: t.namespace.clone(), name: t.name.clone(), subresource: Some("status".into()) };
+        let status_target = Target {
+            rt: t.rt,
+            namespace: t.namespace.clone(),
+            name: t.name.clone(),
+            subresource: Some("status".into()),
+        };
         let _ = self
             .write_update(&status_target, ctx, &name, None, "Update", |old| {
                 let mut doc = (*old).clone();
@@ -943,18 +1441,39 @@ impl ApiServer {
             })
             .await;
         let _ = obj;
-        Ok(json_response(201, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+        Ok(json_response(
+            201,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        ))
     }
 
     async fn evict(&self, t: &Target, _ctx: &RequestContext) -> Result<Response<Body>, ApiError> {
         let name = t.name.clone().unwrap_or_default();
-        self.delete_one(t.rt, t.namespace.as_deref(), &name, None, "Background", None, None, false).await?;
-        Ok(json_response(201, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+        self.delete_one(
+            t.rt,
+            t.namespace.as_deref(),
+            &name,
+            None,
+            "Background",
+            None,
+            None,
+            false,
+        )
+        .await?;
+        Ok(json_response(
+            201,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        ))
     }
 }
 
 fn is_graceful_pod(rt: &ResourceType, obj: &Value) -> bool {
-    rt.kind == "Pod" && obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) > 0
+    rt.kind == "Pod"
+        && obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            > 0
 }
 
 fn strip_managed_time(v: &Value) -> Value {
@@ -982,11 +1501,23 @@ fn add_warnings(resp: &mut Response<Body>, warnings: &[String]) {
 
 fn check_type_meta(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
     let Some(o) = obj.as_object_mut() else {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     };
-    let api_version = o.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
-    let kind = o.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
-    if (!kind.is_empty() && kind != rt.kind) || (!api_version.is_empty() && api_version != rt.api_version()) {
+    let api_version = o
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let kind = o
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if (!kind.is_empty() && kind != rt.kind)
+        || (!api_version.is_empty() && api_version != rt.api_version())
+    {
         return Err(ApiError::bad_request(format!(
             "the API version in the data ({api_version}) does not match the expected API version ({}) or the kind ({kind}) does not match {}",
             rt.api_version(),
@@ -1000,7 +1531,13 @@ fn check_type_meta(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
 
 fn apply_patch(kind: PatchType, doc: &mut Value, patch_body: &Value) -> Result<(), ApiError> {
     match kind {
-        PatchType::Json => patch::json_patch(doc, patch_body).map_err(|e| ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}"))),
+        PatchType::Json => patch::json_patch(doc, patch_body).map_err(|e| {
+            ApiError::new(
+                422,
+                "Invalid",
+                format!("the server rejected our request due to an error in our request: {e}"),
+            )
+        }),
         PatchType::Merge => {
             patch::merge_patch(doc, patch_body);
             Ok(())
@@ -1013,7 +1550,8 @@ fn apply_patch(kind: PatchType, doc: &mut Value, patch_body: &Value) -> Result<(
                     m.remove("resourceVersion");
                 }
             }
-            patch::strategic_merge(doc, &body).map_err(|e| ApiError::bad_request(format!("invalid strategic merge patch: {e}")))
+            patch::strategic_merge(doc, &body)
+                .map_err(|e| ApiError::bad_request(format!("invalid strategic merge patch: {e}")))
         }
     }
 }
@@ -1023,7 +1561,12 @@ pub fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
     let selector = obj
         .pointer("/spec/selector/matchLabels")
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default();
     json!({
         "kind": "Scale", "apiVersion": "autoscaling/v1",
@@ -1044,27 +1587,50 @@ mod tests {
     #[test]
     fn unknown_fields_are_found_by_path() {
         let input = json!({"spec": {"replicas": 1, "bogus": 2, "template": {"spec": {"containers": [{"name": "a", "imagee": "x"}]}}}, "status": null});
-        let decoded = json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "a"}]}}}});
+        let decoded =
+            json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "a"}]}}}});
         let mut out = Vec::new();
         unknown_fields(&input, &decoded, "", &mut out);
-        assert_eq!(out, ["spec.bogus", "spec.template.spec.containers[0].imagee"]);
+        assert_eq!(
+            out,
+            ["spec.bogus", "spec.template.spec.containers[0].imagee"]
+        );
     }
 
     #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {
         let token = encode_continue("/registry/pods/default/a", 5);
-        assert_eq!(decode_continue(&token).unwrap().start_after, "/registry/pods/default/a");
+        assert_eq!(
+            decode_continue(&token).unwrap().start_after,
+            "/registry/pods/default/a"
+        );
         assert!(decode_continue("!!!").is_err());
-        let evil = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"start":"/etc/passwd"}"#);
+        let evil =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"start":"/etc/passwd"}"#);
         assert!(decode_continue(&evil).is_err());
     }
 
     #[test]
     fn bodies_by_content_type() {
         assert!(decode_body("application/json", b"{\"a\":1}").is_ok());
-        assert_eq!(decode_body("application/json", b"{not json").unwrap_err().code, 400);
+        assert_eq!(
+            decode_body("application/json", b"{not json")
+                .unwrap_err()
+                .code,
+            400
+        );
         assert_eq!(decode_body("text/plain", b"x").unwrap_err().code, 415);
-        assert_eq!(decode_body("application/yaml", b"a: [1, 2").unwrap_err().code, 400);
-        assert_eq!(decode_body("application/vnd.kubernetes.protobuf", b"k8s\0garbage").unwrap_err().code, 400);
+        assert_eq!(
+            decode_body("application/yaml", b"a: [1, 2")
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(
+            decode_body("application/vnd.kubernetes.protobuf", b"k8s\0garbage")
+                .unwrap_err()
+                .code,
+            400
+        );
     }
 }

@@ -29,7 +29,9 @@ fn gv_path(group: &str, version: &str) -> String {
 }
 
 fn operation(rt: &ResourceType, verb: &str, action: &str) -> Value {
-    let mut params = vec![json!({"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}})];
+    let mut params = vec![
+        json!({"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}}),
+    ];
     if matches!(verb, "patch" | "put" | "post") {
         params.push(json!({"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}}));
         params.push(json!({"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}}));
@@ -63,11 +65,26 @@ fn build_document(group: &str, version: &str) -> Value {
     let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
     let mut paths = Map::new();
     let mut gvk_by_schema: BTreeMap<String, Value> = BTreeMap::new();
-    let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
-    for rt in registry::RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+    let prefix = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
+    for rt in registry::RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         let schema = (rt.schema)(&mut generator);
-        if let Some(name) = schema.as_value().get("$ref").and_then(Value::as_str).and_then(|r| r.rsplit('/').next()) {
-            gvk_by_schema.insert(name.to_string(), json!([{"group": rt.group, "version": rt.version, "kind": rt.kind}]));
+        if let Some(name) = schema
+            .as_value()
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.rsplit('/').next())
+        {
+            gvk_by_schema.insert(
+                name.to_string(),
+                json!([{"group": rt.group, "version": rt.version, "kind": rt.kind}]),
+            );
         }
         let item = if rt.namespaced {
             format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", rt.plural)
@@ -79,16 +96,22 @@ fn build_document(group: &str, version: &str) -> Value {
         } else {
             format!("{prefix}/{}", rt.plural)
         };
-        paths.insert(item, json!({
-            "get": operation(rt, "get", "get"),
-            "put": operation(rt, "put", "put"),
-            "patch": operation(rt, "patch", "patch"),
-            "delete": operation(rt, "delete", "delete"),
-        }));
-        paths.insert(collection, json!({
-            "get": operation(rt, "list", "list"),
-            "post": operation(rt, "post", "post"),
-        }));
+        paths.insert(
+            item,
+            json!({
+                "get": operation(rt, "get", "get"),
+                "put": operation(rt, "put", "put"),
+                "patch": operation(rt, "patch", "patch"),
+                "delete": operation(rt, "delete", "delete"),
+            }),
+        );
+        paths.insert(
+            collection,
+            json!({
+                "get": operation(rt, "list", "list"),
+                "post": operation(rt, "post", "post"),
+            }),
+        );
     }
     let mut schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
     for (name, gvk) in gvk_by_schema {

@@ -120,7 +120,9 @@ fn merge_object(doc: &mut Value, patch: &Value, parent: Option<&str>) -> Result<
             continue;
         }
         if let Some(field) = key.strip_prefix(DELETE_PRIMITIVE) {
-            let remove = value.as_array().ok_or("$deleteFromPrimitiveList must be a list")?;
+            let remove = value
+                .as_array()
+                .ok_or("$deleteFromPrimitiveList must be a list")?;
             if let Some(Value::Array(items)) = target.get_mut(field) {
                 items.retain(|item| !remove.contains(item));
             }
@@ -205,7 +207,9 @@ fn merge_list(
                         "{field}: an item without the merge key {merge_key:?} cannot be merged"
                     ));
                 };
-                let position = existing.iter().position(|e| key_of(e, merge_key) == Some(id));
+                let position = existing
+                    .iter()
+                    .position(|e| key_of(e, merge_key) == Some(id));
                 let delete = item.get(DIRECTIVE).and_then(Value::as_str) == Some("delete");
                 match (position, delete) {
                     (Some(i), true) => {
@@ -278,14 +282,22 @@ mod tests {
         strategic_merge(&mut doc2, &json!({"data": {"$patch": "replace", "b": "2"}})).unwrap();
         assert_eq!(doc2, json!({"data": {"b": "2"}}));
         let mut doc3 = json!({"metadata": {"finalizers": ["x", "y"]}});
-        strategic_merge(&mut doc3, &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["x"]}})).unwrap();
+        strategic_merge(
+            &mut doc3,
+            &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["x"]}}),
+        )
+        .unwrap();
         assert_eq!(doc3["metadata"]["finalizers"], json!(["y"]));
     }
 
     #[test]
     fn service_ports_merge_by_port() {
         let mut doc = json!({"spec": {"ports": [{"port": 80, "name": "http"}, {"port": 443, "name": "https"}]}});
-        strategic_merge(&mut doc, &json!({"spec": {"ports": [{"port": 80, "targetPort": 8080}]}})).unwrap();
+        strategic_merge(
+            &mut doc,
+            &json!({"spec": {"ports": [{"port": 80, "targetPort": 8080}]}}),
+        )
+        .unwrap();
         assert_eq!(doc["spec"]["ports"][0]["targetPort"], 8080);
         assert_eq!(doc["spec"]["ports"][1]["port"], 443);
     }
@@ -293,10 +305,21 @@ mod tests {
     #[test]
     fn json_patch_and_merge_patch() {
         let mut doc = json!({"spec": {"replicas": 1, "selector": {"a": "b"}}});
-        json_patch(&mut doc, &json!([{"op": "replace", "path": "/spec/replicas", "value": 3}])).unwrap();
+        json_patch(
+            &mut doc,
+            &json!([{"op": "replace", "path": "/spec/replicas", "value": 3}]),
+        )
+        .unwrap();
         assert_eq!(doc["spec"]["replicas"], 3);
-        assert!(json_patch(&mut doc, &json!([{"op": "test", "path": "/spec/replicas", "value": 9}])).is_err());
-        merge_patch(&mut doc, &json!({"spec": {"selector": null, "replicas": 5}}));
+        assert!(json_patch(
+            &mut doc,
+            &json!([{"op": "test", "path": "/spec/replicas", "value": 9}])
+        )
+        .is_err());
+        merge_patch(
+            &mut doc,
+            &json!({"spec": {"selector": null, "replicas": 5}}),
+        );
         assert_eq!(doc, json!({"spec": {"replicas": 5}}));
     }
 }

@@ -37,7 +37,9 @@ fn split_terms(s: &str) -> Vec<&str> {
 fn valid_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= 317
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
 }
 
 impl LabelSelector {
@@ -113,7 +115,11 @@ impl LabelSelector {
     }
 
     pub fn matches_object(&self, object: &Value) -> bool {
-        self.matches(object.pointer("/metadata/labels").and_then(Value::as_object))
+        self.matches(
+            object
+                .pointer("/metadata/labels")
+                .and_then(Value::as_object),
+        )
     }
 }
 
@@ -122,7 +128,13 @@ pub struct FieldSelector(Vec<(String, bool, String)>);
 
 /// The fields kube-apiserver lets each kind be selected by (besides metadata.name/namespace).
 fn field_value(kind: &str, object: &Value, field: &str) -> Option<Result<String, ()>> {
-    let text = |ptr: &str| object.pointer(ptr).and_then(Value::as_str).unwrap_or("").to_string();
+    let text = |ptr: &str| {
+        object
+            .pointer(ptr)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let common = match field {
         "metadata.name" => Some(text("/metadata/name")),
         "metadata.namespace" => Some(text("/metadata/namespace")),
@@ -144,9 +156,10 @@ fn field_value(kind: &str, object: &Value, field: &str) -> Option<Result<String,
         ("Pod", "status.phase") => text("/status/phase"),
         ("Pod", "status.podIP") => text("/status/podIP"),
         ("Pod", "status.nominatedNodeName") => text("/status/nominatedNodeName"),
-        ("Event", f) if f.starts_with("involvedObject.") => {
-            text(&format!("/involvedObject/{}", &f["involvedObject.".len()..]))
-        }
+        ("Event", f) if f.starts_with("involvedObject.") => text(&format!(
+            "/involvedObject/{}",
+            &f["involvedObject.".len()..]
+        )),
         ("Event", "reason") => text("/reason"),
         ("Event", "type") => text("/type"),
         ("Event", "source") => text("/source/component"),
@@ -179,13 +192,13 @@ impl FieldSelector {
             } else if let Some((f, v)) = term.split_once('=') {
                 (f, false, v)
             } else {
-                return Err(format!("invalid selector: '{s}'; can't understand '{term}'"));
+                return Err(format!(
+                    "invalid selector: '{s}'; can't understand '{term}'"
+                ));
             };
             let field = field.trim();
             if let Some(Err(())) = field_value(kind, &Value::Null, field) {
-                return Err(format!(
-                    "field label not supported: {field}"
-                ));
+                return Err(format!("field label not supported: {field}"));
             }
             terms.push((field.to_string(), negate, value.trim().to_string()));
         }
@@ -193,12 +206,12 @@ impl FieldSelector {
     }
 
     pub fn matches(&self, kind: &str, object: &Value) -> bool {
-        self.0.iter().all(|(field, negate, value)| {
-            match field_value(kind, object, field) {
+        self.0.iter().all(
+            |(field, negate, value)| match field_value(kind, object, field) {
                 Some(Ok(actual)) => (actual == *value) != *negate,
                 _ => false,
-            }
-        })
+            },
+        )
     }
 }
 
@@ -229,9 +242,15 @@ mod tests {
         let pod = json!({"metadata": {"name": "p", "namespace": "d"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
         let f = FieldSelector::parse("Pod", "spec.nodeName=n1,status.phase!=Failed").unwrap();
         assert!(f.matches("Pod", &pod));
-        assert!(!FieldSelector::parse("Pod", "metadata.name=q").unwrap().matches("Pod", &pod));
+        assert!(!FieldSelector::parse("Pod", "metadata.name=q")
+            .unwrap()
+            .matches("Pod", &pod));
         assert!(FieldSelector::parse("Pod", "spec.bogus=1").is_err());
         let ev = json!({"involvedObject": {"name": "p", "uid": "u"}});
-        assert!(FieldSelector::parse("Event", "involvedObject.name=p,involvedObject.uid=u").unwrap().matches("Event", &ev));
+        assert!(
+            FieldSelector::parse("Event", "involvedObject.name=p,involvedObject.uid=u")
+                .unwrap()
+                .matches("Event", &ev)
+        );
     }
 }

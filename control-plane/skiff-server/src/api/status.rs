@@ -14,14 +14,26 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn required(path: impl Into<String>) -> Self {
-        Self { path: path.into(), reason: "FieldValueRequired", message: "Required value".into() }
+        Self {
+            path: path.into(),
+            reason: "FieldValueRequired",
+            message: "Required value".into(),
+        }
     }
 
-    pub fn invalid(path: impl Into<String>, value: impl std::fmt::Display, detail: impl Into<String>) -> Self {
+    pub fn invalid(
+        path: impl Into<String>,
+        value: impl std::fmt::Display,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             path: path.into(),
             reason: "FieldValueInvalid",
-            message: format!("Invalid value: {}: {}", quote(&value.to_string()), detail.into()),
+            message: format!(
+                "Invalid value: {}: {}",
+                quote(&value.to_string()),
+                detail.into()
+            ),
         }
     }
 
@@ -33,17 +45,29 @@ impl FieldError {
         }
     }
 
-    pub fn not_supported(path: impl Into<String>, value: impl std::fmt::Display, allowed: &[&str]) -> Self {
+    pub fn not_supported(
+        path: impl Into<String>,
+        value: impl std::fmt::Display,
+        allowed: &[&str],
+    ) -> Self {
         let list: Vec<String> = allowed.iter().map(|a| quote(a)).collect();
         Self {
             path: path.into(),
             reason: "FieldValueNotSupported",
-            message: format!("Unsupported value: {}: supported values: {}", quote(&value.to_string()), list.join(", ")),
+            message: format!(
+                "Unsupported value: {}: supported values: {}",
+                quote(&value.to_string()),
+                list.join(", ")
+            ),
         }
     }
 
     pub fn forbidden(path: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { path: path.into(), reason: "FieldValueForbidden", message: format!("Forbidden: {}", detail.into()) }
+        Self {
+            path: path.into(),
+            reason: "FieldValueForbidden",
+            message: format!("Forbidden: {}", detail.into()),
+        }
     }
 
     pub fn to_line(&self) -> String {
@@ -69,7 +93,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into(), details: None }
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -88,7 +117,11 @@ impl ApiError {
         let (resource, group) = qualified.split_once('.').unwrap_or((qualified, ""));
         Self {
             details: Some(json!({"name": name, "group": group, "kind": resource})),
-            ..Self::new(409, "AlreadyExists", format!("{qualified} \"{name}\" already exists"))
+            ..Self::new(
+                409,
+                "AlreadyExists",
+                format!("{qualified} \"{name}\" already exists"),
+            )
         }
     }
 
@@ -96,14 +129,22 @@ impl ApiError {
         let (resource, group) = qualified.split_once('.').unwrap_or((qualified, ""));
         Self {
             details: Some(json!({"name": name, "group": group, "kind": resource})),
-            ..Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {qualified} \"{name}\": {why}"))
+            ..Self::new(
+                409,
+                "Conflict",
+                format!("Operation cannot be fulfilled on {qualified} \"{name}\": {why}"),
+            )
         }
     }
 
     pub fn invalid(kind: &str, group: &str, name: &str, errors: Vec<FieldError>) -> Self {
         let lines: Vec<String> = errors.iter().map(FieldError::to_line).collect();
         // kube-apiserver prints `Deployment.apps "x" is invalid` and `Pod "x" is invalid`.
-        let subject = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+        let subject = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
         let message = if lines.len() == 1 {
             format!("{subject} \"{name}\" is invalid: {}", lines[0])
         } else {

@@ -30,8 +30,19 @@ struct Encoder {
 impl Encoder {
     fn event(&mut self, kind: &str, object: &Value) -> Bytes {
         let object = if self.table {
-            let rv = object.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("").to_string();
-            let t = table::table(self.rt.kind, &[object], &rv, None, self.include, !self.headers_sent);
+            let rv = object
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let t = table::table(
+                self.rt.kind,
+                &[object],
+                &rv,
+                None,
+                self.include,
+                !self.headers_sent,
+            );
             self.headers_sent = true;
             t
         } else {
@@ -42,7 +53,8 @@ impl Encoder {
             }
             o
         };
-        let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        let mut line =
+            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
     }
@@ -53,7 +65,8 @@ impl Encoder {
             metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
         let object = json!({"kind": self.rt.kind, "apiVersion": self.rt.api_version(), "metadata": metadata});
-        let mut line = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": object})).unwrap_or_default();
+        let mut line =
+            serde_json::to_vec(&json!({"type": "BOOKMARK", "object": object})).unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
     }
@@ -61,12 +74,20 @@ impl Encoder {
 
 /// Translates a store change into what this watcher sees, given its selectors: an object
 /// that starts matching is ADDED, one that stops matching is DELETED.
-fn visible(rt: &ResourceType, selectors: &Selectors, prefix: &str, event: &CacheEvent) -> Option<&'static str> {
+fn visible(
+    rt: &ResourceType,
+    selectors: &Selectors,
+    prefix: &str,
+    event: &CacheEvent,
+) -> Option<&'static str> {
     if !event.key.starts_with(prefix) {
         return None;
     }
     let now = selectors.matches(rt, &event.object);
-    let before = event.prev.as_ref().is_some_and(|p| selectors.matches(rt, p));
+    let before = event
+        .prev
+        .as_ref()
+        .is_some_and(|p| selectors.matches(rt, p));
     match event.kind {
         EventType::Added => now.then_some("ADDED"),
         EventType::Deleted => (before || now).then_some("DELETED"),
@@ -80,14 +101,22 @@ fn visible(rt: &ResourceType, selectors: &Selectors, prefix: &str, event: &Cache
 }
 
 impl ApiServer {
-    pub async fn watch(self: &Arc<Self>, t: &Target, ctx: &RequestContext) -> Result<Response<Body>, ApiError> {
+    pub async fn watch(
+        self: &Arc<Self>,
+        t: &Target,
+        ctx: &RequestContext,
+    ) -> Result<Response<Body>, ApiError> {
         let selectors = match &t.name {
             // A watch on a named object is a watch with a name field selector.
             Some(name) => {
                 let mut q = ctx.query.0.clone();
                 let existing = ctx.query.get("fieldSelector").unwrap_or("").to_string();
                 q.retain(|(k, _)| k != "fieldSelector");
-                let fs = if existing.is_empty() { format!("metadata.name={name}") } else { format!("{existing},metadata.name={name}") };
+                let fs = if existing.is_empty() {
+                    format!("metadata.name={name}")
+                } else {
+                    format!("{existing},metadata.name={name}")
+                };
                 q.push(("fieldSelector".into(), fs));
                 Selectors::parse(t.rt, &super::Query(q))?
             }
@@ -104,22 +133,38 @@ impl ApiServer {
         let rv = ctx.query.get("resourceVersion").filter(|s| !s.is_empty());
         let rt = t.rt;
         let prefix = rt.key_prefix(t.namespace.as_deref());
-        let mut encoder = Encoder { rt, table: ctx.wants_table(), include: IncludeObject::parse(ctx.query.get("includeObject")), headers_sent: false };
+        let mut encoder = Encoder {
+            rt,
+            table: ctx.wants_table(),
+            include: IncludeObject::parse(ctx.query.get("includeObject")),
+            headers_sent: false,
+        };
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
         // The initial state, and where the live stream starts.
         let (initial, start, mut live, backlog) = match (rv, send_initial) {
             (None | Some("0"), _) | (_, Some(true)) => {
                 let (items, revision, live) = self.cache.snapshot_and_subscribe(&prefix);
-                let items: Vec<Arc<Value>> = items.into_iter().filter(|o| selectors.matches(rt, o)).collect();
+                let items: Vec<Arc<Value>> = items
+                    .into_iter()
+                    .filter(|o| selectors.matches(rt, o))
+                    .collect();
                 (items, revision, live, Vec::new())
             }
             (Some(v), _) => {
-                let after: i64 = v.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?;
+                let after: i64 = v
+                    .parse()
+                    .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?;
                 match self.cache.subscribe(after) {
                     Ok((backlog, live)) => (Vec::new(), after, live, backlog),
                     Err(too_old) => {
-                        let status = ApiError::gone(format!("too old resource version: {after} ({})", too_old.oldest)).to_status();
-                        let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": status})).unwrap_or_default();
+                        let status = ApiError::gone(format!(
+                            "too old resource version: {after} ({})",
+                            too_old.oldest
+                        ))
+                        .to_status();
+                        let mut line =
+                            serde_json::to_vec(&json!({"type": "ERROR", "object": status}))
+                                .unwrap_or_default();
                         line.push(b'\n');
                         let _ = tx.try_send(Bytes::from(line));
                         drop(tx);
@@ -187,7 +232,9 @@ impl ApiServer {
 
 fn stream_response(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (Ok::<_, std::io::Error>(Frame::data(chunk)), rx))
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::io::Error>(Frame::data(chunk)), rx))
     });
     Response::builder()
         .status(200)

@@ -1,0 +1,405 @@
+//! The API server driven by the real kubectl (issue: control plane API server).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::Value;
+use skiff_e2e::Server;
+
+fn lines(s: &str) -> Vec<String> {
+    s.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[test]
+fn system_namespaces_exist_and_empty_lists_say_so() {
+    let s = Server::start();
+    let out = s.ok(&["get", "namespaces"]);
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(ns) && l.contains("Active")),
+            "{ns} missing in:\n{out}"
+        );
+    }
+    let out = s.kubectl(&["get", "pods", "-n", "kube-system"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("No resources found in kube-system namespace."));
+    let svc = s.json(&["get", "service", "kubernetes", "-n", "default"]);
+    assert_eq!(svc["spec"]["clusterIP"], "10.96.0.1");
+    let version = s.ok(&["version"]);
+    assert!(version.contains("Server Version: v1.33"), "{version}");
+}
+
+#[test]
+fn create_scale_expose_and_release_addresses() {
+    let s = Server::start();
+    s.ok(&["create", "namespace", "shop"]);
+    // kubectl 1.33 sends these two creates as protobuf.
+    s.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=registry.local/httpd:1",
+        "--replicas=3",
+        "-n",
+        "shop",
+    ]);
+    let d = s.json(&["get", "deployment", "web", "-n", "shop"]);
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+    assert_eq!(d["metadata"]["generation"], 1);
+    s.ok(&["scale", "deployment", "web", "--replicas=5", "-n", "shop"]);
+    assert_eq!(
+        s.json(&["get", "deployment", "web", "-n", "shop"])["spec"]["replicas"],
+        5
+    );
+    s.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--type=NodePort",
+        "-n",
+        "shop",
+    ]);
+    s.ok(&[
+        "create",
+        "service",
+        "nodeport",
+        "other",
+        "--tcp=81:8081",
+        "-n",
+        "shop",
+    ]);
+    let a = s.json(&["get", "svc", "web", "-n", "shop"]);
+    let b = s.json(&["get", "svc", "other", "-n", "shop"]);
+    let ip_a = a["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let ip_b = b["spec"]["clusterIP"].as_str().unwrap().to_string();
+    assert_ne!(ip_a, ip_b);
+    for ip in [&ip_a, &ip_b] {
+        let octets: Vec<u8> = ip.split('.').map(|o| o.parse().unwrap()).collect();
+        assert_eq!(
+            (octets[0], octets[1] & 0xf0),
+            (10, 96),
+            "{ip} is outside 10.96.0.0/12"
+        );
+    }
+    let np_a = a["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    let np_b = b["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    assert_ne!(np_a, np_b);
+    assert!((30000..=32767).contains(&np_a) && (30000..=32767).contains(&np_b));
+    // Deleting a Service releases its ClusterIP and NodePort for others.
+    s.ok(&["delete", "svc", "web", "-n", "shop"]);
+    let reuse = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: again, namespace: shop}}\nspec:\n  type: NodePort\n  clusterIP: {ip_a}\n  ports: [{{port: 80, nodePort: {np_a}}}]\n"
+    );
+    let f = s.write_file("again.yaml", &reuse);
+    s.ok(&["create", "-f", f.to_str().unwrap()]);
+    let taken = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: clash, namespace: shop}}\nspec:\n  clusterIP: {ip_b}\n  ports: [{{port: 80}}]\n");
+    let f = s.write_file("clash.yaml", &taken);
+    let err = s.fails(&["create", "-f", f.to_str().unwrap()]);
+    assert!(err.contains("provided IP is already allocated"), "{err}");
+}
+
+#[test]
+fn label_annotate_set_image_and_edit() {
+    let s = Server::start();
+    s.ok(&["create", "deployment", "web", "--image=busybox:1.36"]);
+    s.ok(&["label", "deployment", "web", "tier=frontend"]);
+    s.ok(&["annotate", "deployment", "web", "owner=team-a"]);
+    s.ok(&["set", "image", "deployment/web", "busybox=busybox:1.37"]);
+    let d = s.json(&["get", "deploy", "web"]);
+    assert_eq!(d["metadata"]["labels"]["tier"], "frontend");
+    assert_eq!(d["metadata"]["annotations"]["owner"], "team-a");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "busybox:1.37"
+    );
+    assert_eq!(
+        d["metadata"]["generation"], 2,
+        "only the image change touched the spec"
+    );
+    let editor = s.write_file(
+        "editor.sh",
+        "#!/bin/sh\nsed -i 's/replicas: 1/replicas: 7/' \"$1\"\n",
+    );
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = s
+        .kubectl_cmd(&["edit", "deployment", "web"])
+        .env("EDITOR", &editor)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.json(&["get", "deploy", "web"])["spec"]["replicas"], 7);
+}
+
+const APP: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: app
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: app}}
+  template:
+    metadata: {labels: {app: app}}
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+        ports: [{containerPort: 80}]
+      - name: sidecar
+        image: busybox:1.36
+---
+apiVersion: v1
+kind: Service
+metadata: {name: app}
+spec:
+  selector: {app: app}
+  ports: [{port: 80, targetPort: 80}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: app-config}
+data: {greeting: hello}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: app-secret}
+stringData: {password: hunter2}
+"#;
+
+#[test]
+fn apply_multi_document_then_reapply_a_change() {
+    let s = Server::start();
+    let f = s.write_file("app.yaml", APP);
+    let out = s.ok(&["apply", "-f", f.to_str().unwrap()]);
+    for expected in [
+        "deployment.apps/app created",
+        "service/app created",
+        "configmap/app-config created",
+        "secret/app-secret created",
+    ] {
+        assert!(out.contains(expected), "{out}");
+    }
+    let secret = s.json(&["get", "secret", "app-secret"]);
+    assert_eq!(
+        secret["data"]["password"], "aHVudGVyMg==",
+        "stringData is stored base64-encoded in data"
+    );
+    // A change to one container: the strategic merge patch keeps the other.
+    let changed = APP
+        .replacen("image: busybox:1.36", "image: busybox:1.37", 1)
+        .replace("replicas: 2", "replicas: 4");
+    std::fs::write(&f, &changed).unwrap();
+    let diff = s.kubectl(&["diff", "-f", f.to_str().unwrap()]);
+    assert_eq!(
+        diff.status.code(),
+        Some(1),
+        "diff reports the change: {}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    assert!(String::from_utf8_lossy(&diff.stdout).contains("busybox:1.37"));
+    let out = s.ok(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(
+        out.contains("deployment.apps/app configured") && out.contains("service/app unchanged"),
+        "{out}"
+    );
+    let d = s.json(&["get", "deploy", "app"]);
+    let containers = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    assert_eq!(containers.len(), 2);
+    assert_eq!(containers[0]["image"], "busybox:1.37");
+    assert_eq!(containers[1]["name"], "sidecar");
+    assert_eq!(d["spec"]["replicas"], 4);
+    let diff = s.kubectl(&["diff", "-f", f.to_str().unwrap()]);
+    assert_eq!(diff.status.code(), Some(0), "nothing left to diff");
+    let out = s.ok(&["delete", "-f", f.to_str().unwrap()]);
+    assert!(out.contains("deployment.apps \"app\" deleted"), "{out}");
+    assert!(s
+        .ok(&["get", "deploy,svc,cm,secret", "-o", "name"])
+        .lines()
+        .all(|l| !l.contains("app")));
+}
+
+#[test]
+fn output_formats() {
+    let s = Server::start();
+    s.ok(&[
+        "create",
+        "configmap",
+        "c1",
+        "--from-literal=a=1",
+        "--from-literal=b=2",
+    ]);
+    s.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox:1.36",
+        "--replicas=2",
+    ]);
+    let yaml = s.ok(&["get", "cm", "c1", "-o", "yaml"]);
+    assert!(
+        yaml.contains("kind: ConfigMap") && yaml.contains("a: \"1\""),
+        "{yaml}"
+    );
+    assert_eq!(
+        s.ok(&["get", "cm", "c1", "-o", "name"]).trim(),
+        "configmap/c1"
+    );
+    assert_eq!(s.ok(&["get", "cm", "c1", "-o", "jsonpath={.data.b}"]), "2");
+    let table = lines(&s.ok(&["get", "cm", "c1"]));
+    assert_eq!(table[0], "NAME DATA AGE");
+    assert!(table[1].starts_with("c1 2 "));
+    let wide = lines(&s.ok(&["get", "deploy", "-o", "wide"]));
+    assert_eq!(
+        wide[0],
+        "NAME READY UP-TO-DATE AVAILABLE AGE CONTAINERS IMAGES SELECTOR"
+    );
+    assert!(
+        wide[1].starts_with("web 0/2 0 0 ") && wide[1].ends_with("busybox busybox:1.36 app=web"),
+        "{:?}",
+        wide[1]
+    );
+    let all = s.ok(&["get", "all"]);
+    assert!(
+        all.contains("service/kubernetes") && all.contains("deployment.apps/web"),
+        "{all}"
+    );
+    let described = s.ok(&["describe", "deployment", "web"]);
+    assert!(
+        described.contains("RollingUpdateStrategy:  25% max unavailable, 25% max surge"),
+        "{described}"
+    );
+}
+
+#[test]
+fn discovery_and_explain() {
+    let s = Server::start();
+    let out = s.ok(&["api-resources"]);
+    for row in [
+        "pods po v1 true Pod",
+        "deployments deploy apps/v1 true Deployment",
+        "namespaces ns v1 false Namespace",
+        "leases coordination.k8s.io/v1 true Lease",
+        "endpointslices discovery.k8s.io/v1 true EndpointSlice",
+        "daemonsets ds apps/v1 true DaemonSet",
+        "controllerrevisions apps/v1 true ControllerRevision",
+    ] {
+        assert!(
+            lines(&out).iter().any(|l| l == row),
+            "missing {row:?} in\n{out}"
+        );
+    }
+    let explained = s.ok(&["explain", "deployment.spec.strategy"]);
+    assert!(
+        explained.contains("FIELD: strategy <DeploymentStrategy>"),
+        "{explained}"
+    );
+    assert!(explained.contains("rollingUpdate"), "{explained}");
+}
+
+#[test]
+fn watch_sees_added_modified_deleted_in_order() {
+    let s = Server::start();
+    s.ok(&["create", "configmap", "before", "--from-literal=x=0"]);
+    let child = s
+        .kubectl_cmd(&[
+            "get",
+            "configmaps",
+            "-w",
+            "--output-watch-events",
+            "-o",
+            "jsonpath={.type} {.object.metadata.name}{\"\\n\"}",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    s.ok(&["create", "configmap", "w1", "--from-literal=a=1"]);
+    s.ok(&["label", "configmap", "w1", "x=y"]);
+    s.ok(&["delete", "configmap", "w1"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = child.id() as i32;
+    unsafe_kill(pid);
+    let out = child.wait_with_output().unwrap();
+    let events: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let w1: Vec<&String> = events.iter().filter(|e| e.ends_with(" w1")).collect();
+    assert_eq!(
+        w1,
+        ["ADDED w1", "MODIFIED w1", "DELETED w1"],
+        "all events: {events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e == "ADDED before"),
+        "the initial state comes first: {events:?}"
+    );
+}
+
+fn unsafe_kill(pid: i32) {
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
+}
+
+#[test]
+fn conflicts_on_stale_resource_version() {
+    let s = Server::start();
+    s.ok(&["create", "configmap", "c", "--from-literal=a=1"]);
+    let mut cm = s.json(&["get", "cm", "c"]);
+    cm["data"]["a"] = Value::String("2".into());
+    let first = s.kubectl_stdin(&["replace", "-f", "-"], &cm.to_string());
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    cm["data"]["a"] = Value::String("3".into());
+    let stale = s.kubectl_stdin(&["replace", "-f", "-"], &cm.to_string());
+    assert!(!stale.status.success());
+    let err = String::from_utf8_lossy(&stale.stderr);
+    assert!(err.contains("the object has been modified"), "{err}");
+    assert_eq!(s.json(&["get", "cm", "c"])["data"]["a"], "2");
+}
+
+#[test]
+fn generate_name_and_list_paging() {
+    let s = Server::start();
+    let mut names = HashSet::new();
+    for _ in 0..7 {
+        let out = s.kubectl_stdin(
+            &["create", "-f", "-", "-o", "name"],
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"generateName":"gen-"}}"#,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        names.insert(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    }
+    assert_eq!(names.len(), 7);
+    assert!(names
+        .iter()
+        .all(|n| n.starts_with("configmap/gen-") && n.len() == "configmap/gen-".len() + 5));
+    // --chunk-size makes kubectl page with limit/continue.
+    let paged = s.ok(&["get", "cm", "--chunk-size=2", "-o", "name"]);
+    let unpaged = s.ok(&["get", "cm", "-o", "name"]);
+    assert_eq!(paged, unpaged);
+    assert_eq!(paged.lines().filter(|l| l.contains("gen-")).count(), 7);
+}

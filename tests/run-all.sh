@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The one command that runs every test: installs what the tests need on a fresh Debian
+# machine, builds the workspace and runs all test tiers that this host supports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+packages=$(grep -v '^\s*#' tests/packages.txt | grep -v '^\s*$' | tr '\n' ' ')
+missing=""
+for p in $packages; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "== installing:$missing"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # docker-registry and etcd-server would try to start services; there is no init here.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+fi
+
+command -v kubectl >/dev/null || { echo "kubectl is required on PATH (the machine image ships it)"; exit 1; }
+
+echo "== cargo fmt / clippy"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== build"
+cargo build --workspace --bins
+
+echo "== tests"
+cargo test --workspace "$@"
