@@ -43,7 +43,10 @@ impl Cidr {
 
     /// The last address of the prefix (all host bits one).
     pub fn last(&self) -> IpAddr {
-        from_u128(self.addr, to_u128(self.addr) | !self.mask() & family_max(self.addr))
+        from_u128(
+            self.addr,
+            to_u128(self.addr) | !self.mask() & family_max(self.addr),
+        )
     }
 
     /// This prefix with its host bits cleared.
@@ -55,7 +58,8 @@ impl Cidr {
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv4() == self.addr.is_ipv4() && (to_u128(ip) & self.mask()) == (to_u128(self.addr) & self.mask())
+        ip.is_ipv4() == self.addr.is_ipv4()
+            && (to_u128(ip) & self.mask()) == (to_u128(self.addr) & self.mask())
     }
 
     fn mask(&self) -> u128 {

@@ -14,10 +14,20 @@ pub const CHAIN_PREFIX: &str = "SKIFF-MASQ-";
 /// Host-side operations of the bridge plugin besides netlink.
 pub trait Firewall {
     /// Masquerades traffic from `addrs` leaving their subnets.
-    fn add_masq(&mut self, network: &str, container_id: &str, addrs: &[Cidr]) -> Result<(), CniError>;
+    fn add_masq(
+        &mut self,
+        network: &str,
+        container_id: &str,
+        addrs: &[Cidr],
+    ) -> Result<(), CniError>;
     /// Removes the attachment's rules; succeeds when there are none. `known`
     /// is the attachment's addresses when the caller has them (prevResult).
-    fn del_masq(&mut self, network: &str, container_id: &str, known: Option<&[Cidr]>) -> Result<(), CniError>;
+    fn del_masq(
+        &mut self,
+        network: &str,
+        container_id: &str,
+        known: Option<&[Cidr]>,
+    ) -> Result<(), CniError>;
     /// Removes rules of attachments of `network` whose container is not in `keep`.
     fn gc_masq(&mut self, network: &str, keep: &HashSet<String>) -> Result<(), CniError>;
     /// Turns on IP forwarding for the families given (needed when the bridge is a gateway).
@@ -51,7 +61,11 @@ fn sanitize(s: &str) -> String {
 
 /// The comment that marks an attachment's rules.
 pub fn comment(network: &str, container_id: &str) -> String {
-    format!("skiff-cni name={} id={}", sanitize(network), sanitize(container_id))
+    format!(
+        "skiff-cni name={} id={}",
+        sanitize(network),
+        sanitize(container_id)
+    )
 }
 
 /// Renders the restore input that installs masquerading for `addrs` of one family.
@@ -62,7 +76,10 @@ pub fn render_add(network: &str, container_id: &str, addrs: &[Cidr], v6: bool) -
     let host = if v6 { 128 } else { 32 };
     let mut s = format!("*nat\n:{chain} - [0:0]\n");
     for a in addrs.iter().filter(|a| a.addr.is_ipv6() == v6) {
-        s += &format!("-A {chain} -d {} -m comment --comment \"{c}\" -j ACCEPT\n", a.masked());
+        s += &format!(
+            "-A {chain} -d {} -m comment --comment \"{c}\" -j ACCEPT\n",
+            a.masked()
+        );
     }
     s += &format!("-A {chain} ! -d {mcast} -m comment --comment \"{c}\" -j MASQUERADE\n");
     for a in addrs.iter().filter(|a| a.addr.is_ipv6() == v6) {
@@ -78,7 +95,9 @@ pub fn render_add(network: &str, container_id: &str, addrs: &[Cidr], v6: bool) -
 /// From `iptables-save -t nat` output, the restore input removing `chain` and
 /// every POSTROUTING jump to it; None when nothing is there.
 pub fn render_del(save: &str, chain: &str) -> Option<String> {
-    let declared = save.lines().any(|l| l == format!(":{chain} - [0:0]") || l.starts_with(&format!(":{chain} ")));
+    let declared = save
+        .lines()
+        .any(|l| l == format!(":{chain} - [0:0]") || l.starts_with(&format!(":{chain} ")));
     let jump = format!("-j {chain}");
     let jumps: Vec<&str> = save
         .lines()
@@ -150,7 +169,10 @@ fn save_nat(v6: bool) -> Result<String, CniError> {
     if !out.status.success() {
         return Err(CniError::new(
             code::IPTABLES,
-            format!("{bin} -t nat failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            format!(
+                "{bin} -t nat failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -177,7 +199,10 @@ fn restore(v6: bool, input: &str) -> Result<(), CniError> {
     if !out.status.success() {
         return Err(CniError::new(
             code::IPTABLES,
-            format!("{bin} failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            format!(
+                "{bin} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         )
         .with_details(input.to_string()));
     }
@@ -185,7 +210,12 @@ fn restore(v6: bool, input: &str) -> Result<(), CniError> {
 }
 
 impl Firewall for Iptables {
-    fn add_masq(&mut self, network: &str, container_id: &str, addrs: &[Cidr]) -> Result<(), CniError> {
+    fn add_masq(
+        &mut self,
+        network: &str,
+        container_id: &str,
+        addrs: &[Cidr],
+    ) -> Result<(), CniError> {
         for v6 in [false, true] {
             if addrs.iter().any(|a| a.addr.is_ipv6() == v6) {
                 restore(v6, &render_add(network, container_id, addrs, v6))?;
@@ -194,7 +224,12 @@ impl Firewall for Iptables {
         Ok(())
     }
 
-    fn del_masq(&mut self, network: &str, container_id: &str, known: Option<&[Cidr]>) -> Result<(), CniError> {
+    fn del_masq(
+        &mut self,
+        network: &str,
+        container_id: &str,
+        known: Option<&[Cidr]>,
+    ) -> Result<(), CniError> {
         let chain = chain_name(network, container_id);
         for fam_v6 in [false, true] {
             if let Some(addrs) = known {
@@ -203,7 +238,12 @@ impl Firewall for Iptables {
                 }
                 // Fast path: delete exactly what ADD installed. It fails when
                 // (some of) the rules are gone already; then look them up.
-                if restore(fam_v6, &render_del_known(network, container_id, addrs, fam_v6)).is_ok() {
+                if restore(
+                    fam_v6,
+                    &render_del_known(network, container_id, addrs, fam_v6),
+                )
+                .is_ok()
+                {
                     continue;
                 }
             }
@@ -238,12 +278,14 @@ impl Firewall for Iptables {
             paths.push("/proc/sys/net/ipv6/conf/all/forwarding");
         }
         for p in paths {
-            if std::fs::read_to_string(p).map(|s| s.trim() == "1").unwrap_or(false) {
+            if std::fs::read_to_string(p)
+                .map(|s| s.trim() == "1")
+                .unwrap_or(false)
+            {
                 continue;
             }
-            std::fs::write(p, "1").map_err(|e| {
-                CniError::new(code::IO_FAILURE, format!("write {p}: {e}"))
-            })?;
+            std::fs::write(p, "1")
+                .map_err(|e| CniError::new(code::IO_FAILURE, format!("write {p}: {e}")))?;
         }
         Ok(())
     }

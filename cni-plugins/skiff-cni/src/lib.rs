@@ -15,16 +15,28 @@ use serde_json::Value;
 use spec::{code, CniError, Command, Env};
 
 /// Plugin names this binary may be installed under.
-pub const PLUGINS: &[&str] = &["bridge", "host-local", "loopback", "portmap", "skiff-overlay"];
+pub const PLUGINS: &[&str] = &[
+    "bridge",
+    "host-local",
+    "loopback",
+    "portmap",
+    "skiff-overlay",
+];
 
 /// Runs one invocation of `plugin` with the given environment and stdin.
 /// Ok(Some) is the JSON to print; errors carry the negotiated cniVersion.
-pub fn dispatch(plugin: &str, env: Result<Env, CniError>, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+pub fn dispatch(
+    plugin: &str,
+    env: Result<Env, CniError>,
+    stdin: &[u8],
+) -> Result<Option<Value>, CniError> {
     let env = env?;
     if env.command == Command::Version {
-        let requested = serde_json::from_slice::<Value>(stdin)
-            .ok()
-            .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string));
+        let requested = serde_json::from_slice::<Value>(stdin).ok().and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
         return Ok(Some(spec::version_result(requested.as_deref())));
     }
     let (conf, version) = spec::negotiate_version(stdin)?;
@@ -41,7 +53,10 @@ pub fn dispatch(plugin: &str, env: Result<Env, CniError>, stdin: &[u8]) -> Resul
         if !spec::version_at_least(&version, min) {
             return Err(tag(CniError::new(
                 code::INCOMPATIBLE_VERSION,
-                format!("config version {version} does not allow {}", env.command.as_str()),
+                format!(
+                    "config version {version} does not allow {}",
+                    env.command.as_str()
+                ),
             )));
         }
     }
@@ -80,11 +95,17 @@ mod tests {
 
     #[test]
     fn version_command_answers_without_config() {
-        let v = dispatch("bridge", Ok(env(Command::Version)), b"").unwrap().unwrap();
-        assert_eq!(v["cniVersion"], spec::LATEST_VERSION);
-        let v = dispatch("bridge", Ok(env(Command::Version)), br#"{"cniVersion":"0.4.0"}"#)
+        let v = dispatch("bridge", Ok(env(Command::Version)), b"")
             .unwrap()
             .unwrap();
+        assert_eq!(v["cniVersion"], spec::LATEST_VERSION);
+        let v = dispatch(
+            "bridge",
+            Ok(env(Command::Version)),
+            br#"{"cniVersion":"0.4.0"}"#,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(v["cniVersion"], "0.4.0");
     }
 
@@ -92,27 +113,53 @@ mod tests {
     fn error_codes_by_input() {
         let e = dispatch("bridge", Ok(env(Command::Add)), b"{nope").unwrap_err();
         assert_eq!(e.code, code::DECODE);
-        let e = dispatch("bridge", Ok(env(Command::Add)), br#"{"cniVersion":"7.0.0"}"#).unwrap_err();
+        let e = dispatch(
+            "bridge",
+            Ok(env(Command::Add)),
+            br#"{"cniVersion":"7.0.0"}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.code, code::INCOMPATIBLE_VERSION);
         let raw = br#"{"cniVersion":"1.0.0","name":"n","type":"bridge","mtu":"x"}"#;
         let e = dispatch("bridge", Ok(env(Command::Add)), raw).unwrap_err();
         assert_eq!(e.code, code::INVALID_CONFIG);
         assert_eq!(e.cni_version, "1.0.0");
         let raw = br#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#;
-        assert_eq!(dispatch("bridge", Ok(env(Command::Gc)), raw).unwrap_err().code, code::INCOMPATIBLE_VERSION);
+        assert_eq!(
+            dispatch("bridge", Ok(env(Command::Gc)), raw)
+                .unwrap_err()
+                .code,
+            code::INCOMPATIBLE_VERSION
+        );
         let raw03 = br#"{"cniVersion":"0.3.1","name":"n","type":"bridge"}"#;
-        assert_eq!(dispatch("bridge", Ok(env(Command::Check)), raw03).unwrap_err().code, code::INCOMPATIBLE_VERSION);
+        assert_eq!(
+            dispatch("bridge", Ok(env(Command::Check)), raw03)
+                .unwrap_err()
+                .code,
+            code::INCOMPATIBLE_VERSION
+        );
         let e = dispatch("portmap", Ok(env(Command::Add)), raw).unwrap_err();
         assert_eq!(e.code, code::NOT_IMPLEMENTED);
         assert!(e.msg.contains("portmap"));
-        assert_eq!(dispatch("nope", Ok(env(Command::Add)), raw).unwrap_err().code, code::NOT_IMPLEMENTED);
+        assert_eq!(
+            dispatch("nope", Ok(env(Command::Add)), raw)
+                .unwrap_err()
+                .code,
+            code::NOT_IMPLEMENTED
+        );
         let env_err = CniError::new(code::INVALID_ENV, "x");
-        assert_eq!(dispatch("bridge", Err(env_err), raw).unwrap_err().code, code::INVALID_ENV);
+        assert_eq!(
+            dispatch("bridge", Err(env_err), raw).unwrap_err().code,
+            code::INVALID_ENV
+        );
     }
 
     #[test]
     fn loopback_del_without_netns_succeeds() {
         let raw = br#"{"cniVersion":"1.0.0","name":"lo","type":"loopback"}"#;
-        assert_eq!(dispatch("loopback", Ok(env(Command::Del)), raw).unwrap(), None);
+        assert_eq!(
+            dispatch("loopback", Ok(env(Command::Del)), raw).unwrap(),
+            None
+        );
     }
 }

@@ -19,6 +19,9 @@ fn main() -> ExitCode {
         .init();
 
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(skiff_cni::plugins::bridge::REAP_ARG) {
+        return reap(&args[2..]);
+    }
     let argv0 = args
         .first()
         .and_then(|a| Path::new(a).file_name())
@@ -31,7 +34,10 @@ fn main() -> ExitCode {
             None => {
                 let e = CniError::new(
                     code::INVALID_ENV,
-                    format!("usage: skiff-cni <plugin>, or install as one of {:?}", skiff_cni::PLUGINS),
+                    format!(
+                        "usage: skiff-cni <plugin>, or install as one of {:?}",
+                        skiff_cni::PLUGINS
+                    ),
                 );
                 return emit(Err(e));
             }
@@ -45,10 +51,28 @@ fn main() -> ExitCode {
     let needs_stdin = !matches!(&env, Err(_));
     if needs_stdin {
         if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
-            return emit(Err(CniError::new(code::IO_FAILURE, format!("read stdin: {e}"))));
+            return emit(Err(CniError::new(
+                code::IO_FAILURE,
+                format!("read stdin: {e}"),
+            )));
         }
     }
     emit(skiff_cni::dispatch(&plugin, env, &stdin))
+}
+
+/// The detached helper of bridge DEL: deletes one host link.
+fn reap(args: &[String]) -> ExitCode {
+    let (Some(index), Some(name)) = (args.first().and_then(|s| s.parse().ok()), args.get(1)) else {
+        eprintln!("usage: skiff-cni --skiff-reap-link <ifindex> <name>");
+        return ExitCode::FAILURE;
+    };
+    match skiff_cni::plugins::bridge::reap_link(index, name) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::warn!(error = %e, "deferred link deletion failed");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn emit(r: Result<Option<serde_json::Value>, CniError>) -> ExitCode {

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::os::fd::RawFd;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -59,6 +59,8 @@ pub struct Link {
     pub up: bool,
     pub is_bridge: bool,
     pub master: Option<u32>,
+    /// For a veth: the peer's index (in the peer's namespace).
+    pub peer_index: Option<u32>,
 }
 
 /// A route as installed on a link.
@@ -71,6 +73,8 @@ pub struct InstalledRoute {
 /// Kernel network operations within one network namespace.
 pub trait NetOps {
     fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NetlinkError>;
+    fn link_by_index(&mut self, index: u32) -> Result<Option<Link>, NetlinkError>;
+    fn rename(&mut self, index: u32, name: &str) -> Result<(), NetlinkError>;
     fn add_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<(), NetlinkError>;
     /// Creates a veth pair: `host` here, `peer` directly inside the namespace `peer_netns`.
     fn add_veth(
@@ -145,9 +149,9 @@ impl Netlink {
             while off < n {
                 let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n])
                     .map_err(|e| NetlinkError::Decode {
-                        op,
-                        msg: e.to_string(),
-                    })?;
+                    op,
+                    msg: e.to_string(),
+                })?;
                 let len = reply.header.length as usize;
                 if len == 0 {
                     break;
@@ -173,9 +177,19 @@ impl Netlink {
         }
     }
 
-    fn set_link(&mut self, msg: LinkMessage, op: &'static str, idx: u32) -> Result<(), NetlinkError> {
-        self.request(RouteNetlinkMessage::SetLink(msg), 0, op, &format!("ifindex {idx}"))
-            .map(drop)
+    fn set_link(
+        &mut self,
+        msg: LinkMessage,
+        op: &'static str,
+        idx: u32,
+    ) -> Result<(), NetlinkError> {
+        self.request(
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+            op,
+            &format!("ifindex {idx}"),
+        )
+        .map(drop)
     }
 }
 
@@ -196,6 +210,7 @@ fn link_from_message(m: &LinkMessage) -> Link {
         up: m.header.flags.contains(LinkFlags::Up),
         is_bridge: false,
         master: None,
+        peer_index: None,
     };
     for a in &m.attributes {
         match a {
@@ -203,6 +218,7 @@ fn link_from_message(m: &LinkMessage) -> Link {
             LinkAttribute::Address(b) => l.mac = mac_string(b),
             LinkAttribute::Mtu(v) => l.mtu = *v,
             LinkAttribute::Controller(v) => l.master = Some(*v),
+            LinkAttribute::Link(v) => l.peer_index = Some(*v),
             LinkAttribute::LinkInfo(infos) => {
                 l.is_bridge = infos
                     .iter()
@@ -251,6 +267,31 @@ impl NetOps for Netlink {
         }
     }
 
+    fn link_by_index(&mut self, index: u32) -> Result<Option<Link>, NetlinkError> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        match self.request(
+            RouteNetlinkMessage::GetLink(m),
+            0,
+            "get link",
+            &format!("ifindex {index}"),
+        ) {
+            Ok(replies) => Ok(replies.iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(link_from_message(l)),
+                _ => None,
+            })),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn rename(&mut self, index: u32, name: &str) -> Result<(), NetlinkError> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.set_link(m, "rename link", index)
+    }
+
     fn add_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<(), NetlinkError> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
@@ -258,7 +299,9 @@ impl NetOps for Netlink {
             m.attributes.push(LinkAttribute::Mtu(mtu));
         }
         m.attributes
-            .push(LinkAttribute::LinkInfo(vec![NlLinkInfo::Kind(InfoKind::Bridge)]));
+            .push(LinkAttribute::LinkInfo(vec![NlLinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
         self.request(
             RouteNetlinkMessage::NewLink(m),
             NLM_F_CREATE | NLM_F_EXCL,

@@ -49,7 +49,11 @@ pub mod code {
 /// The spec's error object. Printed on stdout with a non-zero exit status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub struct CniError {
-    #[serde(rename = "cniVersion", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "cniVersion",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub cni_version: String,
     pub code: u32,
     pub msg: String,
@@ -83,9 +87,8 @@ impl CniError {
     }
 
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| {
-            format!("{{\"code\":{},\"msg\":\"unprintable error\"}}", self.code)
-        })
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| format!("{{\"code\":{},\"msg\":\"unprintable error\"}}", self.code))
     }
 }
 
@@ -200,7 +203,9 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
         || name.len() > 15
         || name == "."
         || name == ".."
-        || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
     if bad {
         return Err(CniError::new(
             code::INVALID_ENV,
@@ -215,7 +220,10 @@ pub fn parse_args(s: &str) -> Result<Vec<(String, String)>, CniError> {
     let mut out = Vec::new();
     for pair in s.split(';').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').ok_or_else(|| {
-            CniError::new(code::INVALID_ENV, format!("CNI_ARGS: invalid pair {pair:?}"))
+            CniError::new(
+                code::INVALID_ENV,
+                format!("CNI_ARGS: invalid pair {pair:?}"),
+            )
         })?;
         out.push((k.to_string(), v.to_string()));
     }
@@ -226,10 +234,16 @@ pub fn parse_args(s: &str) -> Result<Vec<(String, String)>, CniError> {
 /// Malformed JSON is code 6, an unsupported version code 1.
 pub fn negotiate_version(raw: &[u8]) -> Result<(Value, String), CniError> {
     let v: Value = serde_json::from_slice(raw).map_err(|e| {
-        CniError::new(code::DECODE, format!("failed to decode network config: {e}"))
+        CniError::new(
+            code::DECODE,
+            format!("failed to decode network config: {e}"),
+        )
     })?;
     if !v.is_object() {
-        return Err(CniError::new(code::DECODE, "network config is not a JSON object"));
+        return Err(CniError::new(
+            code::DECODE,
+            "network config is not a JSON object",
+        ));
     }
     let version = match v.get("cniVersion") {
         None => "0.1.0".to_string(),
@@ -242,10 +256,11 @@ pub fn negotiate_version(raw: &[u8]) -> Result<(Value, String), CniError> {
         }
     };
     if !SUPPORTED_VERSIONS.contains(&version.as_str()) {
-        return Err(CniError::new(code::INCOMPATIBLE_VERSION, "incompatible CNI versions")
-            .with_details(format!(
-                "config is {version:?}, plugin supports {SUPPORTED_VERSIONS:?}"
-            )));
+        return Err(
+            CniError::new(code::INCOMPATIBLE_VERSION, "incompatible CNI versions").with_details(
+                format!("config is {version:?}, plugin supports {SUPPORTED_VERSIONS:?}"),
+            ),
+        );
     }
     Ok((v, version))
 }
@@ -253,9 +268,8 @@ pub fn negotiate_version(raw: &[u8]) -> Result<(Value, String), CniError> {
 /// Parses a (version-checked) config object into a plugin's typed config; type
 /// errors are code 7 (invalid network config).
 pub fn typed_config<T: for<'de> Deserialize<'de>>(v: &Value) -> Result<T, CniError> {
-    T::deserialize(v).map_err(|e| {
-        CniError::new(code::INVALID_CONFIG, format!("invalid network config: {e}"))
-    })
+    T::deserialize(v)
+        .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("invalid network config: {e}")))
 }
 
 /// True when `version` is at least `min` (both dotted triples).
@@ -437,7 +451,11 @@ mod tests {
 
     #[test]
     fn env_missing_netns_is_code_4() {
-        let pairs: Vec<_> = FULL.iter().copied().filter(|(k, _)| *k != "CNI_NETNS").collect();
+        let pairs: Vec<_> = FULL
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "CNI_NETNS")
+            .collect();
         let e = env(&pairs).unwrap_err();
         assert_eq!(e.code, code::INVALID_ENV);
         assert!(e.msg.contains("CNI_NETNS"));
@@ -445,14 +463,21 @@ mod tests {
 
     #[test]
     fn env_del_does_not_need_netns() {
-        let mut pairs: Vec<_> = FULL.iter().copied().filter(|(k, _)| *k != "CNI_NETNS").collect();
+        let mut pairs: Vec<_> = FULL
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "CNI_NETNS")
+            .collect();
         pairs[0] = ("CNI_COMMAND", "DEL");
         assert!(env(&pairs).is_ok());
     }
 
     #[test]
     fn env_unknown_command_and_bad_ifname() {
-        assert_eq!(env(&[("CNI_COMMAND", "FOO")]).unwrap_err().code, code::INVALID_ENV);
+        assert_eq!(
+            env(&[("CNI_COMMAND", "FOO")]).unwrap_err().code,
+            code::INVALID_ENV
+        );
         let mut pairs = FULL.to_vec();
         pairs[3] = ("CNI_IFNAME", "a/b");
         assert_eq!(env(&pairs).unwrap_err().code, code::INVALID_ENV);
@@ -480,7 +505,10 @@ mod tests {
     fn version_answer_lists_supported() {
         let v = version_result(Some("1.0.0"));
         assert_eq!(v["cniVersion"], "1.0.0");
-        assert_eq!(v["supportedVersions"].as_array().unwrap().len(), SUPPORTED_VERSIONS.len());
+        assert_eq!(
+            v["supportedVersions"].as_array().unwrap().len(),
+            SUPPORTED_VERSIONS.len()
+        );
         assert_eq!(version_result(None)["cniVersion"], LATEST_VERSION);
     }
 
@@ -531,6 +559,8 @@ mod tests {
         .unwrap();
         let a = valid_attachments(&v).unwrap();
         assert_eq!(a[0].container_id, "a");
-        assert!(valid_attachments(&serde_json::json!({})).unwrap().is_empty());
+        assert!(valid_attachments(&serde_json::json!({}))
+            .unwrap()
+            .is_empty());
     }
 }

@@ -150,7 +150,9 @@ struct Reply {
 impl Reply {
     fn code(&self) -> u64 {
         assert!(!self.ok, "expected failure, got {}", self.raw);
-        self.json["code"].as_u64().unwrap_or_else(|| panic!("no code in {}", self.raw))
+        self.json["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no code in {}", self.raw))
     }
 }
 
@@ -263,7 +265,9 @@ impl Lab {
     }
 
     fn host_veths(&self) -> usize {
-        let o = self.host.exec(&["ip", "-o", "link", "show", "type", "veth"]);
+        let o = self
+            .host
+            .exec(&["ip", "-o", "link", "show", "type", "veth"]);
         String::from_utf8_lossy(&o.stdout).lines().count()
     }
 }
@@ -330,9 +334,19 @@ fn net_state(ns: &Netns) -> String {
     let routes = ns.exec(&["ip", "-4", "route"]);
     let a: Vec<String> = String::from_utf8_lossy(&addrs.stdout)
         .lines()
-        .map(|l| l.split_whitespace().skip(1).take(5).collect::<Vec<_>>().join(" "))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect();
-    format!("{}\n{}", a.join("\n"), String::from_utf8_lossy(&routes.stdout))
+    format!(
+        "{}\n{}",
+        a.join("\n"),
+        String::from_utf8_lossy(&routes.stdout)
+    )
 }
 
 #[test]
@@ -349,7 +363,9 @@ fn add_result_and_state_match_reference() {
             assert_eq!(r.json["cniVersion"], version);
             assert_eq!(r.json["interfaces"][2]["sandbox"], lab.containers[c].path());
             let state = net_state(&lab.containers[c]);
-            let br = lab.host.exec(&["ip", "-4", "-o", "addr", "show", "dev", "skiff0"]);
+            let br = lab
+                .host
+                .exec(&["ip", "-4", "-o", "addr", "show", "dev", "skiff0"]);
             let br: String = String::from_utf8_lossy(&br.stdout)
                 .split_whitespace()
                 .skip(1)
@@ -360,8 +376,14 @@ fn add_result_and_state_match_reference() {
         }
         let (_, reference, ref_state, ref_br) = &results[2];
         for (imp, json, state, br) in &results[..2] {
-            assert_eq!(json, reference, "{imp:?}: result JSON differs for cniVersion {version}");
-            assert_eq!(state, ref_state, "{imp:?}: container state differs for {version}");
+            assert_eq!(
+                json, reference,
+                "{imp:?}: result JSON differs for cniVersion {version}"
+            );
+            assert_eq!(
+                state, ref_state,
+                "{imp:?}: container state differs for {version}"
+            );
             assert_eq!(br, ref_br, "{imp:?}: bridge address differs for {version}");
         }
         assert!(ref_state.contains("default via 10.244.1.1"), "{ref_state}");
@@ -380,33 +402,65 @@ enum Expect {
 #[test]
 fn error_codes_match_reference() {
     require_root!();
-    type Case = (&'static str, fn(&mut Value, &mut Vec<(&'static str, String)>) -> String, Expect);
+    type Case = (
+        &'static str,
+        fn(&mut Value, &mut Vec<(&'static str, String)>) -> String,
+        Expect,
+    );
     let cases: Vec<Case> = vec![
-        ("malformed JSON", |_, _| "{\"cniVersion\": \"1.0.0\", bad".to_string(), Expect::Code(6)),
-        ("unknown cniVersion", |c, _| {
-            c["cniVersion"] = json!("9.9.9");
-            c.to_string()
-        }, Expect::Code(1)),
-        ("missing CNI_NETNS", |c, e| {
-            e.retain(|(k, _)| *k != "CNI_NETNS");
-            c.to_string()
-        }, Expect::Code(4)),
-        ("missing CNI_IFNAME", |c, e| {
-            e.retain(|(k, _)| *k != "CNI_IFNAME");
-            c.to_string()
-        }, Expect::Code(4)),
-        ("unknown CNI_COMMAND", |c, e| {
-            e[0].1 = "FROB".to_string();
-            c.to_string()
-        }, Expect::Code(4)),
-        ("mtu of the wrong type", |c, _| {
-            c["mtu"] = json!("big");
-            c.to_string()
-        }, Expect::PluginSpecific(7)),
-        ("rangeStart outside subnet", |c, _| {
-            c["ipam"]["ranges"][0][0]["rangeStart"] = json!("10.9.9.9");
-            c.to_string()
-        }, Expect::PluginSpecific(7)),
+        (
+            "malformed JSON",
+            |_, _| "{\"cniVersion\": \"1.0.0\", bad".to_string(),
+            Expect::Code(6),
+        ),
+        (
+            "unknown cniVersion",
+            |c, _| {
+                c["cniVersion"] = json!("9.9.9");
+                c.to_string()
+            },
+            Expect::Code(1),
+        ),
+        (
+            "missing CNI_NETNS",
+            |c, e| {
+                e.retain(|(k, _)| *k != "CNI_NETNS");
+                c.to_string()
+            },
+            Expect::Code(4),
+        ),
+        (
+            "missing CNI_IFNAME",
+            |c, e| {
+                e.retain(|(k, _)| *k != "CNI_IFNAME");
+                c.to_string()
+            },
+            Expect::Code(4),
+        ),
+        (
+            "unknown CNI_COMMAND",
+            |c, e| {
+                e[0].1 = "FROB".to_string();
+                c.to_string()
+            },
+            Expect::Code(4),
+        ),
+        (
+            "mtu of the wrong type",
+            |c, _| {
+                c["mtu"] = json!("big");
+                c.to_string()
+            },
+            Expect::PluginSpecific(7),
+        ),
+        (
+            "rangeStart outside subnet",
+            |c, _| {
+                c["ipam"]["ranges"][0][0]["rangeStart"] = json!("10.9.9.9");
+                c.to_string()
+            },
+            Expect::PluginSpecific(7),
+        ),
     ];
     for (name, mutate, expect) in &cases {
         let mut codes = Vec::new();
@@ -419,20 +473,35 @@ fn error_codes_match_reference() {
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let r = lab.call("bridge", &env, &stdin);
             assert!(!r.ok, "{imp:?} {name}: expected failure, got {}", r.raw);
-            assert!(r.json["msg"].is_string(), "{imp:?} {name}: no msg in {}", r.raw);
+            assert!(
+                r.json["msg"].is_string(),
+                "{imp:?} {name}: no msg in {}",
+                r.raw
+            );
             codes.push(r.code());
             if imp == Impl::Skiff {
-                assert!(lab.allocations("skiffnet").is_empty(), "{name}: allocation leaked");
+                assert!(
+                    lab.allocations("skiffnet").is_empty(),
+                    "{name}: allocation leaked"
+                );
                 assert_eq!(lab.host_veths(), 0, "{name}: veth leaked");
             }
         }
         match expect {
             Expect::Code(want) => {
-                assert_eq!(codes, vec![*want, *want], "{name}: codes (skiff, reference)")
+                assert_eq!(
+                    codes,
+                    vec![*want, *want],
+                    "{name}: codes (skiff, reference)"
+                )
             }
             Expect::PluginSpecific(ours) => {
                 assert_eq!(codes[0], *ours, "{name}: skiff code");
-                assert!(codes[1] >= 100 || codes[1] == *ours, "{name}: reference code {}", codes[1]);
+                assert!(
+                    codes[1] >= 100 || codes[1] == *ours,
+                    "{name}: reference code {}",
+                    codes[1]
+                );
             }
         }
     }
@@ -451,11 +520,21 @@ fn exhausted_range_fails_like_reference_and_leaves_nothing() {
         let b = lab.container();
         let r = lab.cni("bridge", "ADD", b, "ctr-2", &conf);
         assert!(!r.ok);
-        assert!(r.json["msg"].as_str().unwrap().contains("no IP addresses available"), "{}", r.raw);
+        assert!(
+            r.json["msg"]
+                .as_str()
+                .unwrap()
+                .contains("no IP addresses available"),
+            "{}",
+            r.raw
+        );
         codes.push(r.code());
         if imp == Impl::Skiff {
             let o = lab.containers[b].exec(&["ip", "link", "show", "eth0"]);
-            assert!(!o.status.success(), "eth0 left behind in the failed container");
+            assert!(
+                !o.status.success(),
+                "eth0 left behind in the failed container"
+            );
             assert_eq!(lab.host_veths(), 1);
         }
     }
@@ -492,16 +571,27 @@ fn del_is_idempotent_even_without_netns() {
         // And with an empty CNI_NETNS.
         let r = lab.call(
             "bridge",
-            &[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "ctr-b"), ("CNI_IFNAME", "eth0")],
+            &[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "ctr-b"),
+                ("CNI_IFNAME", "eth0"),
+            ],
             &conf.to_string(),
         );
         assert!(r.ok, "{imp:?} DEL with no CNI_NETNS: {}", r.raw);
-        assert!(lab.allocations("skiffnet").is_empty(), "{imp:?}: addresses left");
+        assert!(
+            lab.allocations("skiffnet").is_empty(),
+            "{imp:?}: addresses left"
+        );
         // The reference finds its masquerade rules through the container's
         // address, so it leaks them when the namespace is gone and no
         // prevResult is given; Skiff names them by container ID.
         if imp != Impl::Reference {
-            assert!(lab.nat_rules().is_empty(), "{imp:?}: nat rules left: {:?}", lab.nat_rules());
+            assert!(
+                lab.nat_rules().is_empty(),
+                "{imp:?}: nat rules left: {:?}",
+                lab.nat_rules()
+            );
         }
         // The kernel destroys a deleted namespace's veths asynchronously.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -552,11 +642,7 @@ fn gc_removes_stale_allocations_and_rules() {
     // refuse the version, while Skiff implements GC.
     let refl = Lab::new(Impl::Reference);
     let conf11 = bridge_conf(refl.data_dir(), "1.1.0", "10.244.6.0/24");
-    let r = refl.call(
-        "bridge",
-        &[("CNI_COMMAND", "GC")],
-        &conf11.to_string(),
-    );
+    let r = refl.call("bridge", &[("CNI_COMMAND", "GC")], &conf11.to_string());
     assert!(!r.ok, "reference accepted GC: {}", r.raw);
     drop(refl);
 
@@ -599,7 +685,12 @@ fn two_containers_ping_each_other() {
         let addr = r.json["ips"][0]["address"].as_str().unwrap();
         ips.push(addr.split('/').next().unwrap().to_string());
     }
-    for (from, to) in [(0, &ips[1]), (1, &ips[0]), (0, &"10.244.8.1".to_string()), (1, &"127.0.0.1".to_string())] {
+    for (from, to) in [
+        (0, &ips[1]),
+        (1, &ips[0]),
+        (0, &"10.244.8.1".to_string()),
+        (1, &"127.0.0.1".to_string()),
+    ] {
         let o = lab.containers[from].exec(&["busybox", "ping", "-c", "1", "-W", "2", to]);
         assert!(
             o.status.success(),
@@ -620,13 +711,25 @@ fn loopback_matches_reference() {
         let r = lab.cni("loopback", "ADD", c, "lo-1", &conf);
         assert!(r.ok, "{imp:?}: {}", r.raw);
         let o = lab.containers[c].exec(&["ip", "-o", "link", "show", "lo"]);
-        assert!(String::from_utf8_lossy(&o.stdout).contains("UP"), "{imp:?}: lo not up");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("UP"),
+            "{imp:?}: lo not up"
+        );
         let mut check = conf.clone();
         check["prevResult"] = r.json.clone();
-        assert!(lab.cni("loopback", "CHECK", c, "lo-1", &check).ok, "{imp:?} CHECK");
-        assert!(lab.cni("loopback", "DEL", c, "lo-1", &conf).ok, "{imp:?} DEL");
+        assert!(
+            lab.cni("loopback", "CHECK", c, "lo-1", &check).ok,
+            "{imp:?} CHECK"
+        );
+        assert!(
+            lab.cni("loopback", "DEL", c, "lo-1", &conf).ok,
+            "{imp:?} DEL"
+        );
         lab.containers[c].delete();
-        assert!(lab.cni("loopback", "DEL", c, "lo-1", &conf).ok, "{imp:?} DEL without netns");
+        assert!(
+            lab.cni("loopback", "DEL", c, "lo-1", &conf).ok,
+            "{imp:?} DEL without netns"
+        );
         outs.push(normalize(&r.json));
     }
     assert_eq!(outs[0], outs[1]);
@@ -654,7 +757,11 @@ fn host_local_matches_reference() {
         let mut seq = Vec::new();
         for id in ["h1", "h2", "h3"] {
             let r = lab.cni("host-local", "ADD", c, id, &conf);
-            seq.push(if r.ok { normalize(&r.json) } else { json!({"failed": true}) });
+            seq.push(if r.ok {
+                normalize(&r.json)
+            } else {
+                json!({"failed": true})
+            });
         }
         let files = lab.allocations("hl");
         assert!(lab.cni("host-local", "DEL", c, "h1", &conf).ok);
@@ -663,7 +770,11 @@ fn host_local_matches_reference() {
         outs.push((seq, files, after));
     }
     assert_eq!(outs[0], outs[1]);
-    assert_eq!(outs[0].0[2], json!({"failed": true}), "third ADD must exhaust the v4 range");
+    assert_eq!(
+        outs[0].0[2],
+        json!({"failed": true}),
+        "third ADD must exhaust the v4 range"
+    );
 }
 
 #[test]
@@ -672,7 +783,11 @@ fn version_command_matches_reference() {
     for imp in IMPLS {
         let lab = Lab::new(imp);
         for plugin in ["bridge", "host-local", "loopback"] {
-            let r = lab.call(plugin, &[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.0.0"}"#);
+            let r = lab.call(
+                plugin,
+                &[("CNI_COMMAND", "VERSION")],
+                r#"{"cniVersion":"1.0.0"}"#,
+            );
             assert!(r.ok, "{imp:?} {plugin}: {}", r.raw);
             assert_eq!(r.json["cniVersion"], "1.0.0");
             let versions: Vec<&str> = r.json["supportedVersions"]
@@ -682,7 +797,10 @@ fn version_command_matches_reference() {
                 .map(|v| v.as_str().unwrap())
                 .collect();
             for v in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"] {
-                assert!(versions.contains(&v), "{imp:?} {plugin} lacks {v}: {versions:?}");
+                assert!(
+                    versions.contains(&v),
+                    "{imp:?} {plugin} lacks {v}: {versions:?}"
+                );
             }
             if imp == Impl::Skiff {
                 assert!(versions.contains(&"1.1.0"));
@@ -700,4 +818,43 @@ fn portmap_is_reported_unimplemented() {
     let r = lab.cni("portmap", "ADD", c, "pm-1", &conf);
     assert_eq!(r.code(), 107);
     assert!(r.json["msg"].as_str().unwrap().contains("portmap"));
+}
+
+#[test]
+fn readd_right_after_del_in_same_netns() {
+    require_root!();
+    for imp in ALL {
+        for sync in [false, true] {
+            if sync && imp == Impl::Reference {
+                continue;
+            }
+            let mut lab = Lab::new(imp);
+            let mut conf = bridge_conf(lab.data_dir(), "1.0.0", "10.244.9.0/24");
+            conf["syncTeardown"] = json!(sync);
+            let c = lab.container();
+            for round in 0..3 {
+                let add = lab.cni("bridge", "ADD", c, "ctr-r", &conf);
+                assert!(add.ok, "{imp:?} sync={sync} ADD #{round}: {}", add.raw);
+                let mut del = conf.clone();
+                del["prevResult"] = add.json.clone();
+                let r = lab.cni("bridge", "DEL", c, "ctr-r", &del);
+                assert!(r.ok, "{imp:?} DEL #{round}: {}", r.raw);
+                let o = lab.containers[c].exec(&["ip", "link", "show", "eth0"]);
+                assert!(!o.status.success(), "{imp:?}: eth0 still there after DEL");
+                if sync {
+                    assert_eq!(lab.host_veths(), 0, "syncTeardown left a veth");
+                }
+            }
+            // Deferred deletions finish shortly after.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while lab.host_veths() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            assert_eq!(lab.host_veths(), 0, "{imp:?}: veths left");
+            let o = lab.containers[c].exec(&["ip", "-o", "link"]);
+            assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1, "{imp:?}: only lo may remain");
+            assert!(lab.allocations("skiffnet").is_empty());
+            assert!(lab.nat_rules().is_empty(), "{imp:?}: {:?}", lab.nat_rules());
+        }
+    }
 }

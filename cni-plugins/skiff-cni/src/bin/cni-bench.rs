@@ -3,7 +3,7 @@
 //! work happens in network namespaces created (and removed) here.
 //!
 //! cargo run --release -p skiff-cni --bin cni-bench -- [--iterations N] [--no-masq]
-//!     [--skiff-dir DIR] [--reference-dir DIR]
+//!     [--sync-teardown] [--skiff-bin FILE] [--reference-dir DIR]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -47,7 +47,7 @@ struct Setup {
     del: Vec<Duration>,
 }
 
-fn run_plugin(s: &Setup, cmd: &str, id: &str) -> Result<Duration, String> {
+fn run_plugin(s: &Setup, cmd: &str, id: &str, conf: &str) -> Result<(Duration, String), String> {
     let host = netns::open(&s.host.path()).map_err(|e| e.to_string())?;
     // Children inherit the namespace of the (single) thread that spawns them.
     let _in = netns::Entered::enter(&host, &s.host.path()).map_err(|e| e.to_string())?;
@@ -67,7 +67,7 @@ fn run_plugin(s: &Setup, cmd: &str, id: &str) -> Result<Duration, String> {
         .stdin
         .take()
         .expect("piped")
-        .write_all(s.conf.as_bytes())
+        .write_all(conf.as_bytes())
         .map_err(|e| e.to_string())?;
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     let took = start.elapsed();
@@ -78,7 +78,7 @@ fn run_plugin(s: &Setup, cmd: &str, id: &str) -> Result<Duration, String> {
             String::from_utf8_lossy(&out.stdout)
         ));
     }
-    Ok(took)
+    Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
 fn median(v: &[Duration]) -> Duration {
@@ -95,6 +95,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let mut iterations = 30usize;
     let mut masq = true;
+    let mut sync_teardown = false;
     let exe_dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -105,10 +106,14 @@ fn main() -> ExitCode {
     while i < args.len() {
         match args[i].as_str() {
             "--iterations" => {
-                iterations = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(iterations);
+                iterations = args
+                    .get(i + 1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(iterations);
                 i += 1;
             }
             "--no-masq" => masq = false,
+            "--sync-teardown" => sync_teardown = true,
             "--skiff-bin" => {
                 skiff_bin = args.get(i + 1).map(PathBuf::from).unwrap_or(skiff_bin);
                 i += 1;
@@ -128,7 +133,7 @@ fn main() -> ExitCode {
         eprintln!("cni-bench needs root (it creates network namespaces)");
         return ExitCode::FAILURE;
     }
-    match bench(iterations.max(1), masq, &skiff_bin, &reference) {
+    match bench(iterations.max(1), masq, sync_teardown, &skiff_bin, &reference) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cni-bench: {e}");
@@ -137,7 +142,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn bench(iterations: usize, masq: bool, skiff_bin: &Path, reference: &Path) -> Result<(), String> {
+fn bench(
+    iterations: usize,
+    masq: bool,
+    sync_teardown: bool,
+    skiff_bin: &Path,
+    reference: &Path,
+) -> Result<(), String> {
     let work = std::env::temp_dir().join(format!("skiff-cni-bench-{}", std::process::id()));
     let skiff_dir = work.join("bin");
     std::fs::create_dir_all(&skiff_dir).map_err(|e| e.to_string())?;
@@ -148,12 +159,16 @@ fn bench(iterations: usize, masq: bool, skiff_bin: &Path, reference: &Path) -> R
         serde_json::json!({
             "cniVersion": "1.0.0", "name": "benchnet", "type": "bridge", "bridge": "skiff0",
             "isGateway": true, "isDefaultGateway": true, "ipMasq": masq, "hairpinMode": true, "mtu": 1450,
+            "syncTeardown": sync_teardown,
             "ipam": {"type": "host-local", "dataDir": data, "ranges": [[{"subnet": "10.244.0.0/24"}]]}
         })
         .to_string()
     };
     let mut setups = Vec::new();
-    for (label, dir) in [("skiff", skiff_dir.clone()), ("reference", reference.to_path_buf())] {
+    for (label, dir) in [
+        ("skiff", skiff_dir.clone()),
+        ("reference", reference.to_path_buf()),
+    ] {
         let data = work.join(format!("data-{label}"));
         setups.push(Setup {
             label,
@@ -169,8 +184,12 @@ fn bench(iterations: usize, masq: bool, skiff_bin: &Path, reference: &Path) -> R
     for round in 0..iterations + warmup {
         for s in setups.iter_mut() {
             let id = format!("bench-{round}");
-            let a = run_plugin(s, "ADD", &id)?;
-            let d = run_plugin(s, "DEL", &id)?;
+            let (a, result) = run_plugin(s, "ADD", &id, &s.conf)?;
+            // Like a runtime, DEL gets the cached ADD result as prevResult.
+            let mut del_conf: serde_json::Value =
+                serde_json::from_str(&s.conf).map_err(|e| e.to_string())?;
+            del_conf["prevResult"] = serde_json::from_str(&result).map_err(|e| e.to_string())?;
+            let (d, _) = run_plugin(s, "DEL", &id, &del_conf.to_string())?;
             if round >= warmup {
                 s.add.push(a);
                 s.del.push(d);
@@ -178,12 +197,15 @@ fn bench(iterations: usize, masq: bool, skiff_bin: &Path, reference: &Path) -> R
         }
     }
     let (sk, rf) = (&setups[0], &setups[1]);
-    println!(
-        "cni-bench: bridge+host-local, {iterations} iterations, ipMasq={masq}, medians in ms"
-    );
+    println!("cni-bench: bridge+host-local, {iterations} iterations, ipMasq={masq}, medians in ms");
     println!("{:<10} {:>10} {:>10}", "", "ADD", "DEL");
     for s in [sk, rf] {
-        println!("{:<10} {:>10.2} {:>10.2}", s.label, ms(median(&s.add)), ms(median(&s.del)));
+        println!(
+            "{:<10} {:>10.2} {:>10.2}",
+            s.label,
+            ms(median(&s.add)),
+            ms(median(&s.del))
+        );
     }
     println!(
         "{:<10} {:>10.2} {:>10.2}   (skiff / reference; target <= 0.5)",

@@ -54,16 +54,14 @@ impl ExecIpam<'_> {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| {
-                CniError::new(code::DELEGATE, format!("exec {}: {e}", bin.display()))
-            })?;
+            .map_err(|e| CniError::new(code::DELEGATE, format!("exec {}: {e}", bin.display())))?;
         let mut stdin = child.stdin.take().expect("piped");
         // A plugin that exits without reading its stdin is not an error here.
         let _ = stdin.write_all(self.stdin);
         drop(stdin);
-        let out = child.wait_with_output().map_err(|e| {
-            CniError::new(code::DELEGATE, format!("wait {}: {e}", bin.display()))
-        })?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| CniError::new(code::DELEGATE, format!("wait {}: {e}", bin.display())))?;
         if out.status.success() {
             return Ok(out.stdout);
         }
@@ -87,7 +85,10 @@ impl Ipam for ExecIpam<'_> {
     fn add(&mut self) -> Result<CniResult, CniError> {
         let out = self.exec(Command::Add)?;
         let v: Value = serde_json::from_slice(&out).map_err(|e| {
-            CniError::new(code::DECODE, format!("decode result of {}: {e}", self.plugin))
+            CniError::new(
+                code::DECODE,
+                format!("decode result of {}: {e}", self.plugin),
+            )
         })?;
         CniResult::from_value(&v)
     }
@@ -156,7 +157,12 @@ pub fn resolves_to_self(plugin: &str, dirs: &[String]) -> bool {
 
 /// The IPAM for a main plugin: in-process host-local when CNI_PATH's
 /// host-local is this binary, otherwise the plugin binary per the spec.
-pub fn for_plugin<'a>(plugin: &str, env: &'a Env, conf: &'a Value, raw: &'a [u8]) -> Box<dyn Ipam + 'a> {
+pub fn for_plugin<'a>(
+    plugin: &str,
+    env: &'a Env,
+    conf: &'a Value,
+    raw: &'a [u8],
+) -> Box<dyn Ipam + 'a> {
     if plugin == "host-local" && resolves_to_self(plugin, &env.path) {
         Box::new(InProcessHostLocal { env, conf })
     } else {
@@ -193,7 +199,10 @@ mod tests {
             stdin: b"{}",
         };
         assert_eq!(ipam.add().unwrap_err().code, code::DELEGATE);
-        assert_eq!(find_in_path("../x", &e.path).unwrap_err().code, code::INVALID_CONFIG);
+        assert_eq!(
+            find_in_path("../x", &e.path).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
     }
 
     #[test]
@@ -201,7 +210,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("fake-ipam");
-        std::fs::write(&p, "#!/bin/sh\ncat >/dev/null\necho '{\"code\":11,\"msg\":\"busy\"}'\nexit 1\n").unwrap();
+        std::fs::write(
+            &p,
+            "#!/bin/sh\ncat >/dev/null\necho '{\"code\":11,\"msg\":\"busy\"}'\nexit 1\n",
+        )
+        .unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         let e = env(vec![d.path().to_string_lossy().into_owned()]);
         let mut ipam = ExecIpam {

@@ -103,7 +103,9 @@ impl Range {
         let invalid = |m: String| CniError::new(code::INVALID_CONFIG, m);
         let host_bits = if subnet.is_ipv4() { 32 } else { 128 } - u32::from(subnet.prefix);
         if host_bits < 2 {
-            return Err(invalid(format!("subnet {subnet} is too small to allocate from")));
+            return Err(invalid(format!(
+                "subnet {subnet} is too small to allocate from"
+            )));
         }
         let first = offset(subnet.network(), 1).expect("subnet has room");
         let last = if subnet.is_ipv4() {
@@ -114,17 +116,22 @@ impl Range {
         let start = rc.range_start.unwrap_or(first);
         let end = rc.range_end.unwrap_or(last);
         for (what, ip) in [("rangeStart", start), ("rangeEnd", end)] {
-            if !subnet.contains(ip) || to_u128(ip) < to_u128(first) || to_u128(ip) > to_u128(last)
-            {
-                return Err(invalid(format!("{what} {ip} is not a usable address of {subnet}")));
+            if !subnet.contains(ip) || to_u128(ip) < to_u128(first) || to_u128(ip) > to_u128(last) {
+                return Err(invalid(format!(
+                    "{what} {ip} is not a usable address of {subnet}"
+                )));
             }
         }
         if to_u128(start) > to_u128(end) {
-            return Err(invalid(format!("rangeStart {start} is after rangeEnd {end}")));
+            return Err(invalid(format!(
+                "rangeStart {start} is after rangeEnd {end}"
+            )));
         }
         let gateway = rc.gateway.unwrap_or(first);
         if gateway.is_ipv4() != subnet.is_ipv4() {
-            return Err(invalid(format!("gateway {gateway} is not of the family of {subnet}")));
+            return Err(invalid(format!(
+                "gateway {gateway} is not of the family of {subnet}"
+            )));
         }
         Ok(Range {
             subnet,
@@ -201,22 +208,44 @@ pub fn range_sets(conf: &IpamConfig) -> Result<Vec<RangeSet>, CniError> {
         }]);
     }
     if raw.is_empty() {
-        return Err(CniError::new(code::INVALID_CONFIG, "host-local: no IP ranges specified"));
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            "host-local: no IP ranges specified",
+        ));
     }
     let mut sets: Vec<RangeSet> = Vec::new();
     for (i, set) in raw.iter().enumerate() {
         if set.is_empty() {
-            return Err(CniError::new(code::INVALID_CONFIG, format!("host-local: range set {i} is empty")));
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("host-local: range set {i} is empty"),
+            ));
         }
-        let ranges = set.iter().map(Range::from_config).collect::<Result<Vec<_>, _>>()?;
+        let ranges = set
+            .iter()
+            .map(Range::from_config)
+            .collect::<Result<Vec<_>, _>>()?;
         let fam = ranges[0].start.is_ipv4();
         if ranges.iter().any(|r| r.start.is_ipv4() != fam) {
-            return Err(CniError::new(code::INVALID_CONFIG, format!("host-local: range set {i} mixes address families")));
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("host-local: range set {i} mixes address families"),
+            ));
         }
         let all_prev: Vec<&Range> = sets.iter().flat_map(|s| s.0.iter()).collect();
         for (j, r) in ranges.iter().enumerate() {
-            if ranges[..j].iter().chain(all_prev.iter().copied()).any(|o| o.overlaps(r)) {
-                return Err(CniError::new(code::INVALID_CONFIG, format!("host-local: range {}-{} overlaps another range", r.start, r.end)));
+            if ranges[..j]
+                .iter()
+                .chain(all_prev.iter().copied())
+                .any(|o| o.overlaps(r))
+            {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!(
+                        "host-local: range {}-{} overlaps another range",
+                        r.start, r.end
+                    ),
+                ));
             }
         }
         sets.push(RangeSet(ranges));
@@ -252,10 +281,11 @@ impl Store {
             .write(true)
             .open(&lock_path)
             .map_err(io_err("open", &lock_path))?;
-        let lock = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, source)| StoreError::Lock {
-            path: lock_path.clone(),
-            source,
-        })?;
+        let lock =
+            Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, source)| StoreError::Lock {
+                path: lock_path.clone(),
+                source,
+            })?;
         Ok(Store { dir, _lock: lock })
     }
 
@@ -268,7 +298,13 @@ impl Store {
     }
 
     /// Claims `ip`; false when it is already taken.
-    pub fn reserve(&self, ip: IpAddr, id: &str, ifname: &str, set: usize) -> Result<bool, StoreError> {
+    pub fn reserve(
+        &self,
+        ip: IpAddr,
+        id: &str,
+        ifname: &str,
+        set: usize,
+    ) -> Result<bool, StoreError> {
         let p = self.ip_path(ip);
         let mut f = match OpenOptions::new().write(true).create_new(true).open(&p) {
             Ok(f) => f,
@@ -473,7 +509,10 @@ pub fn run(env: &Env, conf: &Value) -> Result<Option<CniResult>, CniError> {
             if dns.is_empty() {
                 if let Some(p) = &nc.ipam.resolv_conf {
                     let text = fs::read_to_string(p).map_err(|e| {
-                        CniError::new(code::IO_FAILURE, format!("read resolvConf {}: {e}", p.display()))
+                        CniError::new(
+                            code::IO_FAILURE,
+                            format!("read resolvConf {}: {e}", p.display()),
+                        )
                     })?;
                     dns = parse_resolv_conf(&text);
                 }
@@ -515,7 +554,10 @@ pub fn run(env: &Env, conf: &Value) -> Result<Option<CniResult>, CniError> {
         Command::Status => {
             range_sets(&nc.ipam)?;
             let store = Store::open(&data_dir, &nc.name).map_err(|e| {
-                CniError::new(code::NOT_AVAILABLE, format!("host-local store not usable: {e}"))
+                CniError::new(
+                    code::NOT_AVAILABLE,
+                    format!("host-local store not usable: {e}"),
+                )
             })?;
             drop(store);
             Ok(None)
@@ -578,7 +620,10 @@ mod tests {
         assert_eq!(r.ips[0].gateway.unwrap().to_string(), "10.244.1.1");
         assert_eq!(r.routes[0].dst.to_string(), "0.0.0.0/0");
         assert_eq!(r.dns.nameservers, vec!["10.96.0.10"]);
-        assert_eq!(add(&c, "b").unwrap().ips[0].address.to_string(), "10.244.1.3/24");
+        assert_eq!(
+            add(&c, "b").unwrap().ips[0].address.to_string(),
+            "10.244.1.3/24"
+        );
         let content = fs::read_to_string(d.path().join("testnet/10.244.1.2")).unwrap();
         assert_eq!(content, "a\r\neth0");
     }
@@ -601,8 +646,14 @@ mod tests {
             d.path(),
             json!([[{"subnet": "10.9.0.0/24", "rangeStart": "10.9.0.10", "rangeEnd": "10.9.0.12", "gateway": "10.9.0.11"}]]),
         );
-        assert_eq!(add(&c, "a").unwrap().ips[0].address.addr.to_string(), "10.9.0.10");
-        assert_eq!(add(&c, "b").unwrap().ips[0].address.addr.to_string(), "10.9.0.12");
+        assert_eq!(
+            add(&c, "a").unwrap().ips[0].address.addr.to_string(),
+            "10.9.0.10"
+        );
+        assert_eq!(
+            add(&c, "b").unwrap().ips[0].address.addr.to_string(),
+            "10.9.0.12"
+        );
         let e = add(&c, "c").unwrap_err();
         assert_eq!(e.code, code::RANGE_EXHAUSTED);
         assert!(e.msg.contains("no IP addresses available"));
@@ -618,10 +669,19 @@ mod tests {
         run(&env(Command::Del, "a"), &c).unwrap();
         run(&env(Command::Del, "a"), &c).unwrap();
         // Round robin continues after the last reserved (.4), not the freed .2.
-        assert_eq!(add(&c, "d").unwrap().ips[0].address.addr.to_string(), "10.9.0.5");
-        assert_eq!(add(&c, "e").unwrap().ips[0].address.addr.to_string(), "10.9.0.6");
+        assert_eq!(
+            add(&c, "d").unwrap().ips[0].address.addr.to_string(),
+            "10.9.0.5"
+        );
+        assert_eq!(
+            add(&c, "e").unwrap().ips[0].address.addr.to_string(),
+            "10.9.0.6"
+        );
         // Wraps around to the freed address.
-        assert_eq!(add(&c, "f").unwrap().ips[0].address.addr.to_string(), "10.9.0.2");
+        assert_eq!(
+            add(&c, "f").unwrap().ips[0].address.addr.to_string(),
+            "10.9.0.2"
+        );
         assert_eq!(add(&c, "g").unwrap_err().code, code::RANGE_EXHAUSTED);
     }
 
@@ -640,7 +700,10 @@ mod tests {
         assert_eq!(a.ips[0].address.to_string(), "fd00::2/120");
         assert_eq!(a.ips[1].address.to_string(), "10.1.0.2/30");
         // 10.1.0.0/30 has just .2 once the gateway .1 is skipped; next comes the second range.
-        assert_eq!(add(&c, "b").unwrap().ips[1].address.addr.to_string(), "10.2.0.2");
+        assert_eq!(
+            add(&c, "b").unwrap().ips[1].address.addr.to_string(),
+            "10.2.0.2"
+        );
         // The v4 set is exhausted: the v6 address reserved first must be rolled back.
         assert_eq!(add(&c, "c").unwrap_err().code, code::RANGE_EXHAUSTED);
         let store = Store::open(d.path(), "testnet").unwrap();
@@ -673,7 +736,10 @@ mod tests {
             add(&c, id).unwrap();
         }
         run(&env(Command::Check, "a"), &c).unwrap();
-        assert_eq!(run(&env(Command::Check, "zz"), &c).unwrap_err().code, code::CHECK_MISMATCH);
+        assert_eq!(
+            run(&env(Command::Check, "zz"), &c).unwrap_err().code,
+            code::CHECK_MISMATCH
+        );
         c["cni.dev/valid-attachments"] = json!([{"containerID": "b", "ifname": "eth0"}]);
         run(&env(Command::Gc, ""), &c).unwrap();
         let store = Store::open(d.path(), "testnet").unwrap();

@@ -16,8 +16,7 @@ use crate::ipam::delegate::{self, Ipam};
 use crate::netlink::{Link, NetOps, Netlink, NetlinkError};
 use crate::netns;
 use crate::spec::{
-    code, typed_config, valid_attachments, CniError, CniResult, Command, Dns, Env, Interface,
-    Route,
+    code, typed_config, valid_attachments, CniError, CniResult, Command, Dns, Env, Interface, Route,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,6 +42,10 @@ pub struct BridgeConf {
     pub hairpin_mode: bool,
     #[serde(rename = "promiscMode", default)]
     pub promisc_mode: bool,
+    /// Skiff extension: delete the veth within DEL instead of handing the
+    /// kernel's slow part of it to a detached helper.
+    #[serde(rename = "syncTeardown", default)]
+    pub sync_teardown: bool,
     #[serde(default)]
     pub ipam: Option<IpamRef>,
     #[serde(default)]
@@ -61,11 +64,18 @@ impl BridgeConf {
         if c.is_default_gateway {
             c.is_gateway = true;
         }
-        crate::spec::validate_ifname(&c.bridge)
-            .map_err(|_| CniError::new(code::INVALID_CONFIG, format!("invalid bridge name {:?}", c.bridge)))?;
+        crate::spec::validate_ifname(&c.bridge).map_err(|_| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("invalid bridge name {:?}", c.bridge),
+            )
+        })?;
         if let Some(mtu) = c.mtu {
             if !(68..=65535).contains(&mtu) {
-                return Err(CniError::new(code::INVALID_CONFIG, format!("invalid mtu {mtu}")));
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!("invalid mtu {mtu}"),
+                ));
             }
         }
         Ok(c)
@@ -74,7 +84,10 @@ impl BridgeConf {
     fn ipam_type(&self) -> Result<&str, CniError> {
         match &self.ipam {
             Some(i) if !i.kind.is_empty() => Ok(&i.kind),
-            _ => Err(CniError::new(code::INVALID_CONFIG, "bridge: ipam.type is required")),
+            _ => Err(CniError::new(
+                code::INVALID_CONFIG,
+                "bridge: ipam.type is required",
+            )),
         }
     }
 }
@@ -101,7 +114,12 @@ pub fn ensure_bridge(host: &mut dyn NetOps, conf: &BridgeConf) -> Result<Link, C
             }
             host.link_by_name(&conf.bridge)
                 .map_err(nl)?
-                .ok_or_else(|| CniError::new(code::NETLINK, format!("bridge {} vanished after creation", conf.bridge)))?
+                .ok_or_else(|| {
+                    CniError::new(
+                        code::NETLINK,
+                        format!("bridge {} vanished after creation", conf.bridge),
+                    )
+                })?
         }
     };
     if !link.is_bridge {
@@ -146,7 +164,12 @@ fn create_pair(
     let mut host_name = random_veth_name();
     let mut attempts = 0;
     loop {
-        match host.add_veth(&host_name, ifname, cont_fd, conf.mtu.or(Some(br.mtu)).filter(|m| *m > 0)) {
+        match host.add_veth(
+            &host_name,
+            ifname,
+            cont_fd,
+            conf.mtu.or(Some(br.mtu)).filter(|m| *m > 0),
+        ) {
             Ok(()) => break,
             Err(e) if e.errno() == Some(libc::EEXIST) && attempts < 3 => {
                 attempts += 1;
@@ -155,10 +178,12 @@ fn create_pair(
             Err(e) => return Err(nl(e)),
         }
     }
-    let cont_link = cont
-        .link_by_name(ifname)
-        .map_err(nl)?
-        .ok_or_else(|| CniError::new(code::NETLINK, format!("{ifname} missing in container after veth creation")))?;
+    let cont_link = cont.link_by_name(ifname).map_err(nl)?.ok_or_else(|| {
+        CniError::new(
+            code::NETLINK,
+            format!("{ifname} missing in container after veth creation"),
+        )
+    })?;
     let wire = (|| -> Result<Link, NetlinkError> {
         let h = host
             .link_by_name(&host_name)?
@@ -233,7 +258,8 @@ fn configure_container(
         if !seen.insert(r.dst.masked()) {
             continue;
         }
-        let gw = r.gw.or_else(|| gateway_for(&ipam.ips, r.dst.addr.is_ipv6()));
+        let gw =
+            r.gw.or_else(|| gateway_for(&ipam.ips, r.dst.addr.is_ipv6()));
         match cont.add_route(link.index, r.dst, gw) {
             Ok(()) => {}
             // The kernel already made this one (the subnet route of an address).
@@ -245,7 +271,12 @@ fn configure_container(
 }
 
 /// Puts the gateway addresses on the bridge.
-fn configure_gateway(host: &mut dyn NetOps, fw: &mut dyn Firewall, br: &Link, ipam: &CniResult) -> Result<(), CniError> {
+fn configure_gateway(
+    host: &mut dyn NetOps,
+    fw: &mut dyn Firewall,
+    br: &Link,
+    ipam: &CniResult,
+) -> Result<(), CniError> {
     let present = host.addrs(br.index).map_err(nl)?;
     let (mut v4, mut v6) = (false, false);
     for ip in &ipam.ips {
@@ -301,7 +332,10 @@ pub fn add(
     };
     let rest = (|| -> Result<CniResult, CniError> {
         if ipam_res.ips.is_empty() {
-            return Err(CniError::new(code::INTERNAL, "IPAM plugin returned no IP addresses"));
+            return Err(CniError::new(
+                code::INTERNAL,
+                "IPAM plugin returned no IP addresses",
+            ));
         }
         let routes = configure_container(cont, &pair.cont, conf, &ipam_res)?;
         if conf.is_gateway {
@@ -312,7 +346,10 @@ pub fn add(
             fw.add_masq(&conf.name, &env.container_id, &addrs)?;
         }
         // The bridge takes a port's MAC when it has none of its own: read it now.
-        let br_now = host.link_by_name(&conf.bridge).map_err(nl)?.unwrap_or(br.clone());
+        let br_now = host
+            .link_by_name(&conf.bridge)
+            .map_err(nl)?
+            .unwrap_or(br.clone());
         let mut ips = ipam_res.ips.clone();
         for ip in &mut ips {
             ip.interface = Some(2);
@@ -339,7 +376,11 @@ pub fn add(
             ],
             ips,
             routes,
-            dns: if conf.dns.is_empty() { ipam_res.dns.clone() } else { conf.dns.clone() },
+            dns: if conf.dns.is_empty() {
+                ipam_res.dns.clone()
+            } else {
+                conf.dns.clone()
+            },
         })
     })();
     match rest {
@@ -358,6 +399,77 @@ pub fn add(
     }
 }
 
+/// Deletes a host link after this process has answered.
+pub trait Reaper {
+    fn delete_later(&mut self, index: u32, name: &str) -> Result<(), CniError>;
+}
+
+/// Argument that makes the binary act as the deferred deleter.
+pub const REAP_ARG: &str = "--skiff-reap-link";
+
+/// Spawns this binary, detached in its own process group, to delete the link.
+pub struct SpawnReaper;
+
+impl Reaper for SpawnReaper {
+    fn delete_later(&mut self, index: u32, name: &str) -> Result<(), CniError> {
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe()
+            .map_err(|e| CniError::new(code::INTERNAL, format!("current_exe: {e}")))?;
+        std::process::Command::new(&exe)
+            .args([REAP_ARG, &index.to_string(), name])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| CniError::new(code::INTERNAL, format!("spawn {}: {e}", exe.display())))?;
+        Ok(())
+    }
+}
+
+/// The deferred deleter's work: delete `name` if it still has `index`.
+pub fn reap_link(index: u32, name: &str) -> Result<(), CniError> {
+    let mut h = Netlink::open().map_err(nl)?;
+    match h.link_by_index(index).map_err(nl)? {
+        Some(l) if l.name == name => match h.del_link(index) {
+            Err(e) if e.errno() != Some(libc::ENODEV) => Err(nl(e)),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// Takes the container's interface out of service at once (down, renamed so
+/// the name is free for a new ADD) and leaves the deletion of the pair,
+/// which the kernel makes slow, to the reaper. False when that cannot be done
+/// safely; the caller then deletes synchronously.
+fn defer_delete(
+    cont: &mut dyn NetOps,
+    host: &mut dyn NetOps,
+    link: &Link,
+    bridge: Option<u32>,
+    reaper: &mut dyn Reaper,
+) -> bool {
+    let Some(peer) = link.peer_index else {
+        return false;
+    };
+    let Ok(Some(h)) = host.link_by_index(peer) else {
+        return false;
+    };
+    // Only a veth whose other end is this very interface, on our bridge.
+    if h.peer_index != Some(link.index) || bridge.is_none() || h.master != bridge {
+        return false;
+    }
+    if cont.set_up(link.index, false).is_err() {
+        return false;
+    }
+    let parked = format!("skdel{:08x}", rand::random::<u32>());
+    if cont.rename(link.index, &parked).is_err() {
+        return false;
+    }
+    reaper.delete_later(h.index, &h.name).is_ok()
+}
+
 /// The addresses a prevResult names, if it names any.
 fn prev_addrs(prev: Option<&Value>) -> Option<Vec<Cidr>> {
     let r = CniResult::from_value(prev?).ok()?;
@@ -370,15 +482,21 @@ fn prev_addrs(prev: Option<&Value>) -> Option<Vec<Cidr>> {
 pub fn del(
     env: &Env,
     conf: &BridgeConf,
+    host: &mut dyn NetOps,
     cont: Option<&mut dyn NetOps>,
     ipam: &mut dyn Ipam,
     fw: &mut dyn Firewall,
+    reaper: &mut dyn Reaper,
 ) -> Result<(), CniError> {
     if conf.ipam.is_some() {
         ipam.del()?;
     }
     if let Some(cont) = cont {
         if let Some(l) = cont.link_by_name(&env.ifname).map_err(nl)? {
+            let bridge = host.link_by_name(&conf.bridge).map_err(nl)?.map(|b| b.index);
+            if !conf.sync_teardown && defer_delete(cont, host, &l, bridge, reaper) {
+                return del_rules(env, conf, fw);
+            }
             match cont.del_link(l.index) {
                 Ok(()) => {}
                 Err(e) if e.errno() == Some(libc::ENODEV) => {}
@@ -386,6 +504,10 @@ pub fn del(
             }
         }
     }
+    del_rules(env, conf, fw)
+}
+
+fn del_rules(env: &Env, conf: &BridgeConf, fw: &mut dyn Firewall) -> Result<(), CniError> {
     if conf.ip_masq {
         let known = prev_addrs(conf.prev_result.as_ref());
         fw.del_masq(&conf.name, &env.container_id, known.as_deref())?;
@@ -402,10 +524,12 @@ pub fn check(
     cont: &mut dyn NetOps,
     ipam: &mut dyn Ipam,
 ) -> Result<(), CniError> {
-    let prev = conf
-        .prev_result
-        .as_ref()
-        .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "bridge CHECK: required prevResult missing"))?;
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "bridge CHECK: required prevResult missing",
+        )
+    })?;
     let prev = CniResult::from_value(prev)?;
     ipam.check()?;
     let mismatch = |m: String| CniError::new(code::CHECK_MISMATCH, m);
@@ -416,10 +540,12 @@ pub fn check(
     if !br.is_bridge {
         return Err(mismatch(format!("{} is not a bridge", conf.bridge)));
     }
-    let link = cont
-        .link_by_name(&env.ifname)
-        .map_err(nl)?
-        .ok_or_else(|| mismatch(format!("interface {} not found in {}", env.ifname, env.netns)))?;
+    let link = cont.link_by_name(&env.ifname).map_err(nl)?.ok_or_else(|| {
+        mismatch(format!(
+            "interface {} not found in {}",
+            env.ifname, env.netns
+        ))
+    })?;
     let cont_idx = prev
         .interfaces
         .iter()
@@ -427,7 +553,10 @@ pub fn check(
     if let Some(i) = cont_idx {
         let want = &prev.interfaces[i].mac;
         if !want.is_empty() && !want.eq_ignore_ascii_case(&link.mac) {
-            return Err(mismatch(format!("interface {} has MAC {}, expected {want}", env.ifname, link.mac)));
+            return Err(mismatch(format!(
+                "interface {} has MAC {}, expected {want}",
+                env.ifname, link.mac
+            )));
         }
     }
     let have = cont.addrs(link.index).map_err(nl)?;
@@ -445,7 +574,10 @@ pub fn check(
     let routes = cont.routes(link.index).map_err(nl)?;
     for r in &prev.routes {
         if !routes.iter().any(|x| x.dst.masked() == r.dst.masked()) {
-            return Err(mismatch(format!("route to {} not found on {}", r.dst, env.ifname)));
+            return Err(mismatch(format!(
+                "route to {} not found on {}",
+                r.dst, env.ifname
+            )));
         }
     }
     Ok(())
@@ -454,7 +586,11 @@ pub fn check(
 /// Entry point with the real netlink, IPAM binary and iptables.
 pub fn run(env: &Env, conf_v: &Value, raw: &[u8]) -> Result<Option<CniResult>, CniError> {
     let conf = BridgeConf::parse(conf_v)?;
-    let ipam_type = conf.ipam.as_ref().map(|i| i.kind.clone()).unwrap_or_default();
+    let ipam_type = conf
+        .ipam
+        .as_ref()
+        .map(|i| i.kind.clone())
+        .unwrap_or_default();
     let mut ipam = delegate::for_plugin(&ipam_type, env, conf_v, raw);
     let ipam = ipam.as_mut();
     let mut fw = Iptables;
@@ -465,7 +601,16 @@ pub fn run(env: &Env, conf_v: &Value, raw: &[u8]) -> Result<Option<CniResult>, C
             let ns = netns::open(path).map_err(ns_err)?;
             let mut cont = netns::netlink_in(&ns, path).map_err(ns_err)?;
             let mut host = Netlink::open().map_err(nl)?;
-            add(env, &conf, &mut host, &mut cont, ns.as_raw_fd(), ipam, &mut fw).map(Some)
+            add(
+                env,
+                &conf,
+                &mut host,
+                &mut cont,
+                ns.as_raw_fd(),
+                ipam,
+                &mut fw,
+            )
+            .map(Some)
         }
         Command::Del => {
             let path = Path::new(&env.netns);
@@ -478,12 +623,15 @@ pub fn run(env: &Env, conf_v: &Value, raw: &[u8]) -> Result<Option<CniResult>, C
                     Err(e) => return Err(ns_err(e)),
                 }
             }
+            let mut host = Netlink::open().map_err(nl)?;
             del(
                 env,
                 &conf,
+                &mut host,
                 cont.as_mut().map(|c| c as &mut dyn NetOps),
                 ipam,
                 &mut fw,
+                &mut SpawnReaper,
             )?;
             Ok(None)
         }
@@ -528,8 +676,14 @@ mod tests {
     use std::collections::HashMap;
     use std::rc::Rc;
 
-    /// veth peers created by the host fake, to appear in the container fake.
-    type Pending = Rc<RefCell<Vec<(String, Option<u32>)>>>;
+    /// veth peers created by the host fake, to appear in the container fake,
+    /// and the (host index → container index) pairs once they have.
+    #[derive(Default)]
+    struct Shared {
+        pending: Vec<(String, Option<u32>, u32)>,
+        pairs: HashMap<u32, u32>,
+    }
+    type Pending = Rc<RefCell<Shared>>;
 
     /// An in-memory namespace: links, addresses and routes.
     #[derive(Default)]
@@ -556,6 +710,7 @@ mod tests {
                 up: false,
                 is_bridge: bridge,
                 master: None,
+                peer_index: None,
             };
             self.links.insert(name.into(), l.clone());
             l
@@ -564,10 +719,20 @@ mod tests {
             if !self.container {
                 return;
             }
-            let peers: Vec<_> = self.pending.borrow_mut().drain(..).collect();
-            for (name, mtu) in peers {
-                self.new_link(&name, false, mtu.unwrap_or(1500));
+            let peers: Vec<_> = self.pending.borrow_mut().pending.drain(..).collect();
+            for (name, mtu, host_idx) in peers {
+                let l = self.new_link(&name, false, mtu.unwrap_or(1500));
+                self.links.get_mut(&name).unwrap().peer_index = Some(host_idx);
+                self.pending.borrow_mut().pairs.insert(host_idx, l.index);
             }
+        }
+        fn with_peer(&self, mut l: Link) -> Link {
+            if !self.container {
+                if let Some(c) = self.pending.borrow().pairs.get(&l.index) {
+                    l.peer_index = Some(*c);
+                }
+            }
+            l
         }
         fn by_index(&mut self, i: u32) -> Result<&mut Link, NetlinkError> {
             self.links
@@ -588,7 +753,19 @@ mod tests {
     impl NetOps for FakeNs {
         fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
             self.absorb();
-            Ok(self.links.get(name).cloned())
+            Ok(self.links.get(name).cloned().map(|l| self.with_peer(l)))
+        }
+        fn link_by_index(&mut self, i: u32) -> Result<Option<Link>, NetlinkError> {
+            self.absorb();
+            let l = self.links.values().find(|l| l.index == i).cloned();
+            Ok(l.map(|l| self.with_peer(l)))
+        }
+        fn rename(&mut self, i: u32, name: &str) -> Result<(), NetlinkError> {
+            let old = self.by_index(i)?.name.clone();
+            let mut l = self.links.remove(&old).unwrap();
+            l.name = name.into();
+            self.links.insert(name.into(), l);
+            Ok(())
         }
         fn add_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<(), NetlinkError> {
             if self.links.contains_key(name) {
@@ -597,9 +774,15 @@ mod tests {
             self.new_link(name, true, mtu.unwrap_or(1500));
             Ok(())
         }
-        fn add_veth(&mut self, host: &str, peer: &str, _fd: i32, mtu: Option<u32>) -> Result<(), NetlinkError> {
-            self.new_link(host, false, mtu.unwrap_or(1500));
-            self.pending.borrow_mut().push((peer.into(), mtu));
+        fn add_veth(
+            &mut self,
+            host: &str,
+            peer: &str,
+            _fd: i32,
+            mtu: Option<u32>,
+        ) -> Result<(), NetlinkError> {
+            let h = self.new_link(host, false, mtu.unwrap_or(1500));
+            self.pending.borrow_mut().pending.push((peer.into(), mtu, h.index));
             Ok(())
         }
         fn set_up(&mut self, i: u32, up: bool) -> Result<(), NetlinkError> {
@@ -644,7 +827,10 @@ mod tests {
             if self.fail_route {
                 return Err(errno(libc::ENETUNREACH));
             }
-            self.routes.entry(i).or_default().push(InstalledRoute { dst, gw });
+            self.routes
+                .entry(i)
+                .or_default()
+                .push(InstalledRoute { dst, gw });
             Ok(())
         }
     }
@@ -722,6 +908,16 @@ mod tests {
         }
     }
 
+    #[derive(Default)]
+    struct FakeReaper(Vec<(u32, String)>);
+
+    impl Reaper for FakeReaper {
+        fn delete_later(&mut self, index: u32, name: &str) -> Result<(), CniError> {
+            self.0.push((index, name.into()));
+            Ok(())
+        }
+    }
+
     fn env() -> Env {
         Env {
             command: Command::Add,
@@ -767,14 +963,24 @@ mod tests {
             }
         }
         fn add(&mut self, c: &BridgeConf) -> Result<CniResult, CniError> {
-            add(&env(), c, &mut self.host, &mut self.cont, -1, &mut self.ipam, &mut self.fw)
+            add(
+                &env(),
+                c,
+                &mut self.host,
+                &mut self.cont,
+                -1,
+                &mut self.ipam,
+                &mut self.fw,
+            )
         }
     }
 
     #[test]
     fn add_builds_bridge_veth_addresses_routes() {
         let mut w = World::new();
-        let c = conf(json!({"isDefaultGateway": true, "ipMasq": true, "hairpinMode": true, "mtu": 1400}));
+        let c = conf(
+            json!({"isDefaultGateway": true, "ipMasq": true, "hairpinMode": true, "mtu": 1400}),
+        );
         let r = w.add(&c).unwrap();
         let br = w.host.links["skiff0"].clone();
         assert!(br.is_bridge && br.up);
@@ -789,15 +995,24 @@ mod tests {
         let eth0 = w.cont.links["eth0"].clone();
         assert!(eth0.up);
         assert_eq!(eth0.mtu, 1400);
-        assert_eq!(w.cont.addrs[&eth0.index], vec!["10.244.0.5/24".parse().unwrap()]);
+        assert_eq!(
+            w.cont.addrs[&eth0.index],
+            vec!["10.244.0.5/24".parse().unwrap()]
+        );
         // IPAM route with the gateway filled in, plus the default route.
         let routes = &w.cont.routes[&eth0.index];
-        assert!(routes.iter().any(|x| x.dst.to_string() == "10.96.0.0/12" && x.gw.unwrap().to_string() == "10.244.0.1"));
+        assert!(routes
+            .iter()
+            .any(|x| x.dst.to_string() == "10.96.0.0/12"
+                && x.gw.unwrap().to_string() == "10.244.0.1"));
         assert!(routes.iter().any(|x| x.dst.to_string() == "0.0.0.0/0"));
         assert_eq!(r.routes.len(), 2);
         assert_eq!(r.ips[0].interface, Some(2));
         // isDefaultGateway implies the gateway address on the bridge.
-        assert_eq!(w.host.addrs[&br.index], vec!["10.244.0.1/24".parse().unwrap()]);
+        assert_eq!(
+            w.host.addrs[&br.index],
+            vec!["10.244.0.1/24".parse().unwrap()]
+        );
         assert!(w.fw.forwarding);
         assert!(w.fw.masq.contains_key("pods/c1"));
     }
@@ -832,7 +1047,10 @@ mod tests {
     fn non_bridge_with_bridge_name_is_invalid_config() {
         let mut w = World::new();
         w.host.new_link("skiff0", false, 1500);
-        assert_eq!(w.add(&conf(json!({}))).unwrap_err().code, code::INVALID_CONFIG);
+        assert_eq!(
+            w.add(&conf(json!({}))).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
     }
 
     #[test]
@@ -859,14 +1077,48 @@ mod tests {
     #[test]
     fn del_is_idempotent_and_works_without_netns() {
         let mut w = World::new();
-        let c = conf(json!({"ipMasq": true}));
+        let mut r = FakeReaper::default();
+        let c = conf(json!({"ipMasq": true, "syncTeardown": true}));
         w.add(&c).unwrap();
-        del(&env(), &c, Some(&mut w.cont), &mut w.ipam, &mut w.fw).unwrap();
+        del(&env(), &c, &mut w.host, Some(&mut w.cont), &mut w.ipam, &mut w.fw, &mut r).unwrap();
         assert!(!w.cont.links.contains_key("eth0"));
         assert!(w.fw.masq.is_empty());
-        del(&env(), &c, Some(&mut w.cont), &mut w.ipam, &mut w.fw).unwrap();
-        del(&env(), &c, None, &mut w.ipam, &mut w.fw).unwrap();
+        del(&env(), &c, &mut w.host, Some(&mut w.cont), &mut w.ipam, &mut w.fw, &mut r).unwrap();
+        del(&env(), &c, &mut w.host, None, &mut w.ipam, &mut w.fw, &mut r).unwrap();
         assert_eq!(w.ipam.dels, 3);
+        assert!(r.0.is_empty());
+    }
+
+    #[test]
+    fn del_defers_pair_deletion_to_reaper() {
+        let mut w = World::new();
+        let mut r = FakeReaper::default();
+        let c = conf(json!({"ipMasq": true}));
+        let res = w.add(&c).unwrap();
+        del(&env(), &c, &mut w.host, Some(&mut w.cont), &mut w.ipam, &mut w.fw, &mut r).unwrap();
+        // eth0's name is free at once, the interface is down, the host end is queued.
+        assert!(!w.cont.links.contains_key("eth0"));
+        let parked: Vec<&Link> = w.cont.links.values().filter(|l| l.name.starts_with("skdel")).collect();
+        assert_eq!(parked.len(), 1);
+        assert!(!parked[0].up);
+        assert_eq!(r.0.len(), 1);
+        assert_eq!(r.0[0].1, res.interfaces[1].name);
+        assert!(w.fw.masq.is_empty());
+        assert!(!w.ipam.allocated);
+    }
+
+    #[test]
+    fn del_does_not_defer_for_a_foreign_pair() {
+        let mut w = World::new();
+        let mut r = FakeReaper::default();
+        let c = conf(json!({}));
+        w.add(&c).unwrap();
+        // The host end left the bridge: not ours to hand over.
+        let hv = w.host.links.values_mut().find(|l| l.name.starts_with("veth")).unwrap();
+        hv.master = None;
+        del(&env(), &c, &mut w.host, Some(&mut w.cont), &mut w.ipam, &mut w.fw, &mut r).unwrap();
+        assert!(r.0.is_empty());
+        assert!(w.cont.links.values().all(|l| !l.name.starts_with("skdel") && l.name != "eth0"));
     }
 
     #[test]
@@ -879,7 +1131,11 @@ mod tests {
         let c = conf(with_prev);
         check(&env(), &c, &mut w.host, &mut w.cont, &mut w.ipam).unwrap();
         let idx = w.cont.links["eth0"].index;
-        w.cont.routes.get_mut(&idx).unwrap().retain(|x| x.dst.prefix != 0);
+        w.cont
+            .routes
+            .get_mut(&idx)
+            .unwrap()
+            .retain(|x| x.dst.prefix != 0);
         let e = check(&env(), &c, &mut w.host, &mut w.cont, &mut w.ipam).unwrap_err();
         assert_eq!(e.code, code::CHECK_MISMATCH);
         assert!(e.msg.contains("route"), "{e}");
@@ -888,7 +1144,9 @@ mod tests {
         assert!(e.msg.contains("10.244.0.5/24"), "{e}");
         let no_prev = conf(base);
         assert_eq!(
-            check(&env(), &no_prev, &mut w.host, &mut w.cont, &mut w.ipam).unwrap_err().code,
+            check(&env(), &no_prev, &mut w.host, &mut w.cont, &mut w.ipam)
+                .unwrap_err()
+                .code,
             code::INVALID_CONFIG
         );
     }
@@ -896,11 +1154,20 @@ mod tests {
     #[test]
     fn config_validation() {
         let bad = json!({"cniVersion": "1.0.0", "name": "p", "type": "bridge", "mtu": "x"});
-        assert_eq!(BridgeConf::parse(&bad).unwrap_err().code, code::INVALID_CONFIG);
+        assert_eq!(
+            BridgeConf::parse(&bad).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
         let bad = json!({"cniVersion": "1.0.0", "name": "p", "type": "bridge", "mtu": 10});
-        assert_eq!(BridgeConf::parse(&bad).unwrap_err().code, code::INVALID_CONFIG);
+        assert_eq!(
+            BridgeConf::parse(&bad).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
         let bad = json!({"cniVersion": "1.0.0", "name": "p", "type": "bridge", "bridge": "a/b"});
-        assert_eq!(BridgeConf::parse(&bad).unwrap_err().code, code::INVALID_CONFIG);
+        assert_eq!(
+            BridgeConf::parse(&bad).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
         let ok = json!({"cniVersion": "1.0.0", "name": "p", "type": "bridge"});
         let c = BridgeConf::parse(&ok).unwrap();
         assert_eq!(c.bridge, "cni0");

@@ -72,6 +72,7 @@ pub fn run(env: &Env) -> Result<Option<CniResult>, CniError> {
         }
         Err(e) => return Err(CniError::new(code::NETNS, e.to_string())),
     };
-    let mut nl = netns::netlink_in(&ns, path).map_err(|e| CniError::new(code::NETNS, e.to_string()))?;
+    let mut nl =
+        netns::netlink_in(&ns, path).map_err(|e| CniError::new(code::NETNS, e.to_string()))?;
     apply(env, &mut nl)
 }
