@@ -241,16 +241,13 @@ impl Ctx {
             if field.json.is_empty() {
                 return self.message_into(sub, bytes, offset, obj);
             }
-            let slot = obj
-                .entry(field.json)
-                .or_insert_with(|| Value::Object(Map::new()));
-            if !slot.is_object() {
-                *slot = Value::Object(Map::new());
-            }
-            let Value::Object(inner) = slot else {
-                unreachable!("slot was just made an object")
+            let mut inner = match obj.remove(field.json) {
+                Some(Value::Object(earlier)) => earlier,
+                _ => Map::new(),
             };
-            return self.message_into(sub, bytes, offset, inner);
+            self.message_into(sub, bytes, offset, &mut inner)?;
+            obj.insert(field.json.to_string(), Value::Object(inner));
+            return Ok(());
         }
         let value = self.value(msg, field, wt, key_offset, r)?;
         if is_scalar(field.ty)
@@ -391,7 +388,15 @@ impl Ctx {
                 Value::String(utf8(name, tag, off, b)?)
             }
             Ty::Bytes => Value::String(base64(r.len_delimited(tag)?.0)),
-            Ty::Msg(_) => unreachable!("messages are handled by the callers"),
+            // Callers decode messages themselves; reaching this would be a schema/decoder bug.
+            Ty::Msg(_) => {
+                return Err(invalid(
+                    name,
+                    tag,
+                    key_offset,
+                    "internal: message read as a scalar",
+                ))
+            }
             Ty::Time | Ty::MicroTime => {
                 let (b, off) = r.len_delimited(tag)?;
                 time(name, tag, b, off, field.ty == Ty::MicroTime)?
