@@ -54,6 +54,9 @@ pub struct Cache {
     events: broadcast::Sender<Arc<CacheEvent>>,
 }
 
+/// Buffered events plus the live feed that follows them.
+pub type Subscription = (Vec<Arc<CacheEvent>>, broadcast::Receiver<Arc<CacheEvent>>);
+
 pub struct TooOld {
     pub oldest: Revision,
 }
@@ -224,10 +227,7 @@ impl Cache {
     }
 
     /// Events after `after` that are still in memory, and a receiver for everything newer.
-    pub fn subscribe(
-        &self,
-        after: Revision,
-    ) -> Result<(Vec<Arc<CacheEvent>>, broadcast::Receiver<Arc<CacheEvent>>), TooOld> {
+    pub fn subscribe(&self, after: Revision) -> Result<Subscription, TooOld> {
         let inner = self.inner.read().expect("cache lock");
         if after < inner.oldest {
             return Err(TooOld {

@@ -135,7 +135,7 @@ pub fn labels(path: &str, labels: Option<&Value>, errors: &mut Vec<FieldError>) 
             } else {
                 LABEL_ERR
             };
-            errors.push(FieldError::invalid(format!("{path}"), value, detail));
+            errors.push(FieldError::invalid(path, value, detail));
         }
     }
 }
@@ -501,7 +501,7 @@ fn service(obj: &Value, errors: &mut Vec<FieldError>) {
         );
         if !seen.insert(key) {
             errors.push(FieldError::duplicate(
-                format!("{path}"),
+                path.clone(),
                 format!(
                     "{}/{}",
                     p.get("port").and_then(Value::as_i64).unwrap_or(0),

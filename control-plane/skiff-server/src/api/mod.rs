@@ -261,7 +261,7 @@ pub async fn read_body(body: hyper::body::Incoming) -> Result<Bytes, ApiError> {
     }
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> &'a str {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> &str {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())

@@ -182,10 +182,8 @@ impl ApiServer {
                     return;
                 }
             }
-            if initial_end_bookmark {
-                if tx.send(encoder.bookmark(start, true)).await.is_err() {
-                    return;
-                }
+            if initial_end_bookmark && tx.send(encoder.bookmark(start, true)).await.is_err() {
+                return;
             }
             let mut last = start;
             for event in backlog {
