@@ -30,6 +30,18 @@
 //!   a RawExtension is decoded recursively); `bytes` → base64.
 //! * Unknown field numbers, wire-type mismatches, truncated input, invalid UTF-8 and unknown
 //!   kinds are errors. The decoder never panics.
+//!
+//! # Known deviations from Go's JSON (none changes the k8s-openapi value)
+//! * Zero values of fields that OpenAPI marks required are kept even where the Go tag has
+//!   `omitempty` (e.g. `imagePullSecrets: [{"name": ""}]`); k8s-openapi reads a missing
+//!   required field as its default anyway.
+//! * `autoscaling/v1 Scale` `spec.replicas: 0` is kept (Go omits it; same meaning).
+//! * Quantity strings are passed through as sent; Go would re-canonicalize (`"1000m"` → `"1"`).
+//!   Typed clients send canonical strings.
+//! * k8s-pb 0.9 was generated from protos newer than 1.33, so fields added after 1.33
+//!   (`spec.hostnameOverride`, …) are decoded under their JSON names; kubectl 1.33 never sends
+//!   them and k8s-openapi's v1_33 types ignore them.
+//! * `contentEncoding` (never set by client-go) is refused rather than decompressed.
 
 mod decode;
 mod pointer_fields;

@@ -221,7 +221,11 @@ pub(crate) static POINTER_FIELDS: &[(&str, &[&str])] = &[
         "api.apps.v1.StatefulSetSpec",
         &["replicas", "revisionHistoryLimit"],
     ),
-    ("api.apps.v1.StatefulSetStatus", &["collisionCount"]),
+    // StatefulSetStatus.availableReplicas: `json:"availableReplicas"` without omitempty.
+    (
+        "api.apps.v1.StatefulSetStatus",
+        &["collisionCount", "availableReplicas"],
+    ),
     // StatefulSetOrdinals.start: `json:"start"` without omitempty.
     ("api.apps.v1.StatefulSetOrdinals", &["start"]),
     (
