@@ -5,12 +5,14 @@
 //! delivers every change after a given revision in order, so a cache can be built on top.
 
 mod embedded;
+mod etcd;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 pub use embedded::EmbeddedStore;
+pub use etcd::{EtcdStore, EtcdTls};
 
 /// The store's logical clock; 0 means "nothing written yet".
 pub type Revision = i64;
