@@ -136,10 +136,16 @@ pub fn render_del_known(network: &str, container_id: &str, addrs: &[Cidr], v6: b
 
 /// Attachments (container IDs) of `network` that have rules, read from save output.
 pub fn attachments_in(save: &str, network: &str) -> Vec<String> {
+    attachments_in_chain(save, "POSTROUTING", network)
+}
+
+/// Container IDs named by the comments of `network`'s rules in `chain`.
+pub fn attachments_in_chain(save: &str, chain: &str, network: &str) -> Vec<String> {
     let marker = format!("\"skiff-cni name={} id=", sanitize(network));
+    let prefix = format!("-A {chain} ");
     let mut out: Vec<String> = save
         .lines()
-        .filter(|l| l.starts_with("-A POSTROUTING "))
+        .filter(|l| l.starts_with(&prefix))
         .filter_map(|l| {
             let start = l.find(&marker)? + marker.len();
             let rest = &l[start..];
@@ -159,7 +165,7 @@ fn tool(v6: bool, what: &str) -> String {
     format!("{}{what}", if v6 { "ip6tables" } else { "iptables" })
 }
 
-fn save_nat(v6: bool) -> Result<String, CniError> {
+pub fn iptables_save(v6: bool) -> Result<String, CniError> {
     let bin = tool(v6, "-save");
     let out = Command::new(&bin)
         .args(["-t", "nat"])
@@ -178,7 +184,7 @@ fn save_nat(v6: bool) -> Result<String, CniError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn restore(v6: bool, input: &str) -> Result<(), CniError> {
+pub fn iptables_restore(v6: bool, input: &str) -> Result<(), CniError> {
     let bin = tool(v6, "-restore");
     let mut child = Command::new(&bin)
         .args(["-w", "5", "--noflush"])
@@ -218,7 +224,7 @@ impl Firewall for Iptables {
     ) -> Result<(), CniError> {
         for v6 in [false, true] {
             if addrs.iter().any(|a| a.addr.is_ipv6() == v6) {
-                restore(v6, &render_add(network, container_id, addrs, v6))?;
+                iptables_restore(v6, &render_add(network, container_id, addrs, v6))?;
             }
         }
         Ok(())
@@ -238,7 +244,7 @@ impl Firewall for Iptables {
                 }
                 // Fast path: delete exactly what ADD installed. It fails when
                 // (some of) the rules are gone already; then look them up.
-                if restore(
+                if iptables_restore(
                     fam_v6,
                     &render_del_known(network, container_id, addrs, fam_v6),
                 )
@@ -247,9 +253,9 @@ impl Firewall for Iptables {
                     continue;
                 }
             }
-            let save = save_nat(fam_v6)?;
+            let save = iptables_save(fam_v6)?;
             if let Some(input) = render_del(&save, &chain) {
-                restore(fam_v6, &input)?;
+                iptables_restore(fam_v6, &input)?;
             }
         }
         Ok(())
@@ -257,11 +263,11 @@ impl Firewall for Iptables {
 
     fn gc_masq(&mut self, network: &str, keep: &HashSet<String>) -> Result<(), CniError> {
         for v6 in [false, true] {
-            let save = save_nat(v6)?;
+            let save = iptables_save(v6)?;
             for id in attachments_in(&save, network) {
                 if !keep.contains(&id) {
                     if let Some(input) = render_del(&save, &chain_name(network, &id)) {
-                        restore(v6, &input)?;
+                        iptables_restore(v6, &input)?;
                     }
                 }
             }

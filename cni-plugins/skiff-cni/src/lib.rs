@@ -1,6 +1,6 @@
 //! Skiff's CNI plugins, in one multi-call binary: `bridge`, `host-local`,
-//! `loopback` (and the names of plugins still to come, which answer with a
-//! CNI error). See README.md.
+//! `loopback`, `portmap` (and `skiff-overlay`, still to come, which answers
+//! with a CNI error). See README.md.
 
 pub mod cidr;
 pub mod firewall;
@@ -64,7 +64,8 @@ pub fn dispatch(
         "bridge" => plugins::bridge::run(&env, &conf, stdin),
         "host-local" => ipam::host_local::run(&env, &conf),
         "loopback" => plugins::loopback::run(&env),
-        "portmap" | "skiff-overlay" => Err(CniError::new(
+        "portmap" => plugins::portmap::run(&env, &conf),
+        "skiff-overlay" => Err(CniError::new(
             code::NOT_IMPLEMENTED,
             format!("plugin {plugin} is not implemented in skiff-cni yet"),
         )),
@@ -138,9 +139,9 @@ mod tests {
                 .code,
             code::INCOMPATIBLE_VERSION
         );
-        let e = dispatch("portmap", Ok(env(Command::Add)), raw).unwrap_err();
+        let e = dispatch("skiff-overlay", Ok(env(Command::Add)), raw).unwrap_err();
         assert_eq!(e.code, code::NOT_IMPLEMENTED);
-        assert!(e.msg.contains("portmap"));
+        assert!(e.msg.contains("skiff-overlay"));
         assert_eq!(
             dispatch("nope", Ok(env(Command::Add)), raw)
                 .unwrap_err()

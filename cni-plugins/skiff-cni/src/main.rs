@@ -48,7 +48,7 @@ fn main() -> ExitCode {
 
     let mut stdin = Vec::new();
     let env = Env::from_process();
-    let needs_stdin = !matches!(&env, Err(_));
+    let needs_stdin = env.is_ok();
     if needs_stdin {
         if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
             return emit(Err(CniError::new(

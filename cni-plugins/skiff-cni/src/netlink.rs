@@ -438,11 +438,9 @@ impl NetOps for Netlink {
         m.header.index = index;
         m.attributes.push(AddressAttribute::Local(addr.addr));
         m.attributes.push(AddressAttribute::Address(addr.addr));
-        if let IpAddr::V4(_) = addr.addr {
-            if addr.prefix < 31 {
-                if let IpAddr::V4(b) = addr.last() {
-                    m.attributes.push(AddressAttribute::Broadcast(b));
-                }
+        if let (IpAddr::V4(_), true) = (addr.addr, addr.prefix < 31) {
+            if let IpAddr::V4(b) = addr.last() {
+                m.attributes.push(AddressAttribute::Broadcast(b));
             }
         }
         self.request(

@@ -809,15 +809,165 @@ fn version_command_matches_reference() {
     }
 }
 
+/// A process started in a namespace, killed on drop.
+struct Bg(std::process::Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// GET /index.html from `ip:port` inside `ns` (bash's /dev/tcp: busybox's
+/// static wget crashes on this host); returns the body.
+fn http_get(ns: &Netns, ip: &str, port: u16) -> Option<String> {
+    let script = format!(
+        "exec 3<>/dev/tcp/{ip}/{port} && printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    let o = ns.exec(&["timeout", "3", "bash", "-c", &script]);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    if o.status.success() {
+        body
+    } else {
+        None
+    }
+}
+
 #[test]
-fn portmap_is_reported_unimplemented() {
+fn portmap_forwards_host_port_like_reference() {
+    require_root!();
+    let mut passthrough = Vec::new();
+    for imp in IMPLS {
+        let mut lab = Lab::new(imp);
+        let conf = bridge_conf(lab.data_dir(), "1.0.0", "10.244.10.0/24");
+        let c = lab.container();
+        let add = lab.cni("bridge", "ADD", c, "ctr-pm", &conf);
+        assert!(add.ok, "{}", add.raw);
+        let pm = json!({
+            "cniVersion": "1.0.0", "name": "skiffnet", "type": "portmap",
+            "capabilities": {"portMappings": true},
+            "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
+            "prevResult": add.json,
+        });
+        let r = lab.cni("portmap", "ADD", c, "ctr-pm", &pm);
+        assert!(r.ok, "{imp:?} portmap ADD: {}", r.raw);
+        assert_eq!(
+            normalize(&r.json),
+            normalize(&add.json),
+            "{imp:?}: portmap must pass prevResult through"
+        );
+        passthrough.push(normalize(&r.json));
+
+        let www = tempfile::tempdir().unwrap();
+        std::fs::write(www.path().join("index.html"), "hello-from-pod\n").unwrap();
+        let _httpd = Bg(Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.containers[c].name,
+                "busybox",
+                "httpd",
+                "-f",
+                "-p",
+                "80",
+                "-h",
+            ])
+            .arg(www.path())
+            .spawn()
+            .unwrap());
+        let mut got = None;
+        for _ in 0..50 {
+            got = http_get(&lab.host, "10.244.10.1", 8080);
+            if got.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(
+            got.as_deref(),
+            Some("hello-from-pod\n"),
+            "{imp:?}: host port not forwarded"
+        );
+
+        let mut check = pm.clone();
+        check["prevResult"] = r.json.clone();
+        let r = lab.cni("portmap", "CHECK", c, "ctr-pm", &check);
+        // Debian's reference portmap (1.1.1) fails CHECK on IPv4-only hosts:
+        // it looks for its chain in ip6tables as well.
+        if imp == Impl::Skiff {
+            assert!(r.ok, "CHECK: {}", r.raw);
+        }
+
+        for round in 0..2 {
+            let d = lab.cni("portmap", "DEL", c, "ctr-pm", &pm);
+            assert!(d.ok, "{imp:?} portmap DEL #{round}: {}", d.raw);
+        }
+        assert_eq!(
+            http_get(&lab.host, "10.244.10.1", 8080),
+            None,
+            "{imp:?}: still forwarded after DEL"
+        );
+        if imp == Impl::Skiff {
+            let left: Vec<String> = lab
+                .nat_rules()
+                .into_iter()
+                .filter(|r| r.contains("ctr-pm"))
+                .collect();
+            assert!(
+                left.iter().all(|r| r.contains("SKIFF-MASQ-")),
+                "portmap rules left: {left:?}"
+            );
+            // CHECK notices missing rules.
+            let r = lab.cni("portmap", "CHECK", c, "ctr-pm", &check);
+            assert_eq!(r.code(), 106, "{}", r.raw);
+        }
+    }
+    assert_eq!(passthrough[0], passthrough[1]);
+}
+
+#[test]
+fn portmap_gc_and_bad_mappings() {
     require_root!();
     let mut lab = Lab::new(Impl::Skiff);
-    let c = lab.container();
-    let conf = json!({"cniVersion": "1.0.0", "name": "pm", "type": "portmap"});
-    let r = lab.cni("portmap", "ADD", c, "pm-1", &conf);
-    assert_eq!(r.code(), 107);
-    assert!(r.json["msg"].as_str().unwrap().contains("portmap"));
+    let conf = bridge_conf(lab.data_dir(), "1.1.0", "10.244.11.0/24");
+    for (n, id) in ["gc-keep", "gc-stale"].iter().enumerate() {
+        let c = lab.container();
+        let add = lab.cni("bridge", "ADD", c, id, &conf);
+        assert!(add.ok, "{}", add.raw);
+        let pm = json!({
+            "cniVersion": "1.1.0", "name": "skiffnet", "type": "portmap",
+            "runtimeConfig": {"portMappings": [{"hostPort": 9000 + n, "containerPort": 80}]},
+            "prevResult": add.json,
+        });
+        assert!(lab.cni("portmap", "ADD", c, id, &pm).ok);
+    }
+    let gc = json!({"cniVersion": "1.1.0", "name": "skiffnet", "type": "portmap",
+        "cni.dev/valid-attachments": [{"containerID": "gc-keep", "ifname": "eth0"}]});
+    let r = lab.call("portmap", &[("CNI_COMMAND", "GC")], &gc.to_string());
+    assert!(r.ok, "{}", r.raw);
+    let rules = lab.nat_rules();
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.contains("id=gc-keep") && r.contains("DNAT")),
+        "{rules:?}"
+    );
+    assert!(
+        !rules
+            .iter()
+            .any(|r| r.contains("id=gc-stale") && !r.contains("SKIFF-MASQ-")),
+        "{rules:?}"
+    );
+
+    let bad = json!({"cniVersion": "1.0.0", "name": "skiffnet", "type": "portmap",
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "icmp"}]},
+        "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.244.11.9/24"}]}});
+    assert_eq!(lab.cni("portmap", "ADD", 0, "x", &bad).code(), 7);
+    let unchained = json!({"cniVersion": "1.0.0", "name": "skiffnet", "type": "portmap",
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]}});
+    assert_eq!(lab.cni("portmap", "ADD", 0, "x", &unchained).code(), 7);
 }
 
 #[test]
@@ -852,7 +1002,11 @@ fn readd_right_after_del_in_same_netns() {
             }
             assert_eq!(lab.host_veths(), 0, "{imp:?}: veths left");
             let o = lab.containers[c].exec(&["ip", "-o", "link"]);
-            assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1, "{imp:?}: only lo may remain");
+            assert_eq!(
+                String::from_utf8_lossy(&o.stdout).lines().count(),
+                1,
+                "{imp:?}: only lo may remain"
+            );
             assert!(lab.allocations("skiffnet").is_empty());
             assert!(lab.nat_rules().is_empty(), "{imp:?}: {:?}", lab.nat_rules());
         }

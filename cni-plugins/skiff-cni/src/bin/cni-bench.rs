@@ -133,7 +133,13 @@ fn main() -> ExitCode {
         eprintln!("cni-bench needs root (it creates network namespaces)");
         return ExitCode::FAILURE;
     }
-    match bench(iterations.max(1), masq, sync_teardown, &skiff_bin, &reference) {
+    match bench(
+        iterations.max(1),
+        masq,
+        sync_teardown,
+        &skiff_bin,
+        &reference,
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cni-bench: {e}");

@@ -493,7 +493,10 @@ pub fn del(
     }
     if let Some(cont) = cont {
         if let Some(l) = cont.link_by_name(&env.ifname).map_err(nl)? {
-            let bridge = host.link_by_name(&conf.bridge).map_err(nl)?.map(|b| b.index);
+            let bridge = host
+                .link_by_name(&conf.bridge)
+                .map_err(nl)?
+                .map(|b| b.index);
             if !conf.sync_teardown && defer_delete(cont, host, &l, bridge, reaper) {
                 return del_rules(env, conf, fw);
             }
@@ -782,7 +785,10 @@ mod tests {
             mtu: Option<u32>,
         ) -> Result<(), NetlinkError> {
             let h = self.new_link(host, false, mtu.unwrap_or(1500));
-            self.pending.borrow_mut().pending.push((peer.into(), mtu, h.index));
+            self.pending
+                .borrow_mut()
+                .pending
+                .push((peer.into(), mtu, h.index));
             Ok(())
         }
         fn set_up(&mut self, i: u32, up: bool) -> Result<(), NetlinkError> {
@@ -1080,11 +1086,38 @@ mod tests {
         let mut r = FakeReaper::default();
         let c = conf(json!({"ipMasq": true, "syncTeardown": true}));
         w.add(&c).unwrap();
-        del(&env(), &c, &mut w.host, Some(&mut w.cont), &mut w.ipam, &mut w.fw, &mut r).unwrap();
+        del(
+            &env(),
+            &c,
+            &mut w.host,
+            Some(&mut w.cont),
+            &mut w.ipam,
+            &mut w.fw,
+            &mut r,
+        )
+        .unwrap();
         assert!(!w.cont.links.contains_key("eth0"));
         assert!(w.fw.masq.is_empty());
-        del(&env(), &c, &mut w.host, Some(&mut w.cont), &mut w.ipam, &mut w.fw, &mut r).unwrap();
-        del(&env(), &c, &mut w.host, None, &mut w.ipam, &mut w.fw, &mut r).unwrap();
+        del(
+            &env(),
+            &c,
+            &mut w.host,
+            Some(&mut w.cont),
+            &mut w.ipam,
+            &mut w.fw,
+            &mut r,
+        )
+        .unwrap();
+        del(
+            &env(),
+            &c,
+            &mut w.host,
+            None,
+            &mut w.ipam,
+            &mut w.fw,
+            &mut r,
+        )
+        .unwrap();
         assert_eq!(w.ipam.dels, 3);
         assert!(r.0.is_empty());
     }
@@ -1095,10 +1128,24 @@ mod tests {
         let mut r = FakeReaper::default();
         let c = conf(json!({"ipMasq": true}));
         let res = w.add(&c).unwrap();
-        del(&env(), &c, &mut w.host, Some(&mut w.cont), &mut w.ipam, &mut w.fw, &mut r).unwrap();
+        del(
+            &env(),
+            &c,
+            &mut w.host,
+            Some(&mut w.cont),
+            &mut w.ipam,
+            &mut w.fw,
+            &mut r,
+        )
+        .unwrap();
         // eth0's name is free at once, the interface is down, the host end is queued.
         assert!(!w.cont.links.contains_key("eth0"));
-        let parked: Vec<&Link> = w.cont.links.values().filter(|l| l.name.starts_with("skdel")).collect();
+        let parked: Vec<&Link> = w
+            .cont
+            .links
+            .values()
+            .filter(|l| l.name.starts_with("skdel"))
+            .collect();
         assert_eq!(parked.len(), 1);
         assert!(!parked[0].up);
         assert_eq!(r.0.len(), 1);
@@ -1114,11 +1161,29 @@ mod tests {
         let c = conf(json!({}));
         w.add(&c).unwrap();
         // The host end left the bridge: not ours to hand over.
-        let hv = w.host.links.values_mut().find(|l| l.name.starts_with("veth")).unwrap();
+        let hv = w
+            .host
+            .links
+            .values_mut()
+            .find(|l| l.name.starts_with("veth"))
+            .unwrap();
         hv.master = None;
-        del(&env(), &c, &mut w.host, Some(&mut w.cont), &mut w.ipam, &mut w.fw, &mut r).unwrap();
+        del(
+            &env(),
+            &c,
+            &mut w.host,
+            Some(&mut w.cont),
+            &mut w.ipam,
+            &mut w.fw,
+            &mut r,
+        )
+        .unwrap();
         assert!(r.0.is_empty());
-        assert!(w.cont.links.values().all(|l| !l.name.starts_with("skdel") && l.name != "eth0"));
+        assert!(w
+            .cont
+            .links
+            .values()
+            .all(|l| !l.name.starts_with("skdel") && l.name != "eth0"));
     }
 
     #[test]
