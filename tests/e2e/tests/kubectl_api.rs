@@ -403,3 +403,80 @@ fn generate_name_and_list_paging() {
     assert_eq!(paged, unpaged);
     assert_eq!(paged.lines().filter(|l| l.contains("gen-")).count(), 7);
 }
+
+#[test]
+fn server_side_apply_tracks_owners_and_reports_conflicts() {
+    let s = Server::start();
+    let first = s.write_file(
+        "a.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {a: \"1\", b: \"x\"}\n",
+    );
+    assert!(s
+        .ok(&["apply", "--server-side", "-f", first.to_str().unwrap()])
+        .contains("configmap/ssa serverside-applied"));
+    let second = s.write_file(
+        "b.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {a: \"2\"}\n",
+    );
+    let err = s.fails(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        second.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("Apply failed with 1 conflict: conflict with \"kubectl\": .data.a"),
+        "{err}"
+    );
+    assert_eq!(
+        s.json(&["get", "cm", "ssa"])["data"]["a"],
+        "1",
+        "a refused apply changes nothing"
+    );
+    s.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "--force-conflicts",
+        "-f",
+        second.to_str().unwrap(),
+    ]);
+    let cm = s.json(&["get", "cm", "ssa", "--show-managed-fields"]);
+    assert_eq!(cm["data"]["a"], "2");
+    let managers: Vec<(String, Value)> = cm["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["manager"].as_str().unwrap().to_string(),
+                e["fieldsV1"].clone(),
+            )
+        })
+        .collect();
+    assert!(
+        managers.contains(&("other".into(), serde_json::json!({"f:data": {"f:a": {}}}))),
+        "{managers:?}"
+    );
+    assert!(
+        managers.contains(&("kubectl".into(), serde_json::json!({"f:data": {"f:b": {}}}))),
+        "{managers:?}"
+    );
+    // The first manager drops b from its configuration: b goes, a (owned by other) stays.
+    let third = s.write_file(
+        "c.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {c: \"3\"}\n",
+    );
+    s.ok(&["apply", "--server-side", "-f", third.to_str().unwrap()]);
+    assert_eq!(
+        s.json(&["get", "cm", "ssa"])["data"],
+        serde_json::json!({"a": "2", "c": "3"})
+    );
+    // An apply that creates answers 201 and the object exists.
+    let dep = s.write_file("d.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: sa}\nspec:\n  selector: {matchLabels: {app: sa}}\n  template:\n    metadata: {labels: {app: sa}}\n    spec: {containers: [{name: c, image: busybox:1.36}]}\n");
+    assert!(s
+        .ok(&["apply", "--server-side", "-f", dep.to_str().unwrap()])
+        .contains("deployment.apps/sa serverside-applied"));
+    assert_eq!(s.json(&["get", "deploy", "sa"])["spec"]["replicas"], 1);
+}

@@ -2,6 +2,7 @@
 //! `objects`, watches in `watch`.
 
 pub mod discovery;
+pub mod managed_fields;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
@@ -421,6 +422,7 @@ impl ApiServer {
             user,
             accept,
             content_type: header_str(req.headers(), header::CONTENT_TYPE).to_string(),
+            user_agent: header_str(req.headers(), header::USER_AGENT).to_string(),
             query,
         };
         match verb {

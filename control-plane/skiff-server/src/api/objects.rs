@@ -12,7 +12,7 @@ use super::patch::{self, PatchType};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{ApiError, FieldError};
 use super::table::{self, IncludeObject};
-use super::{json_response, ApiServer, Body, Query, Target};
+use super::{json_response, managed_fields, ApiServer, Body, Query, Target};
 use crate::admission::{defaults, validation};
 use crate::auth::User;
 use crate::registry::{self, ResourceType};
@@ -22,6 +22,7 @@ pub struct RequestContext {
     pub user: User,
     pub accept: String,
     pub content_type: String,
+    pub user_agent: String,
     pub query: Query,
 }
 
@@ -409,36 +410,143 @@ fn ensure_namespace_active(server: &ApiServer, ns: &str) -> Result<(), ApiError>
     }
 }
 
-/// One managedFields entry per manager and operation, as kube-apiserver records them
-/// (without field-level ownership yet).
-fn record_manager(
+/// Records that `manager` set the fields that changed from `old` to `obj` (all of `obj`'s
+/// fields on create) with a non-apply operation: it gains them and every other manager
+/// loses them, as kube-apiserver's field manager does.
+fn track_update(
     obj: &mut Value,
+    old: Option<&Value>,
     rt: &ResourceType,
-    manager: Option<&str>,
-    operation: &str,
+    manager: &str,
     subresource: Option<&str>,
 ) {
-    let Some(manager) = manager.filter(|m| !m.is_empty()) else {
-        return;
+    let mut entries = managed_fields::entries(old.unwrap_or(obj));
+    let changed = match old {
+        Some(old) => managed_fields::changed_fields(old, obj),
+        None => managed_fields::fields_of(obj),
     };
-    let entry = json!({
-        "manager": manager, "operation": operation, "apiVersion": rt.api_version(),
-        "time": now_rfc3339(), "fieldsType": "FieldsV1", "fieldsV1": {},
-    });
-    let m = meta_mut(obj);
-    let list = m.entry("managedFields").or_insert(json!([]));
-    if let Value::Array(entries) = list {
-        entries.retain(|e| {
-            !(e.get("manager").and_then(Value::as_str) == Some(manager)
-                && e.get("operation").and_then(Value::as_str) == Some(operation)
-                && e.get("subresource").and_then(Value::as_str) == subresource)
-        });
-        let mut entry = entry;
-        if let Some(s) = subresource {
-            entry["subresource"] = json!(s);
-        }
-        entries.push(entry);
+    if changed.is_empty() {
+        managed_fields::store_entries(obj, entries, &rt.api_version(), &now_rfc3339());
+        return;
     }
+    let present: managed_fields::FieldSet = changed
+        .iter()
+        .filter(|p| managed_fields::value_at(obj, p).is_some())
+        .cloned()
+        .collect();
+    for e in entries.iter_mut() {
+        e.fields.retain(|p| !changed.contains(p));
+    }
+    let own = entries.iter_mut().find(|e| {
+        e.manager == manager && e.operation == "Update" && e.subresource.as_deref() == subresource
+    });
+    match own {
+        Some(e) => {
+            e.fields.extend(present);
+            e.raw = Value::Null;
+        }
+        None => entries.push(managed_fields::Entry {
+            manager: manager.to_string(),
+            operation: "Update".into(),
+            subresource: subresource.map(str::to_string),
+            fields: present,
+            raw: Value::Null,
+        }),
+    }
+    managed_fields::store_entries(obj, entries, &rt.api_version(), &now_rfc3339());
+}
+
+/// Server-side apply of `config` by `manager` onto `live`: conflicts with other owners (409
+/// unless `force`), merge, and removal of fields this manager applied before but dropped now.
+fn server_side_apply(
+    rt: &ResourceType,
+    live: &Value,
+    config: &Value,
+    manager: &str,
+    force: bool,
+) -> Result<Value, ApiError> {
+    let applied = managed_fields::fields_of(config);
+    // Only leaves carry values worth comparing; list-item markers are not conflicts.
+    let leaves: Vec<&managed_fields::Path> = applied
+        .iter()
+        .filter(|p| {
+            !applied
+                .range((*p).clone()..)
+                .nth(1)
+                .is_some_and(|next| next.starts_with(p))
+        })
+        .collect();
+    let mut entries = managed_fields::entries(live);
+    let mut conflicts: Vec<(String, managed_fields::Path)> = Vec::new();
+    for e in entries.iter() {
+        if e.manager == manager && e.operation == "Apply" {
+            continue;
+        }
+        for p in &leaves {
+            if e.fields.contains(*p)
+                && managed_fields::value_at(live, p) != managed_fields::value_at(config, p)
+            {
+                conflicts.push((e.manager.clone(), (*p).clone()));
+            }
+        }
+    }
+    if !conflicts.is_empty() && !force {
+        let lines: Vec<String> = conflicts
+            .iter()
+            .map(|(m, p)| format!("conflict with \"{m}\": {}", managed_fields::display(p)))
+            .collect();
+        let causes: Vec<Value> = conflicts
+            .iter()
+            .map(|(m, p)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{m}\""), "field": managed_fields::display(p)}))
+            .collect();
+        let n = conflicts.len();
+        let plural = if n == 1 { "conflict" } else { "conflicts" };
+        let mut err = ApiError::new(
+            409,
+            "Conflict",
+            format!("Apply failed with {n} {plural}: {}", lines.join("\n")),
+        );
+        err.details = Some(
+            json!({"name": meta_str(live, "name").unwrap_or(""), "group": rt.group, "kind": rt.plural, "causes": causes}),
+        );
+        return Err(err);
+    }
+    for e in entries.iter_mut() {
+        if !(e.manager == manager && e.operation == "Apply") {
+            e.fields.retain(|p| !applied.contains(p));
+        }
+    }
+    let previous = entries
+        .iter()
+        .find(|e| e.manager == manager && e.operation == "Apply")
+        .map(|e| e.fields.clone())
+        .unwrap_or_default();
+    let others: managed_fields::FieldSet = entries
+        .iter()
+        .filter(|e| !(e.manager == manager && e.operation == "Apply"))
+        .flat_map(|e| e.fields.iter().cloned())
+        .collect();
+    let mut doc = live.clone();
+    apply_patch(PatchType::Apply, &mut doc, config)?;
+    let mut dropped: Vec<&managed_fields::Path> = previous
+        .iter()
+        .filter(|p| !applied.contains(*p) && !others.contains(*p))
+        .collect();
+    // Deepest first, so that removing an item does not hide its own fields' paths.
+    dropped.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in dropped {
+        managed_fields::remove_at(&mut doc, p);
+    }
+    entries.retain(|e| !(e.manager == manager && e.operation == "Apply"));
+    entries.push(managed_fields::Entry {
+        manager: manager.to_string(),
+        operation: "Apply".into(),
+        subresource: None,
+        fields: applied,
+        raw: Value::Null,
+    });
+    managed_fields::store_entries(&mut doc, entries, &rt.api_version(), &now_rfc3339());
+    Ok(doc)
 }
 
 impl ApiServer {
@@ -748,12 +856,10 @@ impl ApiServer {
         if t.rt.has_spec_and_status && kind != "Pod" && kind != "Node" && kind != "Service" {
             m.insert("generation".into(), json!(1));
         }
-        let manager = ctx
-            .query
-            .get("fieldManager")
-            .map(str::to_string)
-            .or_else(|| Some(default_manager(ctx)));
-        record_manager(&mut obj, t.rt, manager.as_deref(), "Update", None);
+        if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("managedFields");
+        }
+        track_update(&mut obj, None, t.rt, &field_manager(ctx), None);
         Ok((obj, warnings))
     }
 
@@ -974,20 +1080,24 @@ impl ApiServer {
                 meta_mut(&mut obj).insert("generation".into(), json!(g + 1));
             }
         }
-        let manager = ctx
-            .query
-            .get("fieldManager")
-            .map(str::to_string)
-            .or_else(|| Some(default_manager(ctx)));
-        record_manager(
-            &mut obj,
-            t.rt,
-            manager.as_deref(),
-            operation,
-            t.subresource
-                .as_deref()
-                .filter(|s| *s == "status" || *s == "scale"),
-        );
+        if operation != "Apply" {
+            // Ownership comes from the server's record, never from the client's copy.
+            if let (Some(m), Some(kept)) = (
+                obj.get_mut("metadata").and_then(Value::as_object_mut),
+                meta(old).get("managedFields"),
+            ) {
+                m.insert("managedFields".into(), kept.clone());
+            }
+            track_update(
+                &mut obj,
+                Some(old),
+                t.rt,
+                &field_manager(ctx),
+                t.subresource
+                    .as_deref()
+                    .filter(|s| *s == "status" || *s == "scale"),
+            );
+        }
         Ok(obj)
     }
 
@@ -1020,11 +1130,21 @@ impl ApiServer {
                     return Err(ApiError::bad_request(format!("the name of the object ({body_name}) does not match the name on the URL ({name})")));
                 }
                 meta_mut(&mut input).remove("managedFields");
+                let applied = managed_fields::fields_of(&input);
                 let (mut obj, warnings) = self.prepare_create(t, ctx, input)?;
-                record_manager(&mut obj, t.rt, ctx.query.get("fieldManager"), "Apply", None);
-                if let Some(Value::Array(entries)) = obj.pointer_mut("/metadata/managedFields") {
-                    entries.retain(|e| e.get("operation").and_then(Value::as_str) == Some("Apply"));
-                }
+                let entry = managed_fields::Entry {
+                    manager: field_manager(ctx),
+                    operation: "Apply".into(),
+                    subresource: None,
+                    fields: applied,
+                    raw: Value::Null,
+                };
+                managed_fields::store_entries(
+                    &mut obj,
+                    vec![entry],
+                    &t.rt.api_version(),
+                    &now_rfc3339(),
+                );
                 let _guard = if t.rt.kind == "Service" {
                     Some(self.allocation.lock().await)
                 } else {
@@ -1065,8 +1185,21 @@ impl ApiServer {
         } else {
             "Update"
         };
+        let manager = field_manager(ctx);
+        let force = ctx.query.flag("force");
+        if kind == PatchType::Apply
+            && ctx
+                .query
+                .get("force")
+                .is_some_and(|f| f != "true" && f != "false")
+        {
+            return Err(ApiError::bad_request("force must be true or false"));
+        }
         let (obj, code) = self
             .write_update(t, ctx, &name, expected, operation, |old| {
+                if kind == PatchType::Apply {
+                    return server_side_apply(t.rt, old, &patch_body, &manager, force);
+                }
                 let mut doc = (*old).clone();
                 apply_patch(kind, &mut doc, &patch_body)?;
                 Ok(doc)
@@ -1486,9 +1619,18 @@ fn strip_managed_time(v: &Value) -> Value {
     copy
 }
 
-fn default_manager(ctx: &RequestContext) -> String {
-    let _ = ctx;
-    "unknown".into()
+/// The manager named by the request, or what kube-apiserver derives when none is given.
+fn field_manager(ctx: &RequestContext) -> String {
+    match ctx.query.get("fieldManager") {
+        Some(m) if !m.is_empty() => m.to_string(),
+        _ => ctx
+            .user_agent
+            .split('/')
+            .next()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("unknown")
+            .to_string(),
+    }
 }
 
 fn add_warnings(resp: &mut Response<Body>, warnings: &[String]) {

@@ -35,7 +35,7 @@ pub fn merge_patch(doc: &mut Value, patch: &Value) {
 
 /// How a list field is merged in a strategic merge patch.
 #[derive(Debug, PartialEq, Eq)]
-enum ListStrategy {
+pub(crate) enum ListStrategy {
     /// Items are objects matched by this key.
     ByKey(&'static str),
     /// Items are scalars; the patch's are added to the original's (a set union).
@@ -45,7 +45,7 @@ enum ListStrategy {
 
 /// Merge keys of the built-in types (the `patchMergeKey` tags of k8s.io/api), looked up by
 /// the list's field name and its parent field.
-fn list_strategy(parent: Option<&str>, field: &str) -> ListStrategy {
+pub(crate) fn list_strategy(parent: Option<&str>, field: &str) -> ListStrategy {
     use ListStrategy::*;
     match (parent, field) {
         (_, "containers" | "initContainers" | "ephemeralContainers") => ByKey("name"),
