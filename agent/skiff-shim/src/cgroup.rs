@@ -80,7 +80,8 @@ impl Cgroup {
     /// Whether memory, cpu and pids controllers are enabled for this cgroup.
     pub fn limits_enforced(&self) -> bool {
         let parent = self.path.parent().unwrap_or(&self.path);
-        let ctl = std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
+        let ctl =
+            std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
         ["cpu", "memory", "pids"]
             .iter()
             .all(|c| ctl.split_whitespace().any(|w| w == *c))

@@ -3,7 +3,7 @@
 //! for it and records its exit; `run` does the same in the calling process.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -158,7 +158,9 @@ fn reap_leftovers() {
 fn set_subreaper() -> Result<()> {
     // SAFETY: prctl with integer arguments.
     let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
-    Errno::result(r).map(|_| ()).ctx("prctl", "PR_SET_CHILD_SUBREAPER")
+    Errno::result(r)
+        .map(|_| ())
+        .ctx("prctl", "PR_SET_CHILD_SUBREAPER")
 }
 
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
@@ -241,13 +243,21 @@ fn monitor(sd: &StateDir, c: Created, fifo: OwnedFd) -> ! {
     let mut init = Some(c.init);
     let mut fifo = Some(fifo);
     while let Some(f) = &fifo {
-        let mut fds = vec![nix::poll::PollFd::new(f.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let mut fds = vec![nix::poll::PollFd::new(
+            f.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
         if let Some(p) = &pidfd {
-            fds.push(nix::poll::PollFd::new(p.as_fd(), nix::poll::PollFlags::POLLIN));
+            fds.push(nix::poll::PollFd::new(
+                p.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            ));
         }
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16)) {
             Err(Errno::EINTR) | Ok(0) => {
-                if pidfd.is_none() && !process_alive(pid.as_raw(), process_start_time(pid.as_raw()).unwrap_or(0)) {
+                if pidfd.is_none()
+                    && !process_alive(pid.as_raw(), process_start_time(pid.as_raw()).unwrap_or(0))
+                {
                     break;
                 }
                 continue;
@@ -346,8 +356,17 @@ pub fn create(opts: &Options, id: &str, bundle: &Path, pid_file: Option<&Path>) 
         }
         nix::unistd::ForkResult::Parent { child } => {
             drop(wr);
-            let mut msg = String::new();
-            let _ = File::from(rd).read_to_string(&mut msg);
+            // One read: the init holds a copy of the write end until it
+            // execs, so EOF would only come at `start`. The message is far
+            // below PIPE_BUF, so it arrives whole.
+            let mut buf = [0u8; 4096];
+            let n = loop {
+                match nix::unistd::read(rd.as_raw_fd(), &mut buf) {
+                    Err(Errno::EINTR) => continue,
+                    r => break r.unwrap_or(0),
+                }
+            };
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
             if let Some(pid) = msg.strip_prefix('O') {
                 if let Some(pf) = pid_file {
                     std::fs::write(pf, pid).map_err(|e| ShimError::io("write", pf, e))?;
@@ -375,20 +394,28 @@ pub fn start(opts: &Options, id: &str) -> Result<()> {
     let s = sd.load()?;
     let st = sd.status(&s);
     if st != Status::Created {
-        return Err(ShimError::container(id, format!("cannot start a container that is {st}")));
+        return Err(ShimError::container(
+            id,
+            format!("cannot start a container that is {st}"),
+        ));
     }
     let fifo = sd.fifo();
-    let fd = nix::fcntl::open(&fifo, OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| {
-            if e == Errno::ENXIO {
-                ShimError::container(id, "its monitor is gone")
-            } else {
-                ShimError::sys("open", fifo.display(), e)
-            }
-        })?;
+    let fd = nix::fcntl::open(
+        &fifo,
+        OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        if e == Errno::ENXIO {
+            ShimError::container(id, "its monitor is gone")
+        } else {
+            ShimError::sys("open", fifo.display(), e)
+        }
+    })?;
     // SAFETY: fresh fd.
     let mut f = unsafe { File::from_raw_fd(fd) };
-    f.write_all(b"1").map_err(|e| ShimError::io("write", &fifo, e))?;
+    f.write_all(b"1")
+        .map_err(|e| ShimError::io("write", &fifo, e))?;
     drop(f);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -415,10 +442,15 @@ pub fn state(opts: &Options, id: &str) -> Result<Report> {
 /// Parse "KILL", "SIGKILL" or "9".
 pub fn parse_signal(s: &str) -> Result<Signal> {
     if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| ShimError::spec("signal", format!("unknown signal {s}")));
+        return Signal::try_from(n)
+            .map_err(|_| ShimError::spec("signal", format!("unknown signal {s}")));
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     name.parse::<Signal>()
         .map_err(|_| ShimError::spec("signal", format!("unknown signal {s}")))
 }
@@ -470,7 +502,10 @@ pub fn delete(opts: &Options, id: &str, force: bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while monitor_alive(&s) && s.monitor_pid != nix::unistd::getpid().as_raw() {
         if Instant::now() > deadline {
-            return Err(ShimError::container(id, "monitor did not exit after SIGKILL"));
+            return Err(ShimError::container(
+                id,
+                "monitor did not exit after SIGKILL",
+            ));
         }
         std::thread::sleep(Duration::from_millis(1));
     }

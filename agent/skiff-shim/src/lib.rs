@@ -13,3 +13,6 @@ pub mod syscall;
 
 pub use container::Options;
 pub use error::{Result, ShimError};
+
+#[cfg(test)]
+mod unit_tests;

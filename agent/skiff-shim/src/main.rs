@@ -58,12 +58,15 @@ fn parse_global(argv: Vec<String>) -> anyhow::Result<Args> {
     bail!("missing command\n{USAGE}")
 }
 
-/// Command options: returns (flags with values, bare flags, positionals).
+/// Parsed command options: (flags with values, bare flags, positionals).
+type CmdArgs = (Vec<(String, String)>, Vec<String>, Vec<String>);
+
+/// Split a command's arguments into options and positionals.
 fn parse_cmd(
     rest: Vec<String>,
     with_value: &[&str],
     bare: &[&str],
-) -> anyhow::Result<(Vec<(String, String)>, Vec<String>, Vec<String>)> {
+) -> anyhow::Result<CmdArgs> {
     let mut vals = Vec::new();
     let mut flags = Vec::new();
     let mut pos = Vec::new();

@@ -233,8 +233,8 @@ pub fn parse_mount_options(opts: &[String]) -> (MsFlags, MsFlags, Vec<MsFlags>, 
             "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
             "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
             "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
-            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave"
-            | "unbindable" | "runbindable" => {
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
+            | "runbindable" => {
                 prop.push(propagation_flag(o).expect("listed above"));
                 continue;
             }
@@ -375,8 +375,13 @@ pub fn build_plan(bundle: &Path, spec: &Spec) -> Result<Plan> {
     }
     // A joined user namespace comes first so that later joins and new
     // namespaces are owned by it.
-    ns.join
-        .sort_by_key(|(f, _)| if *f == CloneFlags::CLONE_NEWUSER { 0 } else { 1 });
+    ns.join.sort_by_key(|(f, _)| {
+        if *f == CloneFlags::CLONE_NEWUSER {
+            0
+        } else {
+            1
+        }
+    });
     if ns.joins(CloneFlags::CLONE_NEWUSER).is_some() && ns.creates(CloneFlags::CLONE_NEWPID) {
         return Err(ShimError::spec(
             "linux.namespaces",
@@ -491,7 +496,13 @@ pub fn build_plan(bundle: &Path, spec: &Spec) -> Result<Plan> {
 
     // Devices: the defaults, overridden or extended by linux.devices.
     let mut devices = default_devices();
-    for (i, d) in linux.devices().clone().unwrap_or_default().iter().enumerate() {
+    for (i, d) in linux
+        .devices()
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         let kind = match d.typ() {
             LinuxDeviceType::C | LinuxDeviceType::U => DeviceKind::Char,
             LinuxDeviceType::B => DeviceKind::Block,
@@ -592,8 +603,12 @@ pub fn build_plan(bundle: &Path, spec: &Spec) -> Result<Plan> {
         ));
     }
     let domainname = spec.domainname().clone().filter(|h| !h.is_empty());
-    let mut sysctl: Vec<(String, String)> =
-        linux.sysctl().clone().unwrap_or_default().into_iter().collect();
+    let mut sysctl: Vec<(String, String)> = linux
+        .sysctl()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     sysctl.sort();
 
     Ok(Plan {
@@ -606,8 +621,20 @@ pub fn build_plan(bundle: &Path, spec: &Spec) -> Result<Plan> {
         rootfs_propagation,
         mounts,
         devices,
-        masked_paths: linux.masked_paths().clone().unwrap_or_default().iter().map(PathBuf::from).collect(),
-        readonly_paths: linux.readonly_paths().clone().unwrap_or_default().iter().map(PathBuf::from).collect(),
+        masked_paths: linux
+            .masked_paths()
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .map(PathBuf::from)
+            .collect(),
+        readonly_paths: linux
+            .readonly_paths()
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .map(PathBuf::from)
+            .collect(),
         hostname,
         domainname,
         sysctl,

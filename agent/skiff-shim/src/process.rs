@@ -136,7 +136,8 @@ pub fn spawn(plan: &Plan, place: &mut dyn FnMut(Pid) -> Result<()>) -> Result<In
     // the clone, and restore afterwards.
     let mut restore_pid_ns = None;
     if let Some(p) = plan.namespaces.joins(CloneFlags::CLONE_NEWPID) {
-        let own = File::open("/proc/self/ns/pid").map_err(|e| ShimError::io("open", "/proc/self/ns/pid", e))?;
+        let own = File::open("/proc/self/ns/pid")
+            .map_err(|e| ShimError::io("open", "/proc/self/ns/pid", e))?;
         let target = File::open(p).map_err(|e| ShimError::io("open", p, e))?;
         nix::sched::setns(target.as_fd(), CloneFlags::CLONE_NEWPID).ctx("setns", p.display())?;
         restore_pid_ns = Some(own);
@@ -176,7 +177,9 @@ pub fn spawn(plan: &Plan, place: &mut dyn FnMut(Pid) -> Result<()>) -> Result<In
         }),
         Ok(Some(m)) if m.first() == Some(&MSG_ERROR) => {
             kill_and_reap(pid);
-            Err(ShimError::Init(String::from_utf8_lossy(&m[1..]).into_owned()))
+            Err(ShimError::Init(
+                String::from_utf8_lossy(&m[1..]).into_owned(),
+            ))
         }
         Ok(_) => {
             kill_and_reap(pid);
@@ -196,9 +199,9 @@ impl InitHandle {
         send(self.sock.as_fd(), &[MSG_START])?;
         match recv(self.sock.as_fd())? {
             None => Ok(()),
-            Some(m) if m.first() == Some(&MSG_ERROR) => {
-                Err(ShimError::Init(String::from_utf8_lossy(&m[1..]).into_owned()))
-            }
+            Some(m) if m.first() == Some(&MSG_ERROR) => Err(ShimError::Init(
+                String::from_utf8_lossy(&m[1..]).into_owned(),
+            )),
             Some(_) => Err(ShimError::Init("unexpected message from init".into())),
         }
     }
@@ -232,13 +235,20 @@ fn wait_for(sock: BorrowedFd<'_>, what: u8) -> Result<()> {
 fn become_root() -> Result<()> {
     nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
         .ctx("setresgid", 0)?;
-    nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
-        .ctx("setresuid", 0)
+    nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).ctx("setresuid", 0)
 }
 
 fn prctl(op: libc::c_int, a: libc::c_ulong, what: &str) -> Result<()> {
     // SAFETY: plain prctl with integer arguments.
-    let r = unsafe { libc::prctl(op, a, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    let r = unsafe {
+        libc::prctl(
+            op,
+            a,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
     Errno::result(r).map(|_| ()).ctx("prctl", what)
 }
 
@@ -296,12 +306,20 @@ fn apply_user_and_caps(plan: &Plan) -> Result<()> {
             .map_err(|e| ShimError::Init(format!("read bounding set: {e}")))?
         {
             if !c.bounding.contains(&cap) {
-                prctl(libc::PR_CAPBSET_DROP, cap.index() as libc::c_ulong, "PR_CAPBSET_DROP")?;
+                prctl(
+                    libc::PR_CAPBSET_DROP,
+                    cap.index() as libc::c_ulong,
+                    "PR_CAPBSET_DROP",
+                )?;
             }
         }
     }
     prctl(libc::PR_SET_KEEPCAPS, 1, "PR_SET_KEEPCAPS")?;
-    let groups: Vec<Gid> = pr.additional_gids.iter().map(|g| Gid::from_raw(*g)).collect();
+    let groups: Vec<Gid> = pr
+        .additional_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
     nix::unistd::setgroups(&groups).ctx("setgroups", format!("{:?}", pr.additional_gids))?;
     let g = Gid::from_raw(pr.gid);
     nix::unistd::setresgid(g, g, g).ctx("setresgid", pr.gid)?;
@@ -378,7 +396,8 @@ fn init(plan: &Plan, sock: BorrowedFd<'_>) -> Result<Infallible> {
     if !unshare.is_empty() {
         nix::sched::unshare(unshare).ctx("unshare", format!("{unshare:?}"))?;
     }
-    let in_userns = ns.creates(CloneFlags::CLONE_NEWUSER) || ns.joins(CloneFlags::CLONE_NEWUSER).is_some();
+    let in_userns =
+        ns.creates(CloneFlags::CLONE_NEWUSER) || ns.joins(CloneFlags::CLONE_NEWUSER).is_some();
 
     let pr = &plan.process;
     if let Some(adj) = pr.oom_score_adj {

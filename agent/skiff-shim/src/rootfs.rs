@@ -37,7 +37,8 @@ pub fn secure_join(root: &Path, unsafe_path: &Path) -> Result<PathBuf> {
                 if links > 255 {
                     return Err(ShimError::sys(
                         "resolve",
-                        root.join(unsafe_path.strip_prefix("/").unwrap_or(unsafe_path)).display(),
+                        root.join(unsafe_path.strip_prefix("/").unwrap_or(unsafe_path))
+                            .display(),
                         nix::errno::Errno::ELOOP,
                     ));
                 }
@@ -113,13 +114,7 @@ pub fn mount_one(sys: &dyn Syscall, rootfs: &Path, m: &MountPlan, in_userns: boo
         }
         MountKind::Fs { fstype, source } => {
             sys.mkdir_all(&dest)?;
-            sys.mount(
-                Some(Path::new(source)),
-                &dest,
-                Some(fstype),
-                m.flags,
-                data,
-            )?;
+            sys.mount(Some(Path::new(source)), &dest, Some(fstype), m.flags, data)?;
         }
     }
     for p in &m.propagation {

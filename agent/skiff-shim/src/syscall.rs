@@ -138,13 +138,8 @@ impl Syscall for LinuxSyscall {
             DeviceKind::Fifo => SFlag::S_IFIFO,
         };
         let perm = Mode::from_bits_truncate(mode);
-        nix::sys::stat::mknod(
-            path,
-            sflag,
-            perm,
-            nix::sys::stat::makedev(major, minor),
-        )
-        .ctx("mknod", path.display())?;
+        nix::sys::stat::mknod(path, sflag, perm, nix::sys::stat::makedev(major, minor))
+            .ctx("mknod", path.display())?;
         // mknod honours the umask: set the exact mode afterwards.
         nix::sys::stat::fchmodat(
             None,
