@@ -664,29 +664,27 @@ impl Store for EtcdStore {
         let (start_key, end) = prefix_range(&inner.full_key(prefix));
         // etcd's watch start 0 means "from now": start at 1 at least.
         let start = after.max(1);
-        if after >= 1 {
-            // etcd reports a compacted start revision asynchronously, on the stream; a range
-            // read at `after` answers now, and callers expect `watch` itself to refuse.
-            let mut kv = inner.client.kv_client();
-            let options = GetOptions::new()
-                .with_range(end.clone())
-                .with_revision(after)
-                .with_count_only();
-            match inner.rpc(kv.get(start_key.clone(), Some(options))).await {
-                Ok(_) => {}
-                Err(e) if e.is_future_revision() => {}
-                Err(e) if e.is_compacted() => {
-                    let oldest = inner
-                        .compact_revision(&start_key, &end, start)
-                        .await
-                        .unwrap_or(after + 1);
-                    return Err(StoreError::Compacted {
-                        requested: after,
-                        oldest,
-                    });
-                }
-                Err(e) => return Err(inner.fail("watch", prefix, e)),
+        // etcd reports a compacted start revision asynchronously, on the stream; a range read
+        // at the start revision answers now, and callers expect `watch` itself to refuse.
+        let mut kv = inner.client.kv_client();
+        let options = GetOptions::new()
+            .with_range(end.clone())
+            .with_revision(start)
+            .with_count_only();
+        match inner.rpc(kv.get(start_key.clone(), Some(options))).await {
+            Ok(_) => {}
+            Err(e) if e.is_future_revision() => {}
+            Err(e) if e.is_compacted() => {
+                let oldest = inner
+                    .compact_revision(&start_key, &end, start)
+                    .await
+                    .unwrap_or(after + 1);
+                return Err(StoreError::Compacted {
+                    requested: after,
+                    oldest,
+                });
             }
+            Err(e) => return Err(inner.fail("watch", prefix, e)),
         }
         let stream = inner
             .open_watch(&start_key, &end, start)

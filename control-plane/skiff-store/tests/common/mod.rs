@@ -254,6 +254,10 @@ pub async fn watch_before_compaction_is_refused(store: Arc<dyn Store>) {
         Err(other) => panic!("expected Compacted, got {other:?}"),
         Ok(_) => panic!("expected Compacted, got a watch"),
     }
+    assert!(matches!(
+        store.watch("/k/", 0).await,
+        Err(StoreError::Compacted { requested: 0, oldest }) if oldest == r0 + 3
+    ));
     let mut watch = store.watch("/k/", r0 + 3).await.unwrap();
     let event = recv(&mut watch).await.unwrap().unwrap();
     assert_eq!((event.key(), event.revision()), ("/k/3", r0 + 4));
