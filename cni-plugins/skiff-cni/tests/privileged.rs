@@ -357,7 +357,12 @@ fn add_result_and_state_match_reference() {
         for imp in ALL {
             let mut lab = Lab::new(imp);
             let c = lab.container();
-            let conf = bridge_conf(lab.data_dir(), version, "10.244.1.0/24");
+            let mut conf = bridge_conf(lab.data_dir(), version, "10.244.1.0/24");
+            if version == "0.3.1" {
+                // The two modes exclude each other: try the other one here.
+                conf["hairpinMode"] = json!(false);
+                conf["promiscMode"] = json!(true);
+            }
             let r = lab.cni("bridge", "ADD", c, "ctr-a", &conf);
             assert!(r.ok, "{imp:?} ADD {version}: {}", r.raw);
             assert_eq!(r.json["cniVersion"], version);
@@ -366,12 +371,26 @@ fn add_result_and_state_match_reference() {
             let br = lab
                 .host
                 .exec(&["ip", "-4", "-o", "addr", "show", "dev", "skiff0"]);
-            let br: String = String::from_utf8_lossy(&br.stdout)
+            let mut br: String = String::from_utf8_lossy(&br.stdout)
                 .split_whitespace()
                 .skip(1)
                 .take(3)
                 .collect::<Vec<_>>()
                 .join(" ");
+            let link = lab
+                .host
+                .exec(&["ip", "-d", "-o", "link", "show", "dev", "skiff0"]);
+            let link = String::from_utf8_lossy(&link.stdout).into_owned();
+            br += &format!(" promisc={}", link.contains("PROMISC"));
+            let veth = lab
+                .host
+                .exec(&["ip", "-d", "-o", "link", "show", "type", "veth"]);
+            let veth = String::from_utf8_lossy(&veth.stdout).into_owned();
+            br += &format!(
+                " hairpin={} mtu1400={}",
+                veth.contains("hairpin on"),
+                veth.contains("mtu 1400")
+            );
             results.push((imp, normalize(&r.json), state, br));
         }
         let (_, reference, ref_state, ref_br) = &results[2];
@@ -444,6 +463,22 @@ fn error_codes_match_reference() {
                 c.to_string()
             },
             Expect::Code(4),
+        ),
+        (
+            "netns path that does not exist",
+            |c, e| {
+                e[2].1 = "/run/netns/skiff-test-does-not-exist".to_string();
+                c.to_string()
+            },
+            Expect::PluginSpecific(103),
+        ),
+        (
+            "hairpinMode with promiscMode",
+            |c, _| {
+                c["promiscMode"] = json!(true);
+                c.to_string()
+            },
+            Expect::PluginSpecific(7),
         ),
         (
             "mtu of the wrong type",
@@ -1011,4 +1046,67 @@ fn readd_right_after_del_in_same_netns() {
             assert!(lab.nat_rules().is_empty(), "{imp:?}: {:?}", lab.nat_rules());
         }
     }
+}
+
+#[test]
+fn parallel_adds_and_dels_leave_nothing() {
+    require_root!();
+    let mut lab = Lab::new(Impl::Skiff);
+    let conf = bridge_conf(lab.data_dir(), "1.0.0", "10.244.12.0/24");
+    let n = 24;
+    for _ in 0..n {
+        lab.container();
+    }
+    let lab = &lab;
+    let conf = &conf;
+    let ips: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut got = Vec::new();
+                    for c in (t..n).step_by(6) {
+                        let id = format!("par-{c}");
+                        let r = lab.cni("bridge", "ADD", c, &id, conf);
+                        assert!(r.ok, "ADD {id}: {}", r.raw);
+                        got.push(r.json["ips"][0]["address"].as_str().unwrap().to_string());
+                    }
+                    got
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut uniq = ips.clone();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(uniq.len(), n, "duplicate addresses: {ips:?}");
+    assert_eq!(lab.allocations("skiffnet").len(), n);
+    let o = lab
+        .host
+        .exec(&["ip", "-o", "link", "show", "type", "bridge"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().count(),
+        1,
+        "one bridge only"
+    );
+    std::thread::scope(|s| {
+        for t in 0..6 {
+            s.spawn(move || {
+                for c in (t..n).step_by(6) {
+                    let r = lab.cni("bridge", "DEL", c, &format!("par-{c}"), conf);
+                    assert!(r.ok, "DEL: {}", r.raw);
+                }
+            });
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while lab.host_veths() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(lab.host_veths(), 0);
+    assert!(lab.allocations("skiffnet").is_empty());
+    assert!(lab.nat_rules().is_empty(), "{:?}", lab.nat_rules());
 }

@@ -762,6 +762,50 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_adds_get_distinct_addresses() {
+        let d = tempfile::tempdir().unwrap();
+        let c = conf(d.path(), json!([[{"subnet": "10.9.0.0/26"}]]));
+        let handles: Vec<_> = (0..16)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    (0..3)
+                        .map(|i| add(&c, &format!("t{t}-{i}")).unwrap().ips[0].address.addr)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<IpAddr> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(all.len(), 48);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 48, "an address was handed out twice");
+        // 62 usable minus the gateway: 61; 13 left.
+        for i in 0..13 {
+            add(&c, &format!("rest-{i}")).unwrap();
+        }
+        assert_eq!(
+            add(&c, "one-too-many").unwrap_err().code,
+            code::RANGE_EXHAUSTED
+        );
+    }
+
+    #[test]
+    fn status_and_gc_with_empty_keep_list() {
+        let d = tempfile::tempdir().unwrap();
+        let c = conf(d.path(), json!([[{"subnet": "10.9.0.0/24"}]]));
+        run(&env(Command::Status, ""), &c).unwrap();
+        add(&c, "a").unwrap();
+        add(&c, "b").unwrap();
+        run(&env(Command::Gc, ""), &c).unwrap();
+        let store = Store::open(d.path(), "testnet").unwrap();
+        assert!(store.all().unwrap().is_empty());
+    }
+
+    #[test]
     fn bad_network_name_rejected() {
         let d = tempfile::tempdir().unwrap();
         let mut c = conf(d.path(), json!([[{"subnet": "10.9.0.0/24"}]]));

@@ -70,6 +70,12 @@ impl BridgeConf {
                 format!("invalid bridge name {:?}", c.bridge),
             )
         })?;
+        if c.hairpin_mode && c.promisc_mode {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                "cannot set hairpin mode and promiscuous mode at the same time",
+            ));
+        }
         if let Some(mtu) = c.mtu {
             if !(68..=65535).contains(&mtu) {
                 return Err(CniError::new(
@@ -1231,6 +1237,11 @@ mod tests {
         let bad = json!({"cniVersion": "1.0.0", "name": "p", "type": "bridge", "bridge": "a/b"});
         assert_eq!(
             BridgeConf::parse(&bad).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
+        let both = json!({"cniVersion": "1.0.0", "name": "p", "type": "bridge", "hairpinMode": true, "promiscMode": true});
+        assert_eq!(
+            BridgeConf::parse(&both).unwrap_err().code,
             code::INVALID_CONFIG
         );
         let ok = json!({"cniVersion": "1.0.0", "name": "p", "type": "bridge"});
