@@ -145,8 +145,14 @@ impl EtcdStore {
         if endpoints.is_empty() {
             return Err(fail("no etcd endpoint given".into()));
         }
-        let https = endpoints.iter().filter(|e| e.starts_with("https://")).count();
-        let http = endpoints.iter().filter(|e| e.starts_with("http://")).count();
+        let https = endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        let http = endpoints
+            .iter()
+            .filter(|e| e.starts_with("http://"))
+            .count();
         if https + http != endpoints.len() {
             return Err(fail(
                 "every endpoint must be an http:// or https:// URL".into(),
@@ -181,21 +187,19 @@ impl EtcdStore {
             }
             (false, None) => {}
         }
-        let client = match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Client::connect(endpoints, Some(options)),
-        )
-        .await
-        {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(fail(format!("cannot connect: {e}"))),
-            Err(_) => {
-                return Err(fail(format!(
-                    "cannot connect within {}s",
-                    CONNECT_TIMEOUT.as_secs()
-                )))
-            }
-        };
+        let client =
+            match tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(endpoints, Some(options)))
+                .await
+            {
+                Ok(Ok(client)) => client,
+                Ok(Err(e)) => return Err(fail(format!("cannot connect: {e}"))),
+                Err(_) => {
+                    return Err(fail(format!(
+                        "cannot connect within {}s",
+                        CONNECT_TIMEOUT.as_secs()
+                    )))
+                }
+            };
         let store = EtcdStore {
             inner: Arc::new(Inner {
                 client,
@@ -277,7 +281,12 @@ impl Inner {
         }
     }
 
-    fn revision(&self, op: &str, key: &str, header: Option<&ResponseHeader>) -> Result<Revision, StoreError> {
+    fn revision(
+        &self,
+        op: &str,
+        key: &str,
+        header: Option<&ResponseHeader>,
+    ) -> Result<Revision, StoreError> {
         header
             .map(|h| h.revision())
             .ok_or_else(|| self.fail(op, key, "etcd response without a header"))
@@ -342,7 +351,9 @@ impl Inner {
             .with_start_revision(start)
             .with_prev_key();
         let mut watch = self.client.watch_client();
-        let mut stream = self.rpc(watch.watch(start_key.to_vec(), Some(options))).await?;
+        let mut stream = self
+            .rpc(watch.watch(start_key.to_vec(), Some(options)))
+            .await?;
         match self.rpc(stream.message()).await? {
             Some(resp) if resp.created() && !resp.canceled() => Ok(stream),
             Some(resp) => Err(RpcError::Etcd(etcd_client::Error::WatchError(format!(
@@ -357,7 +368,12 @@ impl Inner {
 
     /// Learns etcd's compaction revision by watching from `start`, which is known to be
     /// compacted: etcd answers with the compact revision shortly after creating the watch.
-    async fn compact_revision(&self, start_key: &[u8], end: &[u8], start: Revision) -> Option<Revision> {
+    async fn compact_revision(
+        &self,
+        start_key: &[u8],
+        end: &[u8],
+        start: Revision,
+    ) -> Option<Revision> {
         let mut stream = self.open_watch(start_key, end, start).await.ok()?;
         let found = tokio::time::timeout(self.request_timeout, async {
             while let Ok(Some(resp)) = stream.message().await {
@@ -474,7 +490,10 @@ impl Store for EtcdStore {
             .rpc(kv.get(inner.full_key(key), None))
             .await
             .map_err(|e| inner.fail("get", key, e))?;
-        resp.kvs().first().map(|found| inner.convert(found)).transpose()
+        resp.kvs()
+            .first()
+            .map(|found| inner.convert(found))
+            .transpose()
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {

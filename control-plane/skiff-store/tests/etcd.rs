@@ -27,7 +27,10 @@ async fn connect(server: &EtcdServer, tls: Option<EtcdTls>) -> EtcdStore {
                 eprintln!("etcd not ready yet: {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(e) => panic!("cannot connect to the test etcd: {e}\n{}", server.log_tail()),
+            Err(e) => panic!(
+                "cannot connect to the test etcd: {e}\n{}",
+                server.log_tail()
+            ),
         }
     }
 }
@@ -63,7 +66,8 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_an_etcd_kill_and_restart() {
-    let Some(mut server) = EtcdServer::start("acknowledged_writes_survive_an_etcd_kill_and_restart")
+    let Some(mut server) =
+        EtcdServer::start("acknowledged_writes_survive_an_etcd_kill_and_restart")
     else {
         return;
     };
@@ -78,14 +82,20 @@ async fn acknowledged_writes_survive_an_etcd_kill_and_restart() {
     let mut revisions = Vec::new();
     for i in 0..100 {
         let key = format!("/crash/{i:03}");
-        let kv = store.create(&key, format!("v{i}").into_bytes()).await.unwrap();
+        let kv = store
+            .create(&key, format!("v{i}").into_bytes())
+            .await
+            .unwrap();
         revisions.push(kv.mod_revision);
         acked.insert(key, kv);
     }
     for i in (0..100).step_by(2) {
         let key = format!("/crash/{i:03}");
         let old = acked[&key].mod_revision;
-        let kv = store.update(&key, format!("w{i}").into_bytes(), old).await.unwrap();
+        let kv = store
+            .update(&key, format!("w{i}").into_bytes(), old)
+            .await
+            .unwrap();
         revisions.push(kv.mod_revision);
         acked.insert(key, kv);
     }
@@ -106,7 +116,10 @@ async fn acknowledged_writes_survive_an_etcd_kill_and_restart() {
         }
         other => panic!("expected a backend error while etcd is down, got {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(10), "failed in bounded time");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failed in bounded time"
+    );
 
     server.restart();
     let ((list, rev), attempts) = retry("list after restart", || store.list("/crash/")).await;
@@ -114,14 +127,23 @@ async fn acknowledged_writes_survive_an_etcd_kill_and_restart() {
         std::io::stderr(),
         "etcd restarted: the same client answered after {attempts} attempt(s)"
     );
-    assert!(rev >= last_acked, "revision {rev} went back before {last_acked}");
+    assert!(
+        rev >= last_acked,
+        "revision {rev} went back before {last_acked}"
+    );
     let found: BTreeMap<String, KeyValue> =
         list.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
-    assert_eq!(found, acked, "every acknowledged write is still there, exactly");
+    assert_eq!(
+        found, acked,
+        "every acknowledged write is still there, exactly"
+    );
     assert!(store.get("/crash/while-down").await.unwrap().is_none());
 
     // The store keeps working, and the watch opened before the crash resumes where it was.
-    let after = store.create("/crash/after-restart", b"ok".to_vec()).await.unwrap();
+    let after = store
+        .create("/crash/after-restart", b"ok".to_vec())
+        .await
+        .unwrap();
     assert!(after.mod_revision > last_acked);
     revisions.push(after.mod_revision);
     let mut seen = Vec::new();
@@ -132,7 +154,10 @@ async fn acknowledged_writes_survive_an_etcd_kill_and_restart() {
             .expect("watch error");
         seen.push(event.revision());
     }
-    assert_eq!(seen, revisions, "every change once, in order, across the restart");
+    assert_eq!(
+        seen, revisions,
+        "every change once, in order, across the restart"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,7 +201,10 @@ async fn watch_that_falls_behind_a_compaction_gets_one_compacted_error() {
                 delivered += 1;
             }
             Some(Err(StoreError::Compacted { requested, oldest })) => {
-                assert_eq!(requested, last, "the error names the last delivered revision");
+                assert_eq!(
+                    requested, last,
+                    "the error names the last delivered revision"
+                );
                 assert_eq!(oldest, compacted_at);
                 break;
             }
@@ -185,7 +213,10 @@ async fn watch_that_falls_behind_a_compaction_gets_one_compacted_error() {
         }
     }
     assert!(delivered < WRITES);
-    assert!(common::recv(&mut watch).await.is_none(), "one error, then the end");
+    assert!(
+        common::recv(&mut watch).await.is_none(),
+        "one error, then the end"
+    );
     let _ = writeln!(
         std::io::stderr(),
         "slow watcher: {delivered} of {WRITES} events delivered, then Compacted at {compacted_at}"
@@ -203,16 +234,35 @@ async fn key_prefixes_share_one_etcd_without_seeing_each_other() {
     let b = raw.clone().with_key_prefix("/cluster-b");
     let r0 = a.current_revision().await.unwrap();
     let mut watch_b = b.watch("/registry/", r0).await.unwrap();
-    let in_a = a.create("/registry/ns/default", b"a".to_vec()).await.unwrap();
+    let in_a = a
+        .create("/registry/ns/default", b"a".to_vec())
+        .await
+        .unwrap();
     assert_eq!(in_a.key, "/registry/ns/default");
-    let in_b = b.create("/registry/ns/default", b"b".to_vec()).await.unwrap();
-    assert_eq!(in_b.mod_revision, in_a.mod_revision + 1, "one revision for both");
-    assert_eq!(&*a.get("/registry/ns/default").await.unwrap().unwrap().value, b"a");
+    let in_b = b
+        .create("/registry/ns/default", b"b".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        in_b.mod_revision,
+        in_a.mod_revision + 1,
+        "one revision for both"
+    );
+    assert_eq!(
+        &*a.get("/registry/ns/default").await.unwrap().unwrap().value,
+        b"a"
+    );
     let (list, _) = b.list("/registry/").await.unwrap();
     assert_eq!(list, vec![in_b.clone()]);
     let (all, _) = raw.list("/").await.unwrap();
     let keys: Vec<&str> = all.iter().map(|kv| kv.key.as_str()).collect();
-    assert_eq!(keys, ["/cluster-a/registry/ns/default", "/cluster-b/registry/ns/default"]);
+    assert_eq!(
+        keys,
+        [
+            "/cluster-a/registry/ns/default",
+            "/cluster-b/registry/ns/default"
+        ]
+    );
     match common::recv(&mut watch_b).await.unwrap().unwrap() {
         Event::Put { kv, prev: None } => assert_eq!(kv, in_b),
         other => panic!("cluster b saw {other:?}"),
@@ -252,7 +302,10 @@ async fn connect_rejects_malformed_endpoints_and_tls_mismatches() {
         (vec!["https://127.0.0.1:2379".into()], None),
         (vec!["http://127.0.0.1:2379".into()], Some(tls.clone())),
         (
-            vec!["http://127.0.0.1:2379".into(), "https://127.0.0.1:2380".into()],
+            vec![
+                "http://127.0.0.1:2379".into(),
+                "https://127.0.0.1:2380".into(),
+            ],
             Some(tls),
         ),
     ];
@@ -281,7 +334,8 @@ fn make_pki() -> Pki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "skiff test etcd CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "skiff test etcd CA");
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issuer = Issuer::from_params(&ca, &ca_key);
@@ -297,14 +351,20 @@ fn make_pki() -> Pki {
 
     let client_key = KeyPair::generate().unwrap();
     let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
-    client.distinguished_name.push(DnType::CommonName, "skiff-apiserver");
+    client
+        .distinguished_name
+        .push(DnType::CommonName, "skiff-apiserver");
     client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let client_cert = client.signed_by(&client_key, &issuer).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
     std::fs::write(dir.path().join("server.pem"), server_cert.pem()).unwrap();
-    std::fs::write(dir.path().join("server-key.pem"), server_key.serialize_pem()).unwrap();
+    std::fs::write(
+        dir.path().join("server-key.pem"),
+        server_key.serialize_pem(),
+    )
+    .unwrap();
     Pki {
         dir,
         ca_pem: ca_cert.pem(),

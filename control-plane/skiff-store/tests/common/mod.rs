@@ -38,9 +38,7 @@ macro_rules! store_cases {
 
 const RECV_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn recv(
-    watch: &mut skiff_store::WatchStream,
-) -> Option<Result<Event, StoreError>> {
+pub async fn recv(watch: &mut skiff_store::WatchStream) -> Option<Result<Event, StoreError>> {
     tokio::time::timeout(RECV_TIMEOUT, watch.recv())
         .await
         .expect("watch delivered nothing within 10s")
@@ -52,10 +50,16 @@ async fn base(store: &Arc<dyn Store>) -> Revision {
 
 pub async fn create_get_update_delete_with_revisions(store: Arc<dyn Store>) {
     let r0 = base(&store).await;
-    let a = store.create("/registry/pods/default/a", b"one".to_vec()).await.unwrap();
+    let a = store
+        .create("/registry/pods/default/a", b"one".to_vec())
+        .await
+        .unwrap();
     assert_eq!((a.create_revision, a.mod_revision), (r0 + 1, r0 + 1));
     assert_eq!(&*a.value, b"one");
-    let b = store.create("/registry/pods/default/b", b"two".to_vec()).await.unwrap();
+    let b = store
+        .create("/registry/pods/default/b", b"two".to_vec())
+        .await
+        .unwrap();
     assert_eq!(b.mod_revision, r0 + 2);
     assert!(matches!(
         store.create("/registry/pods/default/a", b"x".to_vec()).await,
@@ -80,7 +84,11 @@ pub async fn create_get_update_delete_with_revisions(store: Arc<dyn Store>) {
         }
         other => panic!("expected a conflict, got {other:?}"),
     }
-    let got = store.get("/registry/pods/default/a").await.unwrap().unwrap();
+    let got = store
+        .get("/registry/pods/default/a")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&*got.value, b"uno");
     assert_eq!((got.create_revision, got.mod_revision), (r0 + 1, r0 + 3));
     let (list, rev) = store.list("/registry/pods/").await.unwrap();
@@ -97,12 +105,19 @@ pub async fn create_get_update_delete_with_revisions(store: Arc<dyn Store>) {
     assert_eq!(&*gone.value, b"two");
     assert_eq!(gone.mod_revision, r0 + 2);
     assert_eq!(rev, r0 + 4);
-    assert!(store.get("/registry/pods/default/b").await.unwrap().is_none());
+    assert!(store
+        .get("/registry/pods/default/b")
+        .await
+        .unwrap()
+        .is_none());
     assert!(matches!(
         store.delete("/registry/pods/default/b", None).await,
         Err(StoreError::NotFound { .. })
     ));
-    let (gone, rev) = store.delete("/registry/pods/default/a", None).await.unwrap();
+    let (gone, rev) = store
+        .delete("/registry/pods/default/a", None)
+        .await
+        .unwrap();
     assert_eq!((&*gone.value, rev), (&b"uno"[..], r0 + 5));
     assert_eq!(store.current_revision().await.unwrap(), r0 + 5);
 }
@@ -121,12 +136,19 @@ pub async fn update_and_delete_of_a_missing_key_are_not_found(store: Arc<dyn Sto
         ));
     }
     assert!(store.get("/missing").await.unwrap().is_none());
-    assert_eq!(base(&store).await, r0, "failed writes do not bump the revision");
+    assert_eq!(
+        base(&store).await,
+        r0,
+        "failed writes do not bump the revision"
+    );
 }
 
 pub async fn list_prefix_does_not_leak_into_neighbours(store: Arc<dyn Store>) {
     store.create("/registry/pods/a", vec![]).await.unwrap();
-    store.create("/registry/podsecurity/x", vec![]).await.unwrap();
+    store
+        .create("/registry/podsecurity/x", vec![])
+        .await
+        .unwrap();
     store.create("/registry/pods0", vec![]).await.unwrap();
     store.create("/registry/services/a", vec![]).await.unwrap();
     let (list, _) = store.list("/registry/pods/").await.unwrap();
@@ -200,7 +222,10 @@ pub async fn watch_events_carry_previous_values(store: Arc<dyn Store>) {
     let r0 = base(&store).await;
     let mut watch = store.watch("/p/", r0).await.unwrap();
     let created = store.create("/p/x", b"v1".to_vec()).await.unwrap();
-    let updated = store.update("/p/x", b"v2".to_vec(), created.mod_revision).await.unwrap();
+    let updated = store
+        .update("/p/x", b"v2".to_vec(), created.mod_revision)
+        .await
+        .unwrap();
     let (_, deleted_at) = store.delete("/p/x", None).await.unwrap();
     match recv(&mut watch).await.unwrap().unwrap() {
         Event::Put { kv, prev } => {
@@ -268,7 +293,10 @@ pub async fn watch_before_compaction_is_refused(store: Arc<dyn Store>) {
 
 pub async fn compaction_keeps_current_state_readable(store: Arc<dyn Store>) {
     let a = store.create("/c/a", b"1".to_vec()).await.unwrap();
-    let a = store.update("/c/a", b"2".to_vec(), a.mod_revision).await.unwrap();
+    let a = store
+        .update("/c/a", b"2".to_vec(), a.mod_revision)
+        .await
+        .unwrap();
     store.create("/c/b", b"3".to_vec()).await.unwrap();
     let now = base(&store).await;
     store.compact(now).await.unwrap();
@@ -277,7 +305,10 @@ pub async fn compaction_keeps_current_state_readable(store: Arc<dyn Store>) {
     assert_eq!(list.len(), 2);
     assert_eq!(rev, now);
     assert_eq!(store.get("/c/a").await.unwrap(), Some(a.clone()));
-    let a = store.update("/c/a", b"4".to_vec(), a.mod_revision).await.unwrap();
+    let a = store
+        .update("/c/a", b"4".to_vec(), a.mod_revision)
+        .await
+        .unwrap();
     assert_eq!(a.mod_revision, now + 1);
 }
 
