@@ -5,6 +5,7 @@ pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod cache;
+pub mod gc;
 pub mod lifecycle;
 pub mod pki;
 pub mod registry;

@@ -58,6 +58,25 @@ pub async fn bootstrap(
         });
         create_if_missing(server, &ep_key, &obj).await?;
     }
+    // Cascading deletions that were under way when the server stopped go on.
+    for rt in RESOURCES {
+        let (items, _) = server.cache.list(&rt.key_prefix(None), None);
+        for (_, obj) in items {
+            let deleting = obj
+                .pointer("/metadata/deletionTimestamp")
+                .is_some_and(|d| !d.is_null());
+            let gc_finalizer = obj
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| {
+                    f.iter()
+                        .any(|x| x == crate::gc::ORPHAN || x == crate::gc::FOREGROUND)
+                });
+            if deleting && gc_finalizer {
+                crate::gc::spawn_finalizers(server, rt, &obj);
+            }
+        }
+    }
     // Namespaces that were terminating when the server stopped finish now.
     let (namespaces, _) = server
         .cache

@@ -38,6 +38,19 @@ struct Args {
     /// NodePort range, `LOW-HIGH`.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
+    /// Store the cluster state in etcd v3 instead of the embedded store: comma-separated
+    /// `http://host:port` or `https://host:port` URLs.
+    #[arg(long, value_delimiter = ',')]
+    datastore_endpoint: Vec<String>,
+    /// CA that signed etcd's serving certificate (for `https://` endpoints).
+    #[arg(long, requires_all = ["datastore_endpoint", "datastore_certfile", "datastore_keyfile"])]
+    datastore_cafile: Option<PathBuf>,
+    /// Client certificate presented to etcd.
+    #[arg(long, requires_all = ["datastore_endpoint", "datastore_cafile", "datastore_keyfile"])]
+    datastore_certfile: Option<PathBuf>,
+    /// Key of the client certificate.
+    #[arg(long, requires_all = ["datastore_endpoint", "datastore_cafile", "datastore_certfile"])]
+    datastore_keyfile: Option<PathBuf>,
 }
 
 fn node_port_range(s: &str) -> anyhow::Result<(u16, u16)> {
@@ -122,7 +135,28 @@ async fn main() -> anyhow::Result<()> {
         &pki::kubeconfig(&server_url, &pki.ca.cert_pem, "kubernetes-admin", &admin),
     )?;
 
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(args.data_dir.join("state.redb"))?);
+    let store: Arc<dyn Store> = if args.datastore_endpoint.is_empty() {
+        Arc::new(EmbeddedStore::open(args.data_dir.join("state.redb"))?)
+    } else {
+        let read = |flag: &str, path: &Option<PathBuf>| -> anyhow::Result<Option<Vec<u8>>> {
+            path.as_ref()
+                .map(|p| std::fs::read(p).with_context(|| format!("{flag} {}", p.display())))
+                .transpose()
+        };
+        let tls = match (
+            read("--datastore-cafile", &args.datastore_cafile)?,
+            read("--datastore-certfile", &args.datastore_certfile)?,
+            read("--datastore-keyfile", &args.datastore_keyfile)?,
+        ) {
+            (Some(ca_pem), Some(cert_pem), Some(key_pem)) => Some(skiff_store::EtcdTls {
+                ca_pem,
+                cert_pem,
+                key_pem,
+            }),
+            _ => None,
+        };
+        Arc::new(skiff_store::EtcdStore::connect(&args.datastore_endpoint, tls).await?)
+    };
     let cache = Cache::start(store.clone()).await?;
     let tokens = match &args.token_auth_file {
         Some(p) => TokenFile::load(p)?,

@@ -480,3 +480,123 @@ fn server_side_apply_tracks_owners_and_reports_conflicts() {
         .contains("deployment.apps/sa serverside-applied"));
     assert_eq!(s.json(&["get", "deploy", "sa"])["spec"]["replicas"], 1);
 }
+
+/// A Deployment with a ReplicaSet and two Pods that point back at it, as controllers make them.
+fn owned_family(s: &Server, name: &str) {
+    s.ok(&["create", "deployment", name, "--image=busybox:1.36"]);
+    let uid = s.json(&["get", "deploy", name])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rs = format!(
+        r#"{{"apiVersion":"apps/v1","kind":"ReplicaSet","metadata":{{"name":"{name}-rs","labels":{{"app":"{name}"}},
+        "ownerReferences":[{{"apiVersion":"apps/v1","kind":"Deployment","name":"{name}","uid":"{uid}","controller":true,"blockOwnerDeletion":true}}]}},
+        "spec":{{"replicas":2,"selector":{{"matchLabels":{{"app":"{name}"}}}},"template":{{"metadata":{{"labels":{{"app":"{name}"}}}},"spec":{{"containers":[{{"name":"c","image":"busybox:1.36"}}]}}}}}}}}"#
+    );
+    assert!(s
+        .kubectl_stdin(&["create", "-f", "-"], &rs)
+        .status
+        .success());
+    let rs_uid = s.json(&["get", "rs", &format!("{name}-rs")])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 0..2 {
+        let pod = format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}-pod-{i}","labels":{{"app":"{name}"}},
+            "ownerReferences":[{{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"{name}-rs","uid":"{rs_uid}","controller":true}}]}},
+            "spec":{{"containers":[{{"name":"c","image":"busybox:1.36"}}]}}}}"#
+        );
+        let out = s.kubectl_stdin(&["create", "-f", "-"], &pod);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn names_of(s: &Server, what: &str) -> Vec<String> {
+    s.ok(&["get", what, "-o", "name"])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn delete_cascades_background_foreground_and_orphan() {
+    let s = Server::start();
+    owned_family(&s, "bg");
+    s.ok(&["delete", "deployment", "bg"]);
+    eventually(
+        "background cascade removes the ReplicaSet and its pods",
+        || names_of(&s, "rs,pods").is_empty(),
+    );
+
+    owned_family(&s, "fg");
+    s.ok(&["delete", "deployment", "fg", "--cascade=foreground"]);
+    assert!(
+        names_of(&s, "deploy").is_empty(),
+        "kubectl waited until the owner was gone"
+    );
+    assert!(
+        names_of(&s, "rs,pods").is_empty(),
+        "foreground: dependents went before the owner"
+    );
+
+    owned_family(&s, "or");
+    s.ok(&["delete", "deployment", "or", "--cascade=orphan"]);
+    assert!(names_of(&s, "deploy").is_empty());
+    let rs = s.json(&["get", "rs", "or-rs"]);
+    assert!(
+        rs["metadata"]["ownerReferences"].is_null(),
+        "orphaned ReplicaSet lost its owner reference: {rs}"
+    );
+    assert_eq!(
+        names_of(&s, "pods").len(),
+        2,
+        "orphan leaves the pods alone"
+    );
+}
+
+#[test]
+fn deleting_a_namespace_empties_it_then_removes_it() {
+    let s = Server::start();
+    s.ok(&["create", "namespace", "tmp"]);
+    s.ok(&[
+        "create",
+        "configmap",
+        "c",
+        "-n",
+        "tmp",
+        "--from-literal=a=b",
+    ]);
+    s.ok(&[
+        "create",
+        "deployment",
+        "d",
+        "-n",
+        "tmp",
+        "--image=busybox:1.36",
+    ]);
+    s.ok(&["delete", "namespace", "tmp"]);
+    let out = s.kubectl(&["get", "namespace", "tmp"]);
+    assert!(!out.status.success(), "the namespace is gone");
+    assert!(s
+        .ok(&["get", "configmaps,deployments", "-n", "tmp", "-o", "name"])
+        .trim()
+        .is_empty());
+    let err = s.fails(&["create", "configmap", "late", "-n", "tmp"]);
+    assert!(err.contains("namespaces \"tmp\" not found"), "{err}");
+}

@@ -604,6 +604,25 @@ impl ApiServer {
             _ => {}
         }
         let mut obj = decoded;
+        // Go's omitempty: empty metadata collections are not stored.
+        if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            for key in [
+                "finalizers",
+                "ownerReferences",
+                "labels",
+                "annotations",
+                "managedFields",
+            ] {
+                let empty = match m.get(key) {
+                    Some(Value::Array(a)) => a.is_empty(),
+                    Some(Value::Object(o)) => o.is_empty(),
+                    _ => false,
+                };
+                if empty {
+                    m.remove(key);
+                }
+            }
+        }
         defaults::apply(rt.kind, &mut obj);
         let mut errors = validation::validate(rt.kind, rt.namespaced, &obj);
         if let Some(old) = old {
@@ -902,6 +921,19 @@ impl ApiServer {
         Ok(self.respond_object(t.rt, ctx, code, &obj))
     }
 
+    /// A read-modify-write on behalf of the server itself (garbage collector, lifecycle).
+    pub async fn update_with(
+        &self,
+        t: &Target,
+        ctx: &RequestContext,
+        name: &str,
+        build: impl Fn(&Value) -> Result<Value, ApiError>,
+    ) -> Result<Value, ApiError> {
+        self.write_update(t, ctx, name, None, "Update", |old| build(old))
+            .await
+            .map(|(v, _)| v)
+    }
+
     /// Read-modify-write with compare-and-swap; retries on a conflict unless the client named
     /// the resourceVersion it started from.
     async fn write_update(
@@ -959,6 +991,7 @@ impl ApiServer {
                 return match self.store.delete(&key, Some(old_rv)).await {
                     Ok((_, rev)) => {
                         self.cache.wait_for(rev).await;
+                        crate::gc::spawn_cascade(self, &obj);
                         let mut out = obj;
                         crate::cache::set_resource_version(&mut out, rev);
                         Ok((out, 200))
@@ -1378,6 +1411,7 @@ impl ApiServer {
                 return match self.store.delete(&key, Some(old_rv)).await {
                     Ok((_, rev)) => {
                         self.cache.wait_for(rev).await;
+                        crate::gc::spawn_cascade(self, &old);
                         let mut out = (*old).clone();
                         crate::cache::set_resource_version(&mut out, rev);
                         Ok(out)
@@ -1418,6 +1452,8 @@ impl ApiServer {
                     crate::cache::set_resource_version(&mut obj, kv.mod_revision);
                     if is_namespace {
                         crate::lifecycle::spawn_namespace_cleanup(self, name.to_string());
+                    } else {
+                        crate::gc::spawn_finalizers(self, rt, &obj);
                     }
                     return Ok(obj);
                 }
