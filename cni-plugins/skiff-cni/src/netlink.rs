@@ -10,7 +10,7 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
@@ -438,6 +438,11 @@ impl NetOps for Netlink {
         m.header.index = index;
         m.attributes.push(AddressAttribute::Local(addr.addr));
         m.attributes.push(AddressAttribute::Address(addr.addr));
+        if addr.addr.is_ipv6() {
+            // The IPAM plugin made the address unique: skip duplicate address
+            // detection, which would keep it unusable for a second or more.
+            m.header.flags = AddressHeaderFlags::Nodad;
+        }
         if let (IpAddr::V4(_), true) = (addr.addr, addr.prefix < 31) {
             if let IpAddr::V4(b) = addr.last() {
                 m.attributes.push(AddressAttribute::Broadcast(b));

@@ -1110,3 +1110,52 @@ fn parallel_adds_and_dels_leave_nothing() {
     assert!(lab.allocations("skiffnet").is_empty());
     assert!(lab.nat_rules().is_empty(), "{:?}", lab.nat_rules());
 }
+
+#[test]
+fn dual_stack_matches_reference_and_pings_at_once() {
+    require_root!();
+    let conf_for = |data: &Path| {
+        let mut c = bridge_conf(data, "1.0.0", "10.244.13.0/24");
+        c["ipam"]["ranges"] = json!([[{"subnet": "10.244.13.0/24"}], [{"subnet": "fd00:13::/64"}]]);
+        c
+    };
+    let mut results = Vec::new();
+    for imp in IMPLS {
+        let mut lab = Lab::new(imp);
+        let conf = conf_for(lab.data_dir());
+        let c = lab.container();
+        let r = lab.cni("bridge", "ADD", c, "ds-1", &conf);
+        assert!(r.ok, "{imp:?}: {}", r.raw);
+        assert_eq!(r.json["ips"].as_array().unwrap().len(), 2);
+        results.push(normalize(&r.json));
+        if imp == Impl::Skiff {
+            let d = lab.container();
+            let r2 = lab.cni("bridge", "ADD", d, "ds-2", &conf);
+            assert!(r2.ok, "{}", r2.raw);
+            let peer = r2.json["ips"][1]["address"].as_str().unwrap();
+            let peer = peer.split('/').next().unwrap();
+            // No waiting for duplicate address detection.
+            for to in [peer, "fd00:13::1"] {
+                let o = lab.containers[c].exec(&["busybox", "ping", "-c", "1", "-W", "2", to]);
+                assert!(
+                    o.status.success(),
+                    "ping {to}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            let mut del = conf.clone();
+            del["prevResult"] = r.json.clone();
+            assert!(lab.cni("bridge", "DEL", c, "ds-1", &del).ok);
+            assert!(lab.cni("bridge", "DEL", d, "ds-2", &conf).ok);
+            let o = lab.host.exec(&["ip6tables-save", "-t", "nat"]);
+            let v6rules = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with("-A"))
+                .count();
+            assert_eq!(v6rules, 0, "ip6tables rules left");
+            assert!(lab.nat_rules().is_empty());
+            assert!(lab.allocations("skiffnet").is_empty());
+        }
+    }
+    assert_eq!(results[0], results[1]);
+}
