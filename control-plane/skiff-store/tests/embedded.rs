@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use skiff_store::{EmbeddedStore, Store};
 
-async fn setup() -> Option<(tempfile::TempDir, Arc<dyn Store>)> {
+async fn setup(_test: &str) -> Option<(tempfile::TempDir, Arc<dyn Store>)> {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = EmbeddedStore::open(dir.path().join("state.redb")).expect("open store");
     Some((dir, Arc::new(store)))

@@ -35,8 +35,8 @@ async fn connect(server: &EtcdServer, tls: Option<EtcdTls>) -> EtcdStore {
     }
 }
 
-async fn setup() -> Option<(EtcdServer, Arc<dyn Store>)> {
-    let server = EtcdServer::start("shared store case")?;
+async fn setup(test: &str) -> Option<(EtcdServer, Arc<dyn Store>)> {
+    let server = EtcdServer::start(test)?;
     let store = connect(&server, None).await;
     Some((server, Arc::new(store)))
 }

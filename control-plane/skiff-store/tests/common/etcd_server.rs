@@ -10,11 +10,15 @@ use std::time::{Duration, Instant};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Where etcd is: `$SKIFF_ETCD` or `/usr/bin/etcd`.
-pub fn etcd_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("SKIFF_ETCD")
+/// Where etcd is expected: `$SKIFF_ETCD`, else `/usr/bin/etcd`.
+fn etcd_path() -> PathBuf {
+    std::env::var_os("SKIFF_ETCD")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"));
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
+}
+
+pub fn etcd_binary() -> Option<PathBuf> {
+    let path = etcd_path();
     path.is_file().then_some(path)
 }
 
@@ -22,7 +26,8 @@ pub fn etcd_binary() -> Option<PathBuf> {
 pub fn say_skipped(test: &str) {
     let _ = writeln!(
         std::io::stderr(),
-        "skipped: etcd not installed (no /usr/bin/etcd, no $SKIFF_ETCD): {test} did not run"
+        "skipped: etcd not installed (no {}; set $SKIFF_ETCD to use another): {test} did not run",
+        etcd_path().display()
     );
 }
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use skiff_store::{Event, Revision, Store, StoreError};
 
-/// Generates one `#[tokio::test]` per shared case. `$setup` is an async fn returning
+/// Generates one `#[tokio::test]` per shared case. `$setup` is an async fn taking the test's
+/// name and returning
 /// `Option<(guard, Arc<dyn Store>)>`; `None` means the backend is unavailable and the setup
 /// has said so. The guard (temp dir, etcd process) lives until the case ends.
 macro_rules! store_cases {
@@ -28,7 +29,7 @@ macro_rules! store_cases {
     (@case $setup:path, $name:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let Some((_guard, store)) = $setup().await else {
+            let Some((_guard, store)) = $setup(stringify!($name)).await else {
                 return;
             };
             common::$name(store).await;
