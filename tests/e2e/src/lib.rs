@@ -198,6 +198,91 @@ impl Server {
     }
 }
 
+/// An HTTP response from `curl`.
+pub struct HttpResponse {
+    pub code: u16,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Who `curl` presents itself as.
+pub enum Credentials<'a> {
+    Admin,
+    Anonymous,
+    Token(&'a str),
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// A raw request with full control of method, headers and body (the bad-input tests
+    /// need what kubectl would never send).
+    pub fn curl(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Option<&[u8]>,
+        who: Credentials<'_>,
+    ) -> HttpResponse {
+        let pki = self.data_dir().join("pki");
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--path-as-is",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+        ])
+        .arg("--cacert")
+        .arg(pki.join("ca.crt"));
+        match who {
+            Credentials::Admin => {
+                cmd.arg("--cert")
+                    .arg(pki.join("admin.crt"))
+                    .arg("--key")
+                    .arg(pki.join("admin.key"));
+            }
+            Credentials::Token(t) => {
+                cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+            }
+            Credentials::Anonymous => {}
+        }
+        if let Some(ct) = content_type {
+            cmd.arg("-H").arg(format!("Content-Type: {ct}"));
+        }
+        let body_file = body.map(|b| {
+            let f = self.dir.path().join(format!("body-{}", free_port()));
+            std::fs::write(&f, b).expect("write body");
+            f
+        });
+        if let Some(f) = &body_file {
+            cmd.arg("--data-binary").arg(format!("@{}", f.display()));
+        }
+        cmd.arg(self.url(path));
+        let out = cmd.output().expect("run curl");
+        if let Some(f) = body_file {
+            let _ = std::fs::remove_file(f);
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+        HttpResponse {
+            code: code.trim().parse().unwrap_or(0),
+            body: body.to_string(),
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();

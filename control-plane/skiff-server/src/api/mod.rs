@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use serde_json::Value;
 
 use crate::auth::{Attributes, Authorizer, TokenFile, User};
@@ -243,23 +243,35 @@ fn version_info() -> Value {
     })
 }
 
-pub async fn read_body(body: hyper::body::Incoming) -> Result<Bytes, ApiError> {
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::new(
-                413,
-                "RequestEntityTooLarge",
-                format!("the request body is larger than the limit of {MAX_BODY} bytes"),
-            ))
+pub async fn read_body(mut body: hyper::body::Incoming) -> Result<Bytes, ApiError> {
+    use hyper::body::Body as _;
+    // Past the limit the rest is read and dropped (up to a bound) so that the client gets
+    // the 413 instead of a reset connection.
+    const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+    let mut collected = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+    {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total <= MAX_BODY {
+                collected.extend_from_slice(&data);
+            } else if total > DRAIN_LIMIT {
+                break;
+            }
         }
-        Err(e) => Err(ApiError::bad_request(format!(
-            "reading the request body: {e}"
-        ))),
     }
+    if total > MAX_BODY {
+        return Err(ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("the request body is larger than the limit of {MAX_BODY} bytes"),
+        ));
+    }
+    Ok(collected.freeze())
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> &str {
