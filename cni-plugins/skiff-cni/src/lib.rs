@@ -1,6 +1,5 @@
 //! Skiff's CNI plugins, in one multi-call binary: `bridge`, `host-local`,
-//! `loopback`, `portmap` (and `skiff-overlay`, still to come, which answers
-//! with a CNI error). See README.md.
+//! `loopback`, `portmap` and the `skiff-overlay` meta plugin. See README.md.
 
 pub mod cidr;
 pub mod firewall;
@@ -65,10 +64,7 @@ pub fn dispatch(
         "host-local" => ipam::host_local::run(&env, &conf),
         "loopback" => plugins::loopback::run(&env),
         "portmap" => plugins::portmap::run(&env, &conf),
-        "skiff-overlay" => Err(CniError::new(
-            code::NOT_IMPLEMENTED,
-            format!("plugin {plugin} is not implemented in skiff-cni yet"),
-        )),
+        "skiff-overlay" => plugins::overlay::run(&env, &conf),
         other => Err(CniError::new(
             code::NOT_IMPLEMENTED,
             format!("unknown plugin {other:?}; this binary answers as {PLUGINS:?}"),
@@ -139,9 +135,9 @@ mod tests {
                 .code,
             code::INCOMPATIBLE_VERSION
         );
-        let e = dispatch("skiff-overlay", Ok(env(Command::Add)), raw).unwrap_err();
+        let e = dispatch("flannel", Ok(env(Command::Add)), raw).unwrap_err();
         assert_eq!(e.code, code::NOT_IMPLEMENTED);
-        assert!(e.msg.contains("skiff-overlay"));
+        assert!(e.msg.contains("flannel"));
         assert_eq!(
             dispatch("nope", Ok(env(Command::Add)), raw)
                 .unwrap_err()

@@ -90,6 +90,8 @@ enum Impl {
     /// Skiff's bridge delegating to the reference host-local binary: the
     /// exec path of IPAM delegation.
     Mixed,
+    /// Skiff's skiff-overlay delegating to the reference bridge and host-local.
+    OverlayOnReference,
     Reference,
 }
 
@@ -97,13 +99,26 @@ const IMPLS: [Impl; 2] = [Impl::Skiff, Impl::Reference];
 const ALL: [Impl; 3] = [Impl::Skiff, Impl::Mixed, Impl::Reference];
 
 /// A directory with the skiff-cni binary installed under each plugin name.
-fn skiff_bin_dir(mixed: bool) -> PathBuf {
-    let tag = if mixed { "mixed" } else { "skiff" };
+/// A bin dir for `imp`: each plugin name links to skiff-cni or to the
+/// reference binary of that name.
+fn skiff_bin_dir(imp: Impl) -> PathBuf {
+    let tag = format!("{imp:?}").to_lowercase();
     let dir = std::env::temp_dir().join(format!("skiff-cni-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for name in ["bridge", "host-local", "loopback", "portmap"] {
+    for name in [
+        "bridge",
+        "host-local",
+        "loopback",
+        "portmap",
+        "skiff-overlay",
+    ] {
         let link = dir.join(name);
-        let target = if mixed && name == "host-local" {
+        let reference = match imp {
+            Impl::Mixed => name == "host-local",
+            Impl::OverlayOnReference => name != "skiff-overlay",
+            _ => false,
+        };
+        let target = if reference {
             PathBuf::from(REFERENCE_DIR).join(name)
         } else {
             PathBuf::from(env!("CARGO_BIN_EXE_skiff-cni"))
@@ -118,8 +133,7 @@ fn skiff_bin_dir(mixed: bool) -> PathBuf {
 
 fn bin_dir(i: Impl) -> PathBuf {
     match i {
-        Impl::Skiff => skiff_bin_dir(false),
-        Impl::Mixed => skiff_bin_dir(true),
+        Impl::Skiff | Impl::Mixed | Impl::OverlayOnReference => skiff_bin_dir(i),
         Impl::Reference => {
             let d = PathBuf::from(REFERENCE_DIR);
             assert!(
@@ -1158,4 +1172,84 @@ fn dual_stack_matches_reference_and_pings_at_once() {
         }
     }
     assert_eq!(results[0], results[1]);
+}
+
+fn write_subnet_file(path: &Path, subnet: &str) {
+    std::fs::write(
+        path,
+        format!("SKIFF_NETWORK=10.245.0.0/16\nSKIFF_SUBNET={subnet}\nSKIFF_MTU=1400\nSKIFF_IPMASQ=true\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn overlay_delegates_with_the_node_subnet() {
+    require_root!();
+    for imp in [Impl::Skiff, Impl::OverlayOnReference] {
+        let mut lab = Lab::new(imp);
+        let subnet_file = lab.data_dir().join("subnet.env");
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "skiff", "type": "skiff-overlay",
+            "subnetFile": subnet_file,
+            "dataDir": lab.data_dir().join("overlay"),
+            "delegate": {"ipam": {"dataDir": lab.data_dir()}}
+        });
+        // Before the agent wrote the subnet file.
+        let c = lab.container();
+        let r = lab.cni("skiff-overlay", "ADD", c, "ov-1", &conf);
+        assert_eq!(r.code(), 50, "{imp:?}: {}", r.raw);
+        write_subnet_file(&subnet_file, "10.245.7.0/24");
+        let mut ips = Vec::new();
+        let mut results = Vec::new();
+        for id in ["ov-1", "ov-2"] {
+            if id == "ov-2" {
+                lab.container();
+            }
+            let c = lab.containers.len() - 1;
+            let r = lab.cni("skiff-overlay", "ADD", c, id, &conf);
+            assert!(r.ok, "{imp:?} ADD: {}", r.raw);
+            let addr = r.json["ips"][0]["address"].as_str().unwrap().to_string();
+            assert!(addr.starts_with("10.245.7."), "{addr}");
+            let routes = r.json["routes"].to_string();
+            assert!(routes.contains("10.245.0.0/16"), "{routes}");
+            ips.push(addr.split('/').next().unwrap().to_string());
+            results.push(r.json);
+        }
+        let o = lab.containers[0].exec(&["ip", "-o", "link", "show", "eth0"]);
+        assert!(String::from_utf8_lossy(&o.stdout).contains("mtu 1400"));
+        assert!(
+            lab.nat_rules().is_empty(),
+            "SKIFF_IPMASQ=true: the agent masquerades, not the bridge"
+        );
+        let o = lab.containers[0].exec(&["busybox", "ping", "-c", "1", "-W", "2", &ips[1]]);
+        assert!(o.status.success(), "{imp:?}: ping between overlay pods");
+        let mut check = conf.clone();
+        check["prevResult"] = results[0].clone();
+        let r = lab.cni("skiff-overlay", "CHECK", 0, "ov-1", &check);
+        assert!(r.ok, "{imp:?} CHECK: {}", r.raw);
+        // The node's subnet changes: DEL still uses what ADD used.
+        write_subnet_file(&subnet_file, "10.245.9.0/24");
+        for round in 0..2 {
+            for (c, id) in [(0, "ov-1"), (1, "ov-2")] {
+                let r = lab.cni("skiff-overlay", "DEL", c, id, &conf);
+                assert!(r.ok, "{imp:?} DEL #{round}: {}", r.raw);
+            }
+        }
+        assert!(
+            lab.allocations("skiff").is_empty(),
+            "{imp:?}: addresses left"
+        );
+        // Without the subnet file the plugin is not ready.
+        std::fs::remove_file(&subnet_file).unwrap();
+        if imp == Impl::Skiff {
+            let mut status = conf.clone();
+            status["cniVersion"] = json!("1.1.0");
+            let r = lab.call(
+                "skiff-overlay",
+                &[("CNI_COMMAND", "STATUS")],
+                &status.to_string(),
+            );
+            assert_eq!(r.code(), 50, "{}", r.raw);
+        }
+    }
 }

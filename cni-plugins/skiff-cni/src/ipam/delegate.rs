@@ -47,37 +47,49 @@ pub fn find_in_path(plugin: &str, dirs: &[String]) -> Result<PathBuf, CniError> 
 
 impl ExecIpam<'_> {
     fn exec(&self, cmd: Command) -> Result<Vec<u8>, CniError> {
-        let bin = find_in_path(&self.plugin, &self.env.path)?;
-        let mut child = Proc::new(&bin)
-            .env("CNI_COMMAND", cmd.as_str())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| CniError::new(code::DELEGATE, format!("exec {}: {e}", bin.display())))?;
-        let mut stdin = child.stdin.take().expect("piped");
-        // A plugin that exits without reading its stdin is not an error here.
-        let _ = stdin.write_all(self.stdin);
-        drop(stdin);
-        let out = child
-            .wait_with_output()
-            .map_err(|e| CniError::new(code::DELEGATE, format!("wait {}: {e}", bin.display())))?;
-        if out.status.success() {
-            return Ok(out.stdout);
-        }
-        match serde_json::from_slice::<CniError>(&out.stdout) {
-            Ok(e) => Err(e),
-            Err(_) => Err(CniError::new(
-                code::DELEGATE,
-                format!(
-                    "{} {} failed ({}) without a CNI error: {}",
-                    bin.display(),
-                    cmd.as_str(),
-                    out.status,
-                    String::from_utf8_lossy(&out.stdout).trim()
-                ),
-            )),
-        }
+        exec_plugin(&self.plugin, cmd, &self.env.path, self.stdin)
+    }
+}
+
+/// Executes `plugin` from `dirs` with this process's environment, CNI_COMMAND
+/// set to `cmd` and `stdin` as its config; its stdout on success, its CNI
+/// error otherwise.
+pub fn exec_plugin(
+    plugin: &str,
+    cmd: Command,
+    dirs: &[String],
+    stdin: &[u8],
+) -> Result<Vec<u8>, CniError> {
+    let bin = find_in_path(plugin, dirs)?;
+    let mut child = Proc::new(&bin)
+        .env("CNI_COMMAND", cmd.as_str())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| CniError::new(code::DELEGATE, format!("exec {}: {e}", bin.display())))?;
+    let mut input = child.stdin.take().expect("piped");
+    // A plugin that exits without reading its stdin is not an error here.
+    let _ = input.write_all(stdin);
+    drop(input);
+    let out = child
+        .wait_with_output()
+        .map_err(|e| CniError::new(code::DELEGATE, format!("wait {}: {e}", bin.display())))?;
+    if out.status.success() {
+        return Ok(out.stdout);
+    }
+    match serde_json::from_slice::<CniError>(&out.stdout) {
+        Ok(e) => Err(e),
+        Err(_) => Err(CniError::new(
+            code::DELEGATE,
+            format!(
+                "{} {} failed ({}) without a CNI error: {}",
+                bin.display(),
+                cmd.as_str(),
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim()
+            ),
+        )),
     }
 }
 
