@@ -191,6 +191,11 @@ impl Server {
         serde_json::from_str(&self.ok(&full)).expect("kubectl printed JSON")
     }
 
+    /// `kubectl get --raw PATH`, parsed: the server's own answer, not kubectl's rewrite of it.
+    pub fn raw_json(&self, path: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["get", "--raw", path])).expect("the server answered JSON")
+    }
+
     pub fn write_file(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         std::fs::write(&path, contents).expect("write file");

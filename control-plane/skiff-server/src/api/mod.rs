@@ -121,8 +121,12 @@ impl Query {
             .map(|(_, v)| v.as_str())
             .collect()
     }
+    /// Go's `strconv.ParseBool` truths, which is what kube-apiserver accepts.
     pub fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("true" | "1"))
+        matches!(
+            self.get(key),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+        )
     }
     pub fn dry_run(&self) -> Result<bool, ApiError> {
         match self.get("dryRun") {

@@ -129,7 +129,10 @@ impl ApiServer {
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_TIMEOUT);
         let bookmarks = ctx.query.flag("allowWatchBookmarks");
-        let send_initial = ctx.query.get("sendInitialEvents").map(|v| v == "true");
+        let send_initial = ctx
+            .query
+            .get("sendInitialEvents")
+            .map(|_| ctx.query.flag("sendInitialEvents"));
         let rv = ctx.query.get("resourceVersion").filter(|s| !s.is_empty());
         let rt = t.rt;
         let prefix = rt.key_prefix(t.namespace.as_deref());
