@@ -20,7 +20,10 @@ fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !is_root() {
-            eprintln!("skipped: needs root");
+            // Written to the stderr handle, not eprintln!, so that the test
+            // harness does not swallow it.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "skipped: needs root");
             return;
         }
     };
@@ -103,7 +106,8 @@ const ALL: [Impl; 3] = [Impl::Skiff, Impl::Mixed, Impl::Reference];
 /// reference binary of that name.
 fn skiff_bin_dir(imp: Impl) -> PathBuf {
     let tag = format!("{imp:?}").to_lowercase();
-    let dir = std::env::temp_dir().join(format!("skiff-cni-{tag}-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("skiff-cni-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for name in [
         "bridge",

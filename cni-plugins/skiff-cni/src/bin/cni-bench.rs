@@ -156,6 +156,19 @@ fn bench(
     reference: &Path,
 ) -> Result<(), String> {
     let work = std::env::temp_dir().join(format!("skiff-cni-bench-{}", std::process::id()));
+    let r = measure(&work, iterations, masq, sync_teardown, skiff_bin, reference);
+    let _ = std::fs::remove_dir_all(&work);
+    r
+}
+
+fn measure(
+    work: &Path,
+    iterations: usize,
+    masq: bool,
+    sync_teardown: bool,
+    skiff_bin: &Path,
+    reference: &Path,
+) -> Result<(), String> {
     let skiff_dir = work.join("bin");
     std::fs::create_dir_all(&skiff_dir).map_err(|e| e.to_string())?;
     for name in ["bridge", "host-local", "loopback"] {
@@ -219,7 +232,5 @@ fn bench(
         ms(median(&sk.add)) / ms(median(&rf.add)),
         ms(median(&sk.del)) / ms(median(&rf.del))
     );
-    drop(setups);
-    let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
