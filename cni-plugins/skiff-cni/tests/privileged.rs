@@ -1257,3 +1257,52 @@ fn overlay_delegates_with_the_node_subnet() {
         }
     }
 }
+
+#[test]
+fn two_hundred_pods_leave_no_trace() {
+    require_root!();
+    let mut lab = Lab::new(Impl::Skiff);
+    let mut conf = bridge_conf(lab.data_dir(), "1.1.0", "10.244.14.0/24");
+    conf["ipMasq"] = json!(true);
+    let slots = 20;
+    for _ in 0..slots {
+        lab.container();
+    }
+    let mut n = 0;
+    for round in 0..10 {
+        for c in 0..slots {
+            let id = format!("pod-{round}-{c}");
+            let add = lab.cni("bridge", "ADD", c, &id, &conf);
+            assert!(add.ok, "ADD {id}: {}", add.raw);
+            // Every third DEL comes without prevResult, as after a runtime
+            // lost its cache.
+            let mut del = conf.clone();
+            if n % 3 != 0 {
+                del["prevResult"] = add.json.clone();
+            }
+            let r = lab.cni("bridge", "DEL", c, &id, &del);
+            assert!(r.ok, "DEL {id}: {}", r.raw);
+            n += 1;
+        }
+    }
+    assert_eq!(n, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while lab.host_veths() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(lab.host_veths(), 0, "veths left");
+    assert!(lab.allocations("skiffnet").is_empty(), "addresses left");
+    assert!(
+        lab.nat_rules().is_empty(),
+        "rules left: {:?}",
+        lab.nat_rules()
+    );
+    for c in 0..slots {
+        let o = lab.containers[c].exec(&["ip", "-o", "link"]);
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).lines().count(),
+            1,
+            "leftover link in pod {c}"
+        );
+    }
+}
