@@ -27,5 +27,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== build"
 cargo build --workspace --bins
 
-echo "== tests"
+echo "== tests (embedded store)"
 cargo test --workspace "$@"
+
+echo "== end-to-end tests again, on a real etcd"
+SKIFF_E2E_DATASTORE=etcd cargo test -p skiff-e2e "$@"

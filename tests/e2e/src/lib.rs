@@ -24,12 +24,76 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Which store the servers of this test run use: `SKIFF_E2E_DATASTORE=etcd` runs the same
+/// suite against a real etcd (one per server), anything else against the embedded store.
+pub fn use_etcd() -> bool {
+    std::env::var("SKIFF_E2E_DATASTORE").is_ok_and(|v| v == "etcd")
+}
+
+/// A single-member etcd on loopback ports with its own data dir; killed on drop.
+pub struct Etcd {
+    pub client_url: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("etcd dir");
+        let (client, peer) = (free_port(), free_port());
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
+        let child = Command::new("etcd")
+            .args([
+                "--name",
+                "e2e",
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("e2e={peer_url}")])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd (Debian package etcd-server)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Etcd {
+            client_url,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A running skiff-server on loopback with its own data dir; killed on drop.
 pub struct Server {
     pub dir: tempfile::TempDir,
     pub port: u16,
     child: Option<Child>,
     extra_args: Vec<String>,
+    // Dropped after the server (fields drop in order), so the server never loses its store.
+    etcd: Option<Etcd>,
 }
 
 impl Server {
@@ -39,11 +103,17 @@ impl Server {
 
     pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let etcd = use_etcd().then(Etcd::start);
+        if let Some(e) = &etcd {
+            extra_args.extend(["--datastore-endpoint".to_string(), e.client_url.clone()]);
+        }
         let mut server = Server {
             dir,
             port: free_port(),
             child: None,
-            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            extra_args,
+            etcd,
         };
         server.spawn();
         server

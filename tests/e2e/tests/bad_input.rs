@@ -85,7 +85,10 @@ fn revision(s: &Server) -> String {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(rv.parse::<u64>().is_ok_and(|n| n > 0), "a real revision: {rv:?}");
+    assert!(
+        rv.parse::<u64>().is_ok_and(|n| n > 0),
+        "a real revision: {rv:?}"
+    );
     rv
 }
 

@@ -29,6 +29,12 @@ fn system_namespaces_exist_and_empty_lists_say_so() {
         .contains("No resources found in kube-system namespace."));
     let svc = s.json(&["get", "service", "kubernetes", "-n", "default"]);
     assert_eq!(svc["spec"]["clusterIP"], "10.96.0.1");
+    let embedded_file = s.data_dir().join("state.redb");
+    assert_eq!(
+        embedded_file.exists(),
+        !skiff_e2e::use_etcd(),
+        "the store in use is the one asked for"
+    );
     let version = s.ok(&["version"]);
     assert!(version.contains("Server Version: v1.33"), "{version}");
 }
