@@ -59,10 +59,15 @@ pub fn dispatch(
             )));
         }
     }
+    let typed = |r: Result<Option<spec::CniResult>, CniError>| {
+        r.map(|o| o.map(|res| res.to_value(&version)))
+    };
     let result = match plugin {
-        "bridge" => plugins::bridge::run(&env, &conf, stdin),
-        "host-local" => ipam::host_local::run(&env, &conf),
-        "loopback" => plugins::loopback::run(&env),
+        "bridge" => typed(plugins::bridge::run(&env, &conf, stdin)),
+        "host-local" => typed(ipam::host_local::run(&env, &conf)),
+        "loopback" => typed(plugins::loopback::run(&env)),
+        // These hand on a result made elsewhere: passed through untouched,
+        // so fields this crate does not model survive.
         "portmap" => plugins::portmap::run(&env, &conf),
         "skiff-overlay" => plugins::overlay::run(&env, &conf),
         other => Err(CniError::new(
@@ -71,7 +76,10 @@ pub fn dispatch(
         )),
     }
     .map_err(tag)?;
-    Ok(result.map(|r| r.to_value(&version)))
+    Ok(result.map(|mut v| {
+        v["cniVersion"] = Value::String(version.clone());
+        v
+    }))
 }
 
 #[cfg(test)]
@@ -149,6 +157,26 @@ mod tests {
             dispatch("bridge", Err(env_err), raw).unwrap_err().code,
             code::INVALID_ENV
         );
+    }
+
+    #[test]
+    fn portmap_passes_prev_result_through_untouched() {
+        let prev = serde_json::json!({
+            "cniVersion": "1.1.0",
+            "interfaces": [{"name": "eth0", "sandbox": "/x", "socketPath": "/s", "pciID": "p"}],
+            "ips": [{"address": "10.0.0.2/24", "interface": 0}],
+            "routes": [{"dst": "0.0.0.0/0", "table": 100, "scope": 0, "advmss": 1400}],
+            "dns": {}
+        });
+        let conf = serde_json::json!({"cniVersion": "1.1.0", "name": "n", "type": "portmap", "prevResult": prev});
+        let out = dispatch(
+            "portmap",
+            Ok(env(Command::Add)),
+            conf.to_string().as_bytes(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(out, prev);
     }
 
     #[test]

@@ -161,7 +161,7 @@ fn io(op: &str, p: &Path, e: std::io::Error) -> CniError {
 
 /// Runs the delegate: in this process when CNI_PATH's binary of that name is
 /// this one, else by executing it.
-fn run_delegate(env: &Env, cmd: Command, conf: &Value) -> Result<Option<CniResult>, CniError> {
+fn run_delegate(env: &Env, cmd: Command, conf: &Value) -> Result<Option<Value>, CniError> {
     let plugin = conf["type"].as_str().unwrap_or("").to_string();
     let raw = serde_json::to_vec(conf).expect("serializable");
     let out = if crate::PLUGINS.contains(&plugin.as_str()) && resolves_to_self(&plugin, &env.path) {
@@ -178,7 +178,11 @@ fn run_delegate(env: &Env, cmd: Command, conf: &Value) -> Result<Option<CniResul
             })?)
         }
     };
-    out.map(|v| CniResult::from_value(&v)).transpose()
+    if let Some(v) = &out {
+        // Make sure it is a result before handing it on.
+        CniResult::from_value(v)?;
+    }
+    Ok(out)
 }
 
 fn read_info(path: &Path) -> Result<SubnetInfo, CniError> {
@@ -199,7 +203,8 @@ fn read_info(path: &Path) -> Result<SubnetInfo, CniError> {
     })
 }
 
-pub fn run(env: &Env, conf_v: &Value) -> Result<Option<CniResult>, CniError> {
+/// Runs one command; ADD returns the delegate's result as it printed it.
+pub fn run(env: &Env, conf_v: &Value) -> Result<Option<Value>, CniError> {
     let conf: OverlayConf = typed_config(conf_v)?;
     let subnet_file = conf
         .subnet_file

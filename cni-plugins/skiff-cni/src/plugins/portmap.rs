@@ -210,7 +210,8 @@ fn del_all(network: &str, container_id: &str) -> Result<(), CniError> {
     Ok(())
 }
 
-pub fn run(env: &Env, conf_v: &Value) -> Result<Option<CniResult>, CniError> {
+/// Runs one command; ADD returns prevResult as given.
+pub fn run(env: &Env, conf_v: &Value) -> Result<Option<Value>, CniError> {
     let conf: PortmapConf = typed_config(conf_v)?;
     for m in &conf.runtime_config.port_mappings {
         validate(m)?;
@@ -226,7 +227,7 @@ pub fn run(env: &Env, conf_v: &Value) -> Result<Option<CniResult>, CniError> {
             })?;
             let prev = CniResult::from_value(prev_v)?;
             if maps.is_empty() {
-                return Ok(Some(prev));
+                return Ok(Some(prev_v.clone()));
             }
             let ips = prev_ips(&prev);
             if ips.is_empty() {
@@ -244,7 +245,7 @@ pub fn run(env: &Env, conf_v: &Value) -> Result<Option<CniResult>, CniError> {
                     )?;
                 }
             }
-            Ok(Some(prev))
+            Ok(Some(prev_v.clone()))
         }
         Command::Del => {
             del_all(&conf.name, &env.container_id)?;
