@@ -44,6 +44,8 @@ pub mod code {
     pub const NOT_IMPLEMENTED: u32 = 107;
     /// The interface name asked for already exists in the container.
     pub const INTERFACE_EXISTS: u32 = 108;
+    /// A specifically requested address is taken or outside the ranges.
+    pub const ADDRESS_UNAVAILABLE: u32 = 109;
 }
 
 /// The spec's error object. Printed on stdout with a non-zero exit status.

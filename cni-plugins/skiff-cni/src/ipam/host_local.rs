@@ -391,14 +391,71 @@ pub fn allocate(
     id: &str,
     ifname: &str,
 ) -> Result<Vec<IpConfig>, CniError> {
+    allocate_with(store, sets, id, ifname, &[])
+}
+
+/// Like [`allocate`], with specific addresses requested (CNI_ARGS `IP=`,
+/// `runtimeConfig.ips`, `args.cni.ips`); each must fall in one range set and
+/// be free or already this attachment's.
+pub fn allocate_with(
+    store: &Store,
+    sets: &[RangeSet],
+    id: &str,
+    ifname: &str,
+    requested: &[IpAddr],
+) -> Result<Vec<IpConfig>, CniError> {
+    for ip in requested {
+        if !sets.iter().any(|s| s.contains(*ip)) {
+            return Err(CniError::new(
+                code::ADDRESS_UNAVAILABLE,
+                format!("requested IP address {ip} is not in any configured range"),
+            ));
+        }
+    }
     let existing = store.find(id, ifname)?;
     let mut fresh: Vec<IpAddr> = Vec::new();
     let mut out = Vec::new();
+    let fail = |fresh: &[IpAddr], e: CniError| {
+        for ip in fresh {
+            let _ = store.release(*ip);
+        }
+        Err(e)
+    };
     for (idx, set) in sets.iter().enumerate() {
         if let Some(ip) = existing.iter().copied().find(|ip| set.contains(*ip)) {
             let r = set.range_of(ip).expect("contained");
             out.push(ip_config(r, ip));
             continue;
+        }
+        if let Some(ip) = requested.iter().copied().find(|ip| set.contains(*ip)) {
+            let r = set.range_of(ip).expect("contained").clone();
+            match store.reserve(ip, id, ifname, idx) {
+                Ok(true) if ip != r.gateway => {
+                    fresh.push(ip);
+                    out.push(ip_config(&r, ip));
+                    continue;
+                }
+                Ok(true) => {
+                    let _ = store.release(ip);
+                    return fail(
+                        &fresh,
+                        CniError::new(
+                            code::ADDRESS_UNAVAILABLE,
+                            format!("requested IP address {ip} is the gateway"),
+                        ),
+                    );
+                }
+                Ok(false) => {
+                    return fail(
+                        &fresh,
+                        CniError::new(
+                            code::ADDRESS_UNAVAILABLE,
+                            format!("requested IP address {ip} is already allocated"),
+                        ),
+                    );
+                }
+                Err(e) => return fail(&fresh, e.into()),
+            }
         }
         match allocate_in_set(store, set, idx, id, ifname) {
             Ok(Some((ip, r))) => {
@@ -406,23 +463,52 @@ pub fn allocate(
                 out.push(ip_config(&r, ip));
             }
             Ok(None) => {
-                for ip in &fresh {
-                    let _ = store.release(*ip);
-                }
-                return Err(CniError::new(
-                    code::RANGE_EXHAUSTED,
-                    format!(
-                        "failed to allocate for range {idx}: no IP addresses available in range set: {}",
-                        set.describe()
+                return fail(
+                    &fresh,
+                    CniError::new(
+                        code::RANGE_EXHAUSTED,
+                        format!(
+                            "failed to allocate for range {idx}: no IP addresses available in range set: {}",
+                            set.describe()
+                        ),
                     ),
-                ));
+                );
             }
-            Err(e) => {
-                for ip in &fresh {
-                    let _ = store.release(*ip);
-                }
-                return Err(e.into());
-            }
+            Err(e) => return fail(&fresh, e.into()),
+        }
+    }
+    Ok(out)
+}
+
+/// Addresses asked for by the runtime, from every place the spec conventions allow.
+pub fn requested_ips(env: &Env, conf: &Value) -> Result<Vec<IpAddr>, CniError> {
+    let mut raw: Vec<String> = Vec::new();
+    for (k, v) in &env.args {
+        if k == "IP" {
+            raw.extend(v.split(',').map(str::to_string));
+        }
+    }
+    for path in [&["runtimeConfig", "ips"][..], &["args", "cni", "ips"][..]] {
+        let mut cur = conf;
+        for key in path {
+            cur = cur.get(key).unwrap_or(&Value::Null);
+        }
+        if let Some(list) = cur.as_array() {
+            raw.extend(list.iter().filter_map(|v| v.as_str().map(str::to_string)));
+        }
+    }
+    let mut out = Vec::new();
+    for r in raw.iter().map(|r| r.trim()).filter(|r| !r.is_empty()) {
+        // Either "10.1.2.3" or "10.1.2.3/24".
+        let ip = r.split('/').next().unwrap_or(r);
+        let ip: IpAddr = ip.parse().map_err(|_| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("requested IP {r:?} is not an address"),
+            )
+        })?;
+        if !out.contains(&ip) {
+            out.push(ip);
         }
     }
     Ok(out)
@@ -504,7 +590,8 @@ pub fn run(env: &Env, conf: &Value) -> Result<Option<CniResult>, CniError> {
         Command::Add => {
             let sets = range_sets(&nc.ipam)?;
             let store = Store::open(&data_dir, &nc.name)?;
-            let ips = allocate(&store, &sets, &env.container_id, &env.ifname)?;
+            let requested = requested_ips(env, conf)?;
+            let ips = allocate_with(&store, &sets, &env.container_id, &env.ifname, &requested)?;
             let mut dns = nc.ipam.dns.clone();
             if dns.is_empty() {
                 if let Some(p) = &nc.ipam.resolv_conf {
@@ -803,6 +890,47 @@ mod tests {
         run(&env(Command::Gc, ""), &c).unwrap();
         let store = Store::open(d.path(), "testnet").unwrap();
         assert!(store.all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn requested_addresses() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = conf(
+            d.path(),
+            json!([[{"subnet": "10.9.0.0/24"}], [{"subnet": "fd00::/120"}]]),
+        );
+        c["runtimeConfig"] = json!({"ips": ["10.9.0.50/24"]});
+        let r = add(&c, "a").unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.9.0.50/24");
+        assert_eq!(
+            r.ips[1].address.to_string(),
+            "fd00::2/120",
+            "the other set allocates as usual"
+        );
+        // Same attachment again: same answer; another one: taken.
+        assert_eq!(add(&c, "a").unwrap().ips, r.ips);
+        assert_eq!(add(&c, "b").unwrap_err().code, code::ADDRESS_UNAVAILABLE);
+        let store = Store::open(d.path(), "testnet").unwrap();
+        assert!(
+            store.find("b", "eth0").unwrap().is_empty(),
+            "b's v6 address rolled back"
+        );
+        drop(store);
+        let mut e = env(Command::Add, "c");
+        e.args = vec![("IP".into(), "fd00::77".into())];
+        c.as_object_mut().unwrap().remove("runtimeConfig");
+        let r = run(&e, &c).unwrap().unwrap();
+        assert_eq!(r.ips[1].address.addr.to_string(), "fd00::77");
+        c["args"] = json!({"cni": {"ips": ["10.10.0.1"]}});
+        assert_eq!(add(&c, "d").unwrap_err().code, code::ADDRESS_UNAVAILABLE);
+        c["args"] = json!({"cni": {"ips": ["10.9.0.1"]}});
+        assert_eq!(
+            add(&c, "d").unwrap_err().code,
+            code::ADDRESS_UNAVAILABLE,
+            "gateway"
+        );
+        c["args"] = json!({"cni": {"ips": ["nonsense"]}});
+        assert_eq!(add(&c, "d").unwrap_err().code, code::INVALID_CONFIG);
     }
 
     #[test]
