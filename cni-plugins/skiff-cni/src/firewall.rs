@@ -186,6 +186,7 @@ pub fn iptables_save(v6: bool) -> Result<String, CniError> {
 
 pub fn iptables_restore(v6: bool, input: &str) -> Result<(), CniError> {
     let bin = tool(v6, "-restore");
+    tracing::debug!(%bin, %input, "applying rules");
     let mut child = Command::new(&bin)
         .args(["-w", "5", "--noflush"])
         .stdin(Stdio::piped())

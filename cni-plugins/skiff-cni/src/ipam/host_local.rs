@@ -592,6 +592,7 @@ pub fn run(env: &Env, conf: &Value) -> Result<Option<CniResult>, CniError> {
             let store = Store::open(&data_dir, &nc.name)?;
             let requested = requested_ips(env, conf)?;
             let ips = allocate_with(&store, &sets, &env.container_id, &env.ifname, &requested)?;
+            tracing::debug!(network = %nc.name, ?ips, "host-local allocated");
             let mut dns = nc.ipam.dns.clone();
             if dns.is_empty() {
                 if let Some(p) = &nc.ipam.resolv_conf {

@@ -324,6 +324,7 @@ pub fn add(
     conf.ipam_type()?;
     let br = ensure_bridge(host, conf)?;
     let pair = create_pair(host, cont, cont_fd, conf, &br, &env.ifname)?;
+    tracing::debug!(bridge = %br.name, host_veth = %pair.host.name, ifname = %env.ifname, "veth pair created");
     let undo_link = |cont: &mut dyn NetOps| {
         if let Err(e) = cont.del_link(pair.cont.index) {
             tracing::warn!(error = %e, "cleanup: deleting container veth failed");
@@ -336,6 +337,7 @@ pub fn add(
             return Err(e);
         }
     };
+    tracing::debug!(ips = ?ipam_res.ips, "IPAM answered");
     let rest = (|| -> Result<CniResult, CniError> {
         if ipam_res.ips.is_empty() {
             return Err(CniError::new(
@@ -504,6 +506,7 @@ pub fn del(
                 .map_err(nl)?
                 .map(|b| b.index);
             if !conf.sync_teardown && defer_delete(cont, host, &l, bridge, reaper) {
+                tracing::debug!(ifname = %env.ifname, "container interface parked, pair deletion deferred");
                 return del_rules(env, conf, fw);
             }
             match cont.del_link(l.index) {

@@ -163,6 +163,7 @@ fn io(op: &str, p: &Path, e: std::io::Error) -> CniError {
 /// this one, else by executing it.
 fn run_delegate(env: &Env, cmd: Command, conf: &Value) -> Result<Option<Value>, CniError> {
     let plugin = conf["type"].as_str().unwrap_or("").to_string();
+    tracing::debug!(%plugin, command = cmd.as_str(), "running delegate");
     let raw = serde_json::to_vec(conf).expect("serializable");
     let out = if crate::PLUGINS.contains(&plugin.as_str()) && resolves_to_self(&plugin, &env.path) {
         let mut e = env.clone();
