@@ -496,27 +496,64 @@ pub fn del(
     fw: &mut dyn Firewall,
     reaper: &mut dyn Reaper,
 ) -> Result<(), CniError> {
+    // Every step runs even when an earlier one failed, so one stuck piece
+    // does not keep the others allocated; the first error is reported, with
+    // the rest in its details.
+    let mut errors: Vec<CniError> = Vec::new();
     if conf.ipam.is_some() {
-        ipam.del()?;
+        if let Err(e) = ipam.del() {
+            errors.push(e);
+        }
     }
     if let Some(cont) = cont {
-        if let Some(l) = cont.link_by_name(&env.ifname).map_err(nl)? {
-            let bridge = host
-                .link_by_name(&conf.bridge)
-                .map_err(nl)?
-                .map(|b| b.index);
-            if !conf.sync_teardown && defer_delete(cont, host, &l, bridge, reaper) {
-                tracing::debug!(ifname = %env.ifname, "container interface parked, pair deletion deferred");
-                return del_rules(env, conf, fw);
-            }
-            match cont.del_link(l.index) {
-                Ok(()) => {}
-                Err(e) if e.errno() == Some(libc::ENODEV) => {}
-                Err(e) => return Err(nl(e)),
+        if let Err(e) = del_link(env, conf, host, cont, reaper) {
+            errors.push(e);
+        }
+    }
+    if let Err(e) = del_rules(env, conf, fw) {
+        errors.push(e);
+    }
+    let mut it = errors.into_iter();
+    match it.next() {
+        None => Ok(()),
+        Some(first) => {
+            let rest: Vec<String> = it.map(|e| e.to_string()).collect();
+            if rest.is_empty() {
+                Err(first)
+            } else {
+                let details = if first.details.is_empty() {
+                    format!("also: {}", rest.join("; "))
+                } else {
+                    format!("{}; also: {}", first.details, rest.join("; "))
+                };
+                Err(first.with_details(details))
             }
         }
     }
-    del_rules(env, conf, fw)
+}
+
+fn del_link(
+    env: &Env,
+    conf: &BridgeConf,
+    host: &mut dyn NetOps,
+    cont: &mut dyn NetOps,
+    reaper: &mut dyn Reaper,
+) -> Result<(), CniError> {
+    let Some(l) = cont.link_by_name(&env.ifname).map_err(nl)? else {
+        return Ok(());
+    };
+    let bridge = host
+        .link_by_name(&conf.bridge)
+        .map_err(nl)?
+        .map(|b| b.index);
+    if !conf.sync_teardown && defer_delete(cont, host, &l, bridge, reaper) {
+        tracing::debug!(ifname = %env.ifname, "container interface parked, pair deletion deferred");
+        return Ok(());
+    }
+    match cont.del_link(l.index) {
+        Err(e) if e.errno() != Some(libc::ENODEV) => Err(nl(e)),
+        _ => Ok(()),
+    }
 }
 
 fn del_rules(env: &Env, conf: &BridgeConf, fw: &mut dyn Firewall) -> Result<(), CniError> {
@@ -1129,6 +1166,45 @@ mod tests {
         .unwrap();
         assert_eq!(w.ipam.dels, 3);
         assert!(r.0.is_empty());
+    }
+
+    #[test]
+    fn del_keeps_going_after_an_ipam_failure() {
+        let mut w = World::new();
+        let mut r = FakeReaper::default();
+        let c = conf(json!({"ipMasq": true, "syncTeardown": true}));
+        w.add(&c).unwrap();
+        struct Failing;
+        impl Ipam for Failing {
+            fn add(&mut self) -> Result<CniResult, CniError> {
+                unreachable!("DEL only")
+            }
+            fn del(&mut self) -> Result<(), CniError> {
+                Err(CniError::new(code::TRY_AGAIN_LATER, "store busy"))
+            }
+            fn check(&mut self) -> Result<(), CniError> {
+                Ok(())
+            }
+            fn gc(&mut self) -> Result<(), CniError> {
+                Ok(())
+            }
+            fn status(&mut self) -> Result<(), CniError> {
+                Ok(())
+            }
+        }
+        let e = del(
+            &env(),
+            &c,
+            &mut w.host,
+            Some(&mut w.cont),
+            &mut Failing,
+            &mut w.fw,
+            &mut r,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, code::TRY_AGAIN_LATER);
+        assert!(!w.cont.links.contains_key("eth0"), "link removed anyway");
+        assert!(w.fw.masq.is_empty(), "rules removed anyway");
     }
 
     #[test]
