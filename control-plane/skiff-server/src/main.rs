@@ -51,6 +51,19 @@ struct Args {
     /// Key of the client certificate.
     #[arg(long, requires_all = ["datastore_endpoint", "datastore_cafile", "datastore_certfile"])]
     datastore_keyfile: Option<PathBuf>,
+    /// Controllers not to run (comma-separated names, or `all`): scheduler, replicaset,
+    /// deployment, daemonset, endpoints, endpointslice, serviceaccount, nodelifecycle, nodeipam.
+    #[arg(long, value_delimiter = ',')]
+    disable: Vec<String>,
+    /// A node whose Lease is not renewed for this many seconds becomes Ready=Unknown.
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period: u64,
+    /// Seconds pods tolerate a not-ready or unreachable node unless they say otherwise.
+    #[arg(long, default_value_t = 300)]
+    default_eviction_toleration: u64,
+    /// Pod network of the cluster; each node gets a /24 of it.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
 }
 
 fn node_port_range(s: &str) -> anyhow::Result<(u16, u16)> {
@@ -181,6 +194,60 @@ async fn main() -> anyhow::Result<()> {
     let addr = SocketAddr::new(args.bind_address, args.secure_port);
     let listener = serve::bind(addr).await?;
     tracing::info!(%addr, kubeconfig = %kubeconfig_path.display(), "serving the Kubernetes API");
+
+    for name in &args.disable {
+        anyhow::ensure!(
+            name == "all" || skiff_controllers::CONTROLLERS.contains(&name.as_str()),
+            "--disable: unknown controller {name:?}; known: {}",
+            skiff_controllers::CONTROLLERS.join(", ")
+        );
+    }
+    if !args.disable.iter().any(|d| d == "all") {
+        // The controllers reach this server over loopback like any client, with their own
+        // certificate (kube-controller-manager's identity).
+        let identity = pki.client("controller-manager", "system:kube-controller-manager", &[])?;
+        let loopback = match args.bind_address {
+            IpAddr::V4(a) if a.is_unspecified() => "127.0.0.1".to_string(),
+            IpAddr::V6(a) if a.is_unspecified() => "127.0.0.1".to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+            a => a.to_string(),
+        };
+        let url = format!("https://{loopback}:{}", args.secure_port);
+        let path = args.data_dir.join("controller-manager.kubeconfig");
+        pki::write_kubeconfig(
+            &path,
+            &pki::kubeconfig(
+                &url,
+                &pki.ca.cert_pem,
+                "system:kube-controller-manager",
+                &identity,
+            ),
+        )?;
+        let kubeconfig = kube::config::Kubeconfig::read_from(&path)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        let client = kube::Client::try_from(config)?;
+        let settings = skiff_controllers::Settings {
+            node_monitor_grace: std::time::Duration::from_secs(args.node_monitor_grace_period),
+            default_eviction_toleration: std::time::Duration::from_secs(
+                args.default_eviction_toleration,
+            ),
+            cluster_cidr: args.cluster_cidr.clone(),
+            node_cidr_mask: 24,
+        };
+        let ctx = skiff_controllers::Context::new(client, "skiff-controller-manager", settings);
+        let identity = format!(
+            "{}_{}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim(),
+            uuid::Uuid::new_v4()
+        );
+        tokio::spawn(skiff_controllers::run_with_leader_election(
+            ctx,
+            identity,
+            args.disable.clone(),
+        ));
+    }
     serve::serve(listener, tls, api).await;
     Ok(())
 }

@@ -206,11 +206,16 @@ impl ClusterPki {
 
     /// The admin client certificate (group `system:masters`), created once.
     pub fn admin(&self) -> Result<CertAndKey, PkiError> {
-        if let Some(pair) = read_pair(&self.dir, "admin")? {
+        self.client("admin", "kubernetes-admin", &["system:masters"])
+    }
+
+    /// A client certificate stored as `<file>.crt`/`<file>.key`, created once.
+    pub fn client(&self, file: &str, user: &str, groups: &[&str]) -> Result<CertAndKey, PkiError> {
+        if let Some(pair) = read_pair(&self.dir, file)? {
             return Ok(pair);
         }
-        let pair = issue_client_cert(&self.ca, &self.dir, "kubernetes-admin", &["system:masters"])?;
-        write_pair(&self.dir, "admin", &pair)?;
+        let pair = issue_client_cert(&self.ca, &self.dir, user, groups)?;
+        write_pair(&self.dir, file, &pair)?;
         Ok(pair)
     }
 }
