@@ -2,9 +2,13 @@
 //! true. Each controller is a kube-rs client of the API server (as kube-controller-manager
 //! is), so it can run inside skiff-server or on its own.
 
+pub mod deployment;
 pub mod events;
 pub mod leader;
+pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod podutil;
+pub mod replicaset;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +60,11 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: kube::Client, component: &str, settings: Settings) -> Arc<Self> {
-        Arc::new(Self { events: EventRecorder::new(client.clone(), component), client, settings })
+        Arc::new(Self {
+            events: EventRecorder::new(client.clone(), component),
+            client,
+            settings,
+        })
     }
 }
 
@@ -71,6 +79,18 @@ pub enum Error {
 fn spawn_one(set: &mut JoinSet<()>, name: &str, ctx: Arc<Context>) {
     // One arm per controller; each module exposes `pub async fn run(ctx: Arc<Context>)`.
     match name {
+        "replicaset" => {
+            set.spawn(replicaset::run(ctx));
+        }
+        "deployment" => {
+            set.spawn(deployment::run(ctx));
+        }
+        "nodeipam" => {
+            set.spawn(nodeipam::run(ctx));
+        }
+        "nodelifecycle" => {
+            set.spawn(nodelifecycle::run(ctx));
+        }
         other => {
             let _ = ctx;
             tracing::warn!(controller = other, "not built yet; skipped")
@@ -88,7 +108,10 @@ pub async fn run_with_leader_election(ctx: Arc<Context>, identity: String, disab
         match (is_leader, running.is_some()) {
             (true, false) => {
                 let mut set = JoinSet::new();
-                for name in CONTROLLERS.iter().filter(|c| !disabled.iter().any(|d| d == *c)) {
+                for name in CONTROLLERS
+                    .iter()
+                    .filter(|c| !disabled.iter().any(|d| d == *c))
+                {
                     spawn_one(&mut set, name, ctx.clone());
                 }
                 tracing::info!(controllers = set.len(), "leading: controllers started");

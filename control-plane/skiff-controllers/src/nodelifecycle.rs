@@ -1,0 +1,304 @@
+//! Node lifecycle: a node whose Lease in `kube-node-lease` goes stale becomes Ready=Unknown
+//! and gets the `node.kubernetes.io/unreachable` taints; pods on it that do not tolerate
+//! NoExecute (for longer than they have) are evicted, so their controllers replace them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::ResourceExt;
+use serde_json::json;
+
+use crate::events::{reference, EventType};
+use crate::{Context, Error};
+
+pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
+const PASS: Duration = Duration::from_secs(2);
+
+pub async fn run(ctx: Arc<Context>) {
+    loop {
+        if let Err(e) = pass(&ctx).await {
+            tracing::warn!(error = %e, "node lifecycle pass failed");
+        }
+        tokio::time::sleep(PASS).await;
+    }
+}
+
+fn ready_condition(node: &Node) -> Option<&NodeCondition> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+}
+
+fn taints(node: &Node) -> Vec<Taint> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
+}
+
+/// How long a pod may stay on a node with this NoExecute taint: `None` forever, `Some(0)`
+/// not at all. Pods that say nothing get the cluster default for the node-health taints,
+/// as kube's DefaultTolerationSeconds admission gives them.
+pub fn toleration_seconds(
+    tolerations: &[Toleration],
+    taint: &Taint,
+    default: Duration,
+) -> Option<u64> {
+    let matching = tolerations.iter().find(|t| {
+        let effect_ok = t
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == taint.effect);
+        let key_ok = match t.operator.as_deref() {
+            Some("Exists") => t
+                .key
+                .as_deref()
+                .is_none_or(|k| k.is_empty() || k == taint.key),
+            _ => {
+                t.key.as_deref() == Some(taint.key.as_str())
+                    && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+            }
+        };
+        effect_ok && key_ok
+    });
+    match matching {
+        Some(t) => t.toleration_seconds.map(|s| s.max(0) as u64),
+        None if taint.key == UNREACHABLE || taint.key == NOT_READY => Some(default.as_secs()),
+        None => Some(0),
+    }
+}
+
+async fn pass(ctx: &Context) -> Result<(), Error> {
+    let nodes_api: Api<Node> = Api::all(ctx.client.clone());
+    let leases_api: Api<Lease> = Api::namespaced(ctx.client.clone(), "kube-node-lease");
+    let nodes = nodes_api.list(&ListParams::default()).await?.items;
+    let leases: HashMap<String, Lease> = leases_api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|l| (l.name_any(), l))
+        .collect();
+    let now = jiff::Timestamp::now();
+    let grace = ctx.settings.node_monitor_grace.as_secs() as i64;
+    for node in &nodes {
+        let name = node.name_any();
+        let renewed = leases
+            .get(&name)
+            .and_then(|l| l.spec.as_ref()?.renew_time.as_ref())
+            .map(|t| t.0.as_second());
+        let created = node
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second())
+            .unwrap_or(now.as_second());
+        let last_seen = renewed.unwrap_or(created);
+        let stale = now.as_second() - last_seen > grace;
+        let ready = ready_condition(node)
+            .map(|c| c.status.as_str())
+            .unwrap_or("Unknown");
+        let mut wanted_taints: Vec<Taint> = taints(node)
+            .into_iter()
+            .filter(|t| t.key != UNREACHABLE && t.key != NOT_READY)
+            .collect();
+        let current_taints = taints(node);
+        if stale {
+            if ready != "Unknown" {
+                let conditions: Vec<NodeCondition> = node
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|mut c| {
+                        c.status = "Unknown".into();
+                        c.reason = Some("NodeStatusUnknown".into());
+                        c.message = Some("Kubelet stopped posting node status.".into());
+                        c.last_transition_time = Some(Time(now));
+                        c
+                    })
+                    .collect();
+                nodes_api
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&json!({"status": {"conditions": conditions}})),
+                    )
+                    .await?;
+                ctx.events
+                    .record(
+                        &reference(node),
+                        EventType::Normal,
+                        "NodeNotReady",
+                        &format!("Node {name} status is now: NodeNotReady"),
+                    )
+                    .await;
+            }
+            for effect in ["NoSchedule", "NoExecute"] {
+                let existing = current_taints
+                    .iter()
+                    .find(|t| t.key == UNREACHABLE && t.effect == effect);
+                wanted_taints.push(existing.cloned().unwrap_or(Taint {
+                    key: UNREACHABLE.into(),
+                    effect: effect.into(),
+                    value: None,
+                    time_added: Some(Time(now)),
+                }));
+            }
+        } else if ready != "True" {
+            // The node's agent is alive but says it is not ready.
+            for effect in ["NoSchedule", "NoExecute"] {
+                let existing = current_taints
+                    .iter()
+                    .find(|t| t.key == NOT_READY && t.effect == effect);
+                wanted_taints.push(existing.cloned().unwrap_or(Taint {
+                    key: NOT_READY.into(),
+                    effect: effect.into(),
+                    value: None,
+                    time_added: Some(Time(now)),
+                }));
+            }
+        }
+        let same = |a: &[Taint], b: &[Taint]| {
+            a.len() == b.len()
+                && a.iter()
+                    .all(|t| b.iter().any(|u| u.key == t.key && u.effect == t.effect))
+        };
+        if !same(&wanted_taints, &current_taints) {
+            nodes_api
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"spec": {"taints": wanted_taints}})),
+                )
+                .await?;
+        }
+        evict(ctx, node, &wanted_taints, now).await?;
+    }
+    Ok(())
+}
+
+async fn evict(
+    ctx: &Context,
+    node: &Node,
+    taints: &[Taint],
+    now: jiff::Timestamp,
+) -> Result<(), Error> {
+    let no_execute: Vec<&Taint> = taints.iter().filter(|t| t.effect == "NoExecute").collect();
+    if no_execute.is_empty() {
+        return Ok(());
+    }
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let on_node = pods
+        .list(&ListParams::default().fields(&format!("spec.nodeName={}", node.name_any())))
+        .await?
+        .items;
+    for pod in on_node
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        let tolerations = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.clone())
+            .unwrap_or_default();
+        let due = no_execute.iter().any(|taint| {
+            let added = taint
+                .time_added
+                .as_ref()
+                .map(|t| t.0.as_second())
+                .unwrap_or(now.as_second());
+            match toleration_seconds(
+                &tolerations,
+                taint,
+                ctx.settings.default_eviction_toleration,
+            ) {
+                None => false,
+                Some(secs) => now.as_second() - added >= secs as i64,
+            }
+        });
+        if due {
+            let api: Api<Pod> =
+                Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+            match api.delete(&pod.name_any(), &DeleteParams::default()).await {
+                Ok(_) | Err(kube::Error::Api(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            ctx.events
+                .record(
+                    &reference(pod),
+                    EventType::Normal,
+                    "TaintManagerEviction",
+                    &format!(
+                        "Marking for deletion Pod {}/{}",
+                        pod.namespace().unwrap_or_default(),
+                        pod.name_any()
+                    ),
+                )
+                .await;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taint(key: &str) -> Taint {
+        Taint {
+            key: key.into(),
+            effect: "NoExecute".into(),
+            value: None,
+            time_added: None,
+        }
+    }
+
+    #[test]
+    fn tolerations_decide_eviction_delay() {
+        let default = Duration::from_secs(300);
+        assert_eq!(
+            toleration_seconds(&[], &taint(UNREACHABLE), default),
+            Some(300)
+        );
+        assert_eq!(toleration_seconds(&[], &taint("custom"), default), Some(0));
+        let forever = Toleration {
+            key: Some(UNREACHABLE.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoExecute".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            toleration_seconds(&[forever], &taint(UNREACHABLE), default),
+            None
+        );
+        let short = Toleration {
+            key: Some(UNREACHABLE.into()),
+            operator: Some("Exists".into()),
+            toleration_seconds: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(
+            toleration_seconds(&[short], &taint(UNREACHABLE), default),
+            Some(5)
+        );
+        let everything = Toleration {
+            operator: Some("Exists".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            toleration_seconds(&[everything], &taint("custom"), default),
+            None
+        );
+    }
+}
