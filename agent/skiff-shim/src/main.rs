@@ -62,11 +62,7 @@ fn parse_global(argv: Vec<String>) -> anyhow::Result<Args> {
 type CmdArgs = (Vec<(String, String)>, Vec<String>, Vec<String>);
 
 /// Split a command's arguments into options and positionals.
-fn parse_cmd(
-    rest: Vec<String>,
-    with_value: &[&str],
-    bare: &[&str],
-) -> anyhow::Result<CmdArgs> {
+fn parse_cmd(rest: Vec<String>, with_value: &[&str], bare: &[&str]) -> anyhow::Result<CmdArgs> {
     let mut vals = Vec::new();
     let mut flags = Vec::new();
     let mut pos = Vec::new();

@@ -436,16 +436,33 @@ fn init(plan: &Plan, sock: BorrowedFd<'_>) -> Result<Infallible> {
         prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")?;
     }
 
-    let exe = find_executable(&pr.args[0], &pr.env)?;
+    let mut env = pr.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        // Like runc and crun: HOME from the container's /etc/passwd.
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        env.push(format!("HOME={}", home_of(&passwd, pr.uid)));
+    }
+    let exe = find_executable(&pr.args[0], &env)?;
     let cexe = CString::new(exe.as_os_str().as_bytes())
         .map_err(|_| ShimError::spec("process.args[0]", "contains a NUL byte"))?;
     let args = to_cstrings("process.args", &pr.args)?;
-    let env = to_cstrings("process.env", &pr.env)?;
+    let env = to_cstrings("process.env", &env)?;
 
     send(sock, &[MSG_READY])?;
     wait_for(sock, MSG_START)?;
     let e = nix::unistd::execve(&cexe, &args, &env).unwrap_err();
     Err(ShimError::sys("execve", exe.display(), e))
+}
+
+/// The home directory of `uid` in a passwd file, "/" when unknown.
+pub fn home_of(passwd: &str, uid: u32) -> String {
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 7 && f[2].parse::<u32>().ok() == Some(uid))
+        .map(|f| f[5].to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".to_string())
 }
 
 fn to_cstrings(field: &str, v: &[String]) -> Result<Vec<CString>> {

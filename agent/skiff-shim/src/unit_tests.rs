@@ -651,3 +651,11 @@ fn executable_lookup_uses_container_path() {
     assert!(e.contains("not found in $PATH"), "{e}");
     assert!(crate::process::find_executable("/nonexistent/x", &env).is_err());
 }
+
+#[test]
+fn home_comes_from_passwd() {
+    let pw = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\nbad line\n";
+    assert_eq!(crate::process::home_of(pw, 0), "/root");
+    assert_eq!(crate::process::home_of(pw, 1000), "/home/app");
+    assert_eq!(crate::process::home_of(pw, 4242), "/");
+}
