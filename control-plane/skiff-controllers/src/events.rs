@@ -30,11 +30,21 @@ pub fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
 
 impl EventRecorder {
     pub fn new(client: kube::Client, component: &str) -> Self {
-        Self { client, component: component.to_string(), seen: Mutex::new(HashMap::new()) }
+        Self {
+            client,
+            component: component.to_string(),
+            seen: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Records an event about `object`; failures are logged, never fatal to a reconcile.
-    pub async fn record(&self, object: &ObjectReference, kind: EventType, reason: &str, message: &str) {
+    pub async fn record(
+        &self,
+        object: &ObjectReference,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+    ) {
         let namespace = object.namespace.clone().unwrap_or_else(|| "default".into());
         let uid = object.uid.clone().unwrap_or_default();
         let key = (uid, reason.to_string(), message.to_string());
@@ -44,8 +54,15 @@ impl EventRecorder {
         if let Some((name, ns, count)) = existing {
             let patch = serde_json::json!({"count": count + 1, "lastTimestamp": now});
             let api_ns: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-            if api_ns.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.is_ok() {
-                self.seen.lock().expect("events lock").insert(key, (name, ns, count + 1));
+            if api_ns
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .is_ok()
+            {
+                self.seen
+                    .lock()
+                    .expect("events lock")
+                    .insert(key, (name, ns, count + 1));
                 return;
             }
         }
@@ -55,7 +72,11 @@ impl EventRecorder {
             jiff::Timestamp::now().as_nanosecond() as u64
         );
         let event = Event {
-            metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(namespace.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
             involved_object: object.clone(),
             reason: Some(reason.to_string()),
             message: Some(message.to_string()),
@@ -63,14 +84,20 @@ impl EventRecorder {
             count: Some(1),
             first_timestamp: Some(now.clone()),
             last_timestamp: Some(now),
-            source: Some(EventSource { component: Some(self.component.clone()), host: None }),
+            source: Some(EventSource {
+                component: Some(self.component.clone()),
+                host: None,
+            }),
             reporting_component: Some(self.component.clone()),
             reporting_instance: Some(self.component.clone()),
             ..Default::default()
         };
         match api.create(&PostParams::default(), &event).await {
             Ok(created) => {
-                self.seen.lock().expect("events lock").insert(key, (created.name_any(), namespace, 1));
+                self.seen
+                    .lock()
+                    .expect("events lock")
+                    .insert(key, (created.name_any(), namespace, 1));
             }
             Err(e) => tracing::debug!(reason, error = %e, "recording an event failed"),
         }

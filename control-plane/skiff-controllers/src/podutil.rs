@@ -8,9 +8,15 @@ use kube::{Resource, ResourceExt};
 
 /// Whether `labels` satisfy a `metav1.LabelSelector`. An empty selector matches everything;
 /// a missing one matches nothing (as for workload controllers).
-pub fn selector_matches(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+pub fn selector_matches(
+    selector: Option<&LabelSelector>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     let Some(sel) = selector else { return false };
-    let labels_ok = sel.match_labels.as_ref().is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let labels_ok = sel
+        .match_labels
+        .as_ref()
+        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
     let exprs_ok = sel.match_expressions.as_ref().is_none_or(|exprs| {
         exprs.iter().all(|e| {
             let value = labels.get(&e.key);
@@ -32,7 +38,12 @@ pub fn selector_matches(selector: Option<&LabelSelector>, labels: &BTreeMap<Stri
 pub fn selector_query(selector: Option<&LabelSelector>) -> String {
     selector
         .and_then(|s| s.match_labels.as_ref())
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default()
 }
 
@@ -42,7 +53,11 @@ pub fn is_terminating(pod: &Pod) -> bool {
 
 /// Running or about to run: not finished and not being deleted.
 pub fn is_active(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending");
     !is_terminating(pod) && phase != "Succeeded" && phase != "Failed"
 }
 
@@ -55,7 +70,12 @@ pub fn is_ready(pod: &Pod) -> bool {
 
 /// Ready for at least `min_ready_seconds`.
 pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> bool {
-    let Some(cond) = pod.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")) else {
+    let Some(cond) = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+    else {
         return false;
     };
     if cond.status != "True" {
@@ -64,11 +84,17 @@ pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> 
     if min_ready_seconds <= 0 {
         return true;
     }
-    cond.last_transition_time.as_ref().is_some_and(|t| now.as_second() - t.0.as_second() >= min_ready_seconds as i64)
+    cond.last_transition_time
+        .as_ref()
+        .is_some_and(|t| now.as_second() - t.0.as_second() >= min_ready_seconds as i64)
 }
 
 pub fn controller_of<K: Resource>(obj: &K) -> Option<&OwnerReference> {
-    obj.meta().owner_references.as_ref()?.iter().find(|r| r.controller == Some(true))
+    obj.meta()
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
 }
 
 pub fn is_controlled_by<K: Resource, O: Resource>(obj: &K, owner: &O) -> bool {
@@ -88,7 +114,11 @@ pub fn owner_reference<O: Resource<DynamicType = ()>>(owner: &O) -> OwnerReferen
 }
 
 /// A new pod from a template, named `<prefix>-<random>`, owned by `owner`.
-pub fn pod_from_template<O: Resource<DynamicType = ()>>(template: &PodTemplateSpec, owner: &O, prefix: &str) -> Pod {
+pub fn pod_from_template<O: Resource<DynamicType = ()>>(
+    template: &PodTemplateSpec,
+    owner: &O,
+    prefix: &str,
+) -> Pod {
     let mut meta = template.metadata.clone().unwrap_or_default();
     meta.name = None;
     meta.generate_name = Some(format!("{prefix}-"));
@@ -97,7 +127,11 @@ pub fn pod_from_template<O: Resource<DynamicType = ()>>(template: &PodTemplateSp
     meta.resource_version = None;
     meta.uid = None;
     meta.creation_timestamp = None;
-    Pod { metadata: meta, spec: template.spec.clone(), status: None }
+    Pod {
+        metadata: meta,
+        spec: template.spec.clone(),
+        status: None,
+    }
 }
 
 /// kube's pod-template-hash: FNV-1a (32 bit) of the template, printed in the "safe" alphabet
@@ -114,7 +148,11 @@ pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -
     if let Some(labels) = normalized.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
         labels.remove("pod-template-hash");
     }
-    feed(serde_json::to_string(&normalized).unwrap_or_default().as_bytes());
+    feed(
+        serde_json::to_string(&normalized)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
     if let Some(c) = collision_count {
         feed(&c.to_le_bytes());
     }
@@ -139,12 +177,19 @@ mod tests {
     #[test]
     fn selectors() {
         let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
-        let sel = LabelSelector { match_labels: Some(labels.clone()), match_expressions: None };
+        let sel = LabelSelector {
+            match_labels: Some(labels.clone()),
+            match_expressions: None,
+        };
         assert!(selector_matches(Some(&sel), &labels));
         assert!(!selector_matches(None, &labels));
         let expr = LabelSelector {
             match_labels: None,
-            match_expressions: Some(vec![LabelSelectorRequirement { key: "app".into(), operator: "NotIn".into(), values: Some(vec!["web".into()]) }]),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "app".into(),
+                operator: "NotIn".into(),
+                values: Some(vec!["web".into()]),
+            }]),
         };
         assert!(!selector_matches(Some(&expr), &labels));
         assert_eq!(selector_query(Some(&sel)), "app=web");
@@ -155,7 +200,8 @@ mod tests {
         let mut t = PodTemplateSpec::default();
         let h1 = template_hash(&t, None);
         t.metadata = Some(Default::default());
-        t.metadata.as_mut().unwrap().labels = Some([("pod-template-hash".to_string(), "x".to_string())].into());
+        t.metadata.as_mut().unwrap().labels =
+            Some([("pod-template-hash".to_string(), "x".to_string())].into());
         let h2 = template_hash(&t, None);
         assert_eq!(h1.len(), h2.len());
         assert_ne!(template_hash(&t, Some(1)), h2);
