@@ -9,6 +9,7 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podutil;
 pub mod replicaset;
+pub mod scheduler;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +91,9 @@ fn spawn_one(set: &mut JoinSet<()>, name: &str, ctx: Arc<Context>) {
         }
         "nodelifecycle" => {
             set.spawn(nodelifecycle::run(ctx));
+        }
+        "scheduler" => {
+            set.spawn(scheduler::run(ctx));
         }
         other => {
             let _ = ctx;
