@@ -2,7 +2,10 @@
 //! true. Each controller is a kube-rs client of the API server (as kube-controller-manager
 //! is), so it can run inside skiff-server or on its own.
 
+pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod events;
 pub mod leader;
 pub mod nodeipam;
@@ -10,6 +13,7 @@ pub mod nodelifecycle;
 pub mod podutil;
 pub mod replicaset;
 pub mod scheduler;
+pub mod serviceaccount;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,6 +95,18 @@ fn spawn_one(set: &mut JoinSet<()>, name: &str, ctx: Arc<Context>) {
         }
         "nodelifecycle" => {
             set.spawn(nodelifecycle::run(ctx));
+        }
+        "endpoints" => {
+            set.spawn(endpoints::run(ctx));
+        }
+        "endpointslice" => {
+            set.spawn(endpointslice::run(ctx));
+        }
+        "daemonset" => {
+            set.spawn(daemonset::run(ctx));
+        }
+        "serviceaccount" => {
+            set.spawn(serviceaccount::run(ctx));
         }
         "scheduler" => {
             set.spawn(scheduler::run(ctx));
