@@ -330,6 +330,16 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
             Some(sync.create_new(max_revision + 1, initial).await?)
         }
     };
+    // The Deployment carries its current revision too (kubectl's rollout undo patches
+    // `/metadata/annotations`, which therefore must exist).
+    if let Some(rs) = new_rs.as_ref() {
+        let revision = revision_of(rs).to_string();
+        if d.annotations().get(REVISION) != Some(&revision) {
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+            let patch = json!({"metadata": {"annotations": {REVISION: revision}}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        }
+    }
     let mut old: Vec<ReplicaSet> = owned;
     old.sort_by_key(|rs| {
         rs.metadata
@@ -386,7 +396,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         .as_ref()
         .and_then(|rs| rs.status.as_ref())
         .map_or(0, |s| s.replicas);
-    let new_available = new_rs.as_ref().map_or(0, available);
+    let new_available = new_rs.as_ref().and_then(|rs| rs.status.as_ref()).and_then(|s| s.available_replicas).unwrap_or(0);
     let (_, max_unavailable) = surge_and_unavailable(&d);
     let now = Time(jiff::Timestamp::now());
     let mut conditions: Vec<DeploymentCondition> = Vec::new();

@@ -15,11 +15,13 @@ pub enum EventType {
     Warning,
 }
 
+/// (involved uid, reason, message) → (event name, namespace, count).
+type Seen = HashMap<(String, String, String), (String, String, i32)>;
+
 pub struct EventRecorder {
     client: kube::Client,
     component: String,
-    /// (involved uid, reason, message) → (event name, namespace, count).
-    seen: Mutex<HashMap<(String, String, String), (String, String, i32)>>,
+    seen: Mutex<Seen>,
 }
 
 pub fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {

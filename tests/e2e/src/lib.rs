@@ -3,6 +3,8 @@
 //! Binaries are taken from `SKIFF_BIN_DIR`, or the workspace's `target/debug`; the README's
 //! test command builds them first.
 
+pub mod fake_kubelet;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -93,7 +95,7 @@ pub struct Server {
     child: Option<Child>,
     extra_args: Vec<String>,
     // Dropped after the server (fields drop in order), so the server never loses its store.
-    etcd: Option<Etcd>,
+    _etcd: Option<Etcd>,
 }
 
 impl Server {
@@ -113,7 +115,7 @@ impl Server {
             port: free_port(),
             child: None,
             extra_args,
-            etcd,
+            _etcd: etcd,
         };
         server.spawn();
         server

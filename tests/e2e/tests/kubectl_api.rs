@@ -606,3 +606,84 @@ fn deleting_a_namespace_empties_it_then_removes_it() {
     let err = s.fails(&["create", "configmap", "late", "-n", "tmp"]);
     assert!(err.contains("namespaces \"tmp\" not found"), "{err}");
 }
+
+#[test]
+fn status_binding_and_eviction_subresources() {
+    use skiff_e2e::Credentials;
+    let s = Server::start_with(&["--disable", "all"]);
+    s.ok(&["run", "solo", "--image=busybox:1.36"]);
+    let pod = s.json(&["get", "pod", "solo"]);
+    assert_eq!(pod["status"]["phase"], "Pending");
+    assert_eq!(pod["status"]["qosClass"], "BestEffort");
+    // The main resource ignores status; the status subresource ignores everything else.
+    let mut changed = pod.clone();
+    changed["status"]["phase"] = serde_json::json!("Running");
+    changed["metadata"]["labels"]["extra"] = serde_json::json!("x");
+    let put = |path: &str, body: &Value| {
+        s.curl(
+            "PUT",
+            path,
+            Some("application/json"),
+            Some(body.to_string().as_bytes()),
+            Credentials::Admin,
+        )
+    };
+    let r = put("/api/v1/namespaces/default/pods/solo", &changed);
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert_eq!(r.json()["status"]["phase"], "Pending");
+    assert_eq!(r.json()["metadata"]["labels"]["extra"], "x");
+    let mut status_change = r.json();
+    status_change["status"]["phase"] = serde_json::json!("Running");
+    status_change["metadata"]["labels"]["extra"] = serde_json::json!("ignored");
+    let r = put(
+        "/api/v1/namespaces/default/pods/solo/status",
+        &status_change,
+    );
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert_eq!(r.json()["status"]["phase"], "Running");
+    assert_eq!(r.json()["metadata"]["labels"]["extra"], "x");
+    // Binding sets the node once; a second binding is a conflict.
+    let binding = serde_json::json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "solo"}, "target": {"kind": "Node", "name": "node-a"}});
+    let r = s.curl(
+        "POST",
+        "/api/v1/namespaces/default/pods/solo/binding",
+        Some("application/json"),
+        Some(binding.to_string().as_bytes()),
+        Credentials::Admin,
+    );
+    assert_eq!(r.code, 201, "{}", r.body);
+    let pod = s.json(&["get", "pod", "solo"]);
+    assert_eq!(pod["spec"]["nodeName"], "node-a");
+    assert!(pod["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "PodScheduled" && c["status"] == "True"));
+    let again = s.curl(
+        "POST",
+        "/api/v1/namespaces/default/pods/solo/binding",
+        Some("application/json"),
+        Some(binding.to_string().as_bytes()),
+        Credentials::Admin,
+    );
+    assert_eq!(again.code, 409, "{}", again.body);
+    // Eviction of an unbound pod deletes it at once.
+    s.ok(&["run", "evictme", "--image=busybox:1.36"]);
+    let eviction = serde_json::json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "evictme", "namespace": "default"}});
+    let r = s.curl(
+        "POST",
+        "/api/v1/namespaces/default/pods/evictme/eviction",
+        Some("application/json"),
+        Some(eviction.to_string().as_bytes()),
+        Credentials::Admin,
+    );
+    assert_eq!(r.code, 201, "{}", r.body);
+    assert!(!s.kubectl(&["get", "pod", "evictme"]).status.success());
+    // A bound pod is deleted gracefully: it stays, marked, until its kubelet finishes it.
+    s.ok(&["delete", "pod", "solo", "--wait=false"]);
+    let pod = s.json(&["get", "pod", "solo"]);
+    assert!(!pod["metadata"]["deletionTimestamp"].is_null());
+    assert_eq!(pod["metadata"]["deletionGracePeriodSeconds"], 30);
+    s.ok(&["delete", "pod", "solo", "--grace-period=0", "--force"]);
+    assert!(!s.kubectl(&["get", "pod", "solo"]).status.success());
+}
