@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 
 use crate::cgroup::Cgroup;
 use crate::error::{Result, ShimError, SysContext};
+use crate::logger::{CriLog, LineSplitter, Rotation};
 use crate::plan::{build_plan, load_spec, Plan};
 use crate::process::{spawn, InitHandle};
 use crate::state::{
@@ -32,6 +33,9 @@ pub struct Options {
     /// cgroup v2 directory under which `linux.cgroupsPath` is created;
     /// `None` leaves processes in the shim's cgroup.
     pub cgroup_root: Option<PathBuf>,
+    /// Container stdout/stderr to this file in CRI format (else inherited).
+    pub log_path: Option<PathBuf>,
+    pub log_rotation: Rotation,
 }
 
 impl Default for Options {
@@ -39,6 +43,8 @@ impl Default for Options {
         Options {
             root: PathBuf::from("/run/skiff/shim"),
             cgroup_root: None,
+            log_path: None,
+            log_rotation: Rotation::default(),
         }
     }
 }
@@ -75,6 +81,26 @@ fn prepare(opts: &Options, id: &str, bundle: &Path) -> Result<(StateDir, Plan)> 
 struct Created {
     init: InitHandle,
     cgroup: Option<Cgroup>,
+    io: Option<LogIo>,
+}
+
+/// The read ends of the container's stdout/stderr pipes and the log.
+struct LogIo {
+    log: CriLog,
+    pipes: Vec<(OwnedFd, LineSplitter)>,
+}
+
+fn pipe_pair(what: &str) -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).ctx("pipe2", what)
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
+    nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+    )
+    .map(|_| ())
+    .ctx("fcntl", "O_NONBLOCK")
 }
 
 fn spawn_container(opts: &Options, sd: &StateDir, plan: &Plan, monitor: Pid) -> Result<Created> {
@@ -84,10 +110,35 @@ fn spawn_container(opts: &Options, sd: &StateDir, plan: &Plan, monitor: Pid) -> 
             cgroup = Some(Cgroup::create(root, cp)?);
         }
         let cg = cgroup.clone();
-        let init = spawn(plan, &mut |pid| match &cg {
+        // With a log file the container writes into pipes that this
+        // process reads; stdin is /dev/null.
+        let mut child_ends = None;
+        let mut io = None;
+        if let Some(path) = &opts.log_path {
+            let log = CriLog::open(path, opts.log_rotation)?;
+            let (out_r, out_w) = pipe_pair("stdout")?;
+            let (err_r, err_w) = pipe_pair("stderr")?;
+            let null =
+                File::open("/dev/null").map_err(|e| ShimError::io("open", "/dev/null", e))?;
+            set_nonblocking(&out_r)?;
+            set_nonblocking(&err_r)?;
+            io = Some(LogIo {
+                log,
+                pipes: vec![
+                    (out_r, LineSplitter::new("stdout")),
+                    (err_r, LineSplitter::new("stderr")),
+                ],
+            });
+            child_ends = Some((OwnedFd::from(null), out_w, err_w));
+        }
+        let stdio = child_ends
+            .as_ref()
+            .map(|(i, o, e)| [i.as_raw_fd(), o.as_raw_fd(), e.as_raw_fd()]);
+        let init = spawn(plan, stdio, &mut |pid| match &cg {
             Some(c) => c.add(pid),
             None => Ok(()),
         })?;
+        drop(child_ends);
         let saved = Saved {
             oci_version: "1.0.2".to_string(),
             id: sd.id.clone(),
@@ -101,10 +152,10 @@ fn spawn_container(opts: &Options, sd: &StateDir, plan: &Plan, monitor: Pid) -> 
             cgroup_path: cgroup.as_ref().map(|c| c.path.clone()),
         };
         sd.save(&saved)?;
-        Ok(init)
+        Ok((init, io))
     })();
     match res {
-        Ok(init) => Ok(Created { init, cgroup }),
+        Ok((init, io)) => Ok(Created { init, cgroup, io }),
         Err(e) => {
             if let Some(c) = &cgroup {
                 let _ = c.remove();
@@ -144,6 +195,117 @@ fn wait_for_init(pid: Pid) -> ExitInfo {
             }
         }
     }
+}
+
+fn exit_info(ws: WaitStatus) -> Option<(Pid, ExitInfo)> {
+    match ws {
+        WaitStatus::Exited(p, code) => Some((
+            p,
+            ExitInfo {
+                exit_code: code,
+                signal: None,
+                finished: now_rfc3339(),
+            },
+        )),
+        WaitStatus::Signaled(p, sig, _) => Some((
+            p,
+            ExitInfo {
+                exit_code: 128 + sig as i32,
+                signal: Some(sig as i32),
+                finished: now_rfc3339(),
+            },
+        )),
+        _ => None,
+    }
+}
+
+/// Wait for the init while copying its output into the log. Stops once
+/// the init has exited and its pipes are drained (a process that kept a
+/// copy of them is not waited for).
+fn supervise(pid: Pid, io: Option<LogIo>) -> ExitInfo {
+    let Some(mut io) = io else {
+        return wait_for_init(pid);
+    };
+    let pidfd = pidfd_open(pid).ok();
+    let mut exit: Option<ExitInfo> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if exit.is_some() && io.pipes.is_empty() {
+            break;
+        }
+        let (ready, nready) = {
+            let mut fds: Vec<nix::poll::PollFd> = io
+                .pipes
+                .iter()
+                .map(|(fd, _)| nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN))
+                .collect();
+            if exit.is_none() {
+                if let Some(p) = &pidfd {
+                    fds.push(nix::poll::PollFd::new(
+                        p.as_fd(),
+                        nix::poll::PollFlags::POLLIN,
+                    ));
+                }
+            }
+            let timeout = if exit.is_some() {
+                nix::poll::PollTimeout::ZERO
+            } else if pidfd.is_none() {
+                nix::poll::PollTimeout::from(100u16)
+            } else {
+                nix::poll::PollTimeout::NONE
+            };
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(n) => (
+                    fds.iter()
+                        .map(|f| f.revents().map(|r| !r.is_empty()).unwrap_or(false))
+                        .collect::<Vec<_>>(),
+                    n,
+                ),
+                Err(Errno::EINTR) => continue,
+                Err(_) => (Vec::new(), 0),
+            }
+        };
+        // Read every ready pipe until it would block; EOF closes it.
+        for i in (0..io.pipes.len()).rev() {
+            if !ready.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            loop {
+                let (fd, splitter) = &mut io.pipes[i];
+                match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+                    Ok(0) => {
+                        let _ = splitter.finish(&mut io.log);
+                        io.pipes.remove(i);
+                        break;
+                    }
+                    Ok(n) => {
+                        let _ = splitter.feed(&buf[..n], &mut io.log);
+                    }
+                    Err(Errno::EINTR) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+        // Reap: the init, and orphans handed to us as subreaper.
+        while let Ok(ws) = waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+            match exit_info(ws) {
+                Some((p, info)) if p == pid => exit = Some(info),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        if exit.is_some() && nready == 0 {
+            break;
+        }
+    }
+    for (_, s) in io.pipes.iter_mut() {
+        let _ = s.finish(&mut io.log);
+    }
+    exit.unwrap_or(ExitInfo {
+        exit_code: 255,
+        signal: None,
+        finished: now_rfc3339(),
+    })
 }
 
 /// Reap whatever other children are already gone.
@@ -202,7 +364,7 @@ pub fn run(opts: &Options, id: &str, bundle: &Path) -> Result<i32> {
     let pid = c.init.pid;
     forward_signals_to(pid);
     let started = c.init.start();
-    let exit = wait_for_init(pid);
+    let exit = supervise(pid, c.io);
     reap_leftovers();
     if let Some(cg) = &c.cgroup {
         let _ = cg.kill_all(Signal::SIGKILL);
@@ -305,7 +467,7 @@ fn monitor(sd: &StateDir, c: Created, fifo: OwnedFd) -> ! {
         }
     }
     drop(init);
-    let exit = wait_for_init(pid);
+    let exit = supervise(pid, c.io);
     reap_leftovers();
     let _ = sd.save_exit(&exit);
     // SAFETY: end the monitor without unwinding into the caller's code.

@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod error;
+pub mod logger;
 pub mod plan;
 pub mod process;
 pub mod rootfs;

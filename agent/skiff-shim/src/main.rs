@@ -9,12 +9,14 @@ use skiff_shim::Options;
 
 const USAGE: &str = "usage: skiff-shim [--root DIR] [--cgroup-root DIR] COMMAND
 commands:
-  run    [--bundle|-b DIR] ID        create, start, wait, delete; exits with the container's code
-  create [--bundle|-b DIR] [--pid-file FILE] ID
+  run    [--bundle|-b DIR] [LOG] ID  create, start, wait, delete; exits with the container's code
+  create [--bundle|-b DIR] [--pid-file FILE] [LOG] ID
   start  ID
   state  ID
   kill   [--all|-a] ID [SIGNAL]     (default SIGTERM)
-  delete [--force|-f] ID";
+  delete [--force|-f] ID
+LOG: --log-path FILE [--log-max-size BYTES] [--log-max-files N]
+     container stdout/stderr to FILE in CRI format (default: inherited stdio)";
 
 struct Args {
     opts: Options,
@@ -106,16 +108,44 @@ fn bundle_of(vals: &[(String, String)]) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+const LOG_OPTS: &[&str] = &["--log-path", "--log-max-size", "--log-max-files"];
+
+/// Apply --log-path / --log-max-size / --log-max-files.
+fn with_log_opts(o: &Options, vals: &[(String, String)]) -> anyhow::Result<Options> {
+    let mut o = o.clone();
+    for (n, v) in vals {
+        match n.as_str() {
+            "--log-path" => o.log_path = Some(PathBuf::from(v)),
+            "--log-max-size" => {
+                o.log_rotation.max_size =
+                    v.parse().with_context(|| format!("--log-max-size {v}"))?
+            }
+            "--log-max-files" => {
+                o.log_rotation.max_files =
+                    v.parse().with_context(|| format!("--log-max-files {v}"))?
+            }
+            _ => {}
+        }
+    }
+    Ok(o)
+}
+
 fn real_main() -> anyhow::Result<i32> {
     let a = parse_global(std::env::args().collect())?;
     let o = &a.opts;
     match a.cmd.as_str() {
         "run" => {
-            let (v, _, p) = parse_cmd(a.rest, &["--bundle", "-b"], &[])?;
-            Ok(container::run(o, one_id(&p)?, &bundle_of(&v))?)
+            let (v, _, p) = parse_cmd(a.rest, &[&["--bundle", "-b"][..], LOG_OPTS].concat(), &[])?;
+            let o = with_log_opts(o, &v)?;
+            Ok(container::run(&o, one_id(&p)?, &bundle_of(&v))?)
         }
         "create" => {
-            let (v, _, p) = parse_cmd(a.rest, &["--bundle", "-b", "--pid-file"], &[])?;
+            let (v, _, p) = parse_cmd(
+                a.rest,
+                &[&["--bundle", "-b", "--pid-file"][..], LOG_OPTS].concat(),
+                &[],
+            )?;
+            let o = &with_log_opts(o, &v)?;
             let pid_file = v
                 .iter()
                 .find(|(n, _)| n == "--pid-file")

@@ -21,7 +21,7 @@
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -122,7 +122,14 @@ fn kill_and_reap(pid: Pid) {
 /// Clone the init process and run it up to the point where it waits for
 /// `start`. `place` runs in the shim after the clone and before the child
 /// sets anything up (cgroup placement).
-pub fn spawn(plan: &Plan, place: &mut dyn FnMut(Pid) -> Result<()>) -> Result<InitHandle> {
+///
+/// `stdio`, when given, becomes the init's descriptors 0, 1 and 2;
+/// otherwise it inherits the shim's.
+pub fn spawn(
+    plan: &Plan,
+    stdio: Option<[RawFd; 3]>,
+    place: &mut dyn FnMut(Pid) -> Result<()>,
+) -> Result<InitHandle> {
     let (clone_flags, _) = split_namespace_flags(plan);
     let (parent_sock, child_sock) = socketpair(
         AddressFamily::Unix,
@@ -152,7 +159,7 @@ pub fn spawn(plan: &Plan, place: &mut dyn FnMut(Pid) -> Result<()>) -> Result<In
     let pid = match forked? {
         None => {
             drop(parent_sock);
-            child_main(plan, child_sock)
+            child_main(plan, stdio, child_sock)
         }
         Some(pid) => pid,
     };
@@ -209,8 +216,17 @@ impl InitHandle {
 
 // ---------------------------------------------------------------- child side
 
-fn child_main(plan: &Plan, sock: OwnedFd) -> ! {
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| init(plan, sock.as_fd())));
+fn child_main(plan: &Plan, stdio: Option<[RawFd; 3]>, sock: OwnedFd) -> ! {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if let Some(fds) = stdio {
+            for (target, fd) in fds.iter().enumerate() {
+                // SAFETY: dup2 of descriptors we own onto 0, 1, 2.
+                let rc = unsafe { libc::dup2(*fd, target as i32) };
+                Errno::result(rc).ctx("dup2", format!("fd {fd} to {target}"))?;
+            }
+        }
+        init(plan, sock.as_fd())
+    }));
     let msg = match r {
         Ok(Ok(never)) => match never {},
         Ok(Err(e)) => e.to_string(),

@@ -659,3 +659,92 @@ fn home_comes_from_passwd() {
     assert_eq!(crate::process::home_of(pw, 1000), "/home/app");
     assert_eq!(crate::process::home_of(pw, 4242), "/");
 }
+
+fn read_log(p: &Path) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut it = l.splitn(4, ' ');
+            let ts = it.next().unwrap();
+            assert!(ts.ends_with('Z') && ts.len() == 30, "timestamp {ts}");
+            (
+                it.next().unwrap().to_string(),
+                it.next().unwrap().to_string(),
+                it.next().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn cri_log_lines_partials_and_long_lines() {
+    use crate::logger::{CriLog, LineSplitter, Rotation, MAX_LINE};
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("c/0.log");
+    let mut log = CriLog::open(
+        &p,
+        Rotation {
+            max_size: 0,
+            max_files: 1,
+        },
+    )
+    .unwrap();
+    let mut out = LineSplitter::new("stdout");
+    let mut err = LineSplitter::new("stderr");
+    out.feed(b"a\nb", &mut log).unwrap();
+    err.feed(b"oops\n", &mut log).unwrap();
+    out.feed(b"c\n\n", &mut log).unwrap();
+    let long = vec![b'x'; MAX_LINE + 10];
+    out.feed(&long, &mut log).unwrap();
+    out.feed(b"\ntail", &mut log).unwrap();
+    out.finish(&mut log).unwrap();
+    err.finish(&mut log).unwrap();
+    let recs = read_log(&p);
+    let want = [
+        ("stdout", "F", "a".to_string()),
+        ("stderr", "F", "oops".to_string()),
+        ("stdout", "F", "bc".to_string()),
+        ("stdout", "F", String::new()),
+        ("stdout", "P", "x".repeat(MAX_LINE)),
+        ("stdout", "F", "x".repeat(10)),
+        ("stdout", "F", "tail".to_string()),
+    ];
+    assert_eq!(recs.len(), want.len(), "{recs:?}");
+    for (r, w) in recs.iter().zip(want.iter()) {
+        assert_eq!((r.0.as_str(), r.1.as_str(), &r.2), (w.0, w.1, &w.2));
+    }
+}
+
+#[test]
+fn cri_log_rotates_by_size_and_count() {
+    use crate::logger::{CriLog, LineSplitter, Rotation};
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("0.log");
+    let mut log = CriLog::open(
+        &p,
+        Rotation {
+            max_size: 200,
+            max_files: 3,
+        },
+    )
+    .unwrap();
+    let mut out = LineSplitter::new("stdout");
+    for i in 0..20 {
+        out.feed(
+            format!("line number {i:03} with some padding\n").as_bytes(),
+            &mut log,
+        )
+        .unwrap();
+    }
+    let size = |s: &str| std::fs::metadata(d.path().join(s)).map(|m| m.len()).ok();
+    assert!(size("0.log").unwrap() <= 200);
+    assert!(size("0.log.1").unwrap() <= 200);
+    assert!(size("0.log.2").unwrap() <= 200);
+    assert_eq!(size("0.log.3"), None);
+    // The newest line is in the current file, older ones rotated out in order.
+    let cur = read_log(&p);
+    assert!(cur.last().unwrap().2.starts_with("line number 019"));
+    let older = read_log(&d.path().join("0.log.1"));
+    assert!(older.last().unwrap().2 < cur[0].2);
+}

@@ -487,3 +487,75 @@ fn cgroup_placement_under_given_root() {
     );
     let _ = std::fs::remove_dir(croot.join("pod1"));
 }
+
+fn cri_records(p: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let (ts, rest) = l.split_once(' ').unwrap();
+            assert!(
+                ts.ends_with('Z') && ts.contains('T'),
+                "bad timestamp in {l}"
+            );
+            rest.to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn cri_log_file_from_run_and_create() {
+    let Some(env) = Env::new("crilog") else {
+        return;
+    };
+    let b = env.bundle("l", sh("echo out1; echo err1 >&2; printf 'no newline'"));
+    let log = env.path().join("pods/ns_pod_uid/ctr/0.log");
+    let id = env.id(Rt::Skiff, "l");
+    let o = Env::output(
+        env.cmd(Rt::Skiff)
+            .arg("run")
+            .arg("--log-path")
+            .arg(&log)
+            .arg("-b")
+            .arg(&b)
+            .arg(&id),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout, "", "output must go to the log only");
+    let mut recs = cri_records(&log);
+    recs.sort();
+    assert_eq!(
+        recs,
+        vec!["stderr F err1", "stdout F no newline", "stdout F out1"]
+    );
+
+    // create/start: the monitor keeps logging after create returned.
+    let log2 = env.path().join("1.log");
+    let id2 = env.id(Rt::Skiff, "l2");
+    let c = Env::output(
+        env.cmd(Rt::Skiff)
+            .arg("create")
+            .arg("--log-path")
+            .arg(&log2)
+            .arg("-b")
+            .arg(&b)
+            .arg(&id2),
+    );
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    assert_eq!(
+        Env::output(env.cmd(Rt::Skiff).args(["start", &id2])).code,
+        0
+    );
+    for _ in 0..500 {
+        if cri_records(&log2).len() == 3 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut recs = cri_records(&log2);
+    recs.sort();
+    assert_eq!(
+        recs,
+        vec!["stderr F err1", "stdout F no newline", "stdout F out1"]
+    );
+}
