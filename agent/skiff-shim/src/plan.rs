@@ -128,10 +128,95 @@ pub struct ProcessPlan {
     pub oom_score_adj: Option<i32>,
 }
 
+/// Annotations that ask for an overlay rootfs: `root.path` becomes the
+/// mount point of an overlay of these directories, mounted inside the
+/// container's mount namespace (so it disappears with the container).
+pub const ANN_LOWER: &str = "io.skiff.rootfs.lowerdirs";
+pub const ANN_UPPER: &str = "io.skiff.rootfs.upperdir";
+pub const ANN_WORK: &str = "io.skiff.rootfs.workdir";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlay {
+    /// Lower layers, topmost first (overlayfs' order).
+    pub lower: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+}
+
+impl Overlay {
+    /// The mount data string.
+    pub fn data(&self) -> String {
+        let lower: Vec<String> = self.lower.iter().map(|p| p.display().to_string()).collect();
+        let mut d = format!("lowerdir={}", lower.join(":"));
+        if let (Some(u), Some(w)) = (&self.upper, &self.work) {
+            d.push_str(&format!(
+                ",upperdir={},workdir={}",
+                u.display(),
+                w.display()
+            ));
+        }
+        d
+    }
+}
+
+fn overlay_from(
+    bundle: &Path,
+    ann: &std::collections::HashMap<String, String>,
+) -> Result<Option<Overlay>> {
+    let Some(lower) = ann.get(ANN_LOWER) else {
+        if ann.contains_key(ANN_UPPER) || ann.contains_key(ANN_WORK) {
+            return Err(ShimError::spec(
+                format!("annotations.{ANN_LOWER}"),
+                "missing while upperdir/workdir are given",
+            ));
+        }
+        return Ok(None);
+    };
+    let check = |key: &str, p: &str| -> Result<PathBuf> {
+        let path = abs_in_bundle(bundle, Path::new(p));
+        let text = path.to_string_lossy();
+        if text.contains(',') || text.contains(':') {
+            return Err(ShimError::spec(
+                format!("annotations.{key}"),
+                format!("{text}: ',' and ':' are not allowed"),
+            ));
+        }
+        if !path.is_dir() {
+            return Err(ShimError::spec(
+                format!("annotations.{key}"),
+                format!("{text}: not a directory"),
+            ));
+        }
+        Ok(path)
+    };
+    let lower = lower
+        .split(':')
+        .filter(|l| !l.is_empty())
+        .map(|l| check(ANN_LOWER, l))
+        .collect::<Result<Vec<_>>>()?;
+    if lower.is_empty() {
+        return Err(ShimError::spec(format!("annotations.{ANN_LOWER}"), "empty"));
+    }
+    let upper = ann
+        .get(ANN_UPPER)
+        .map(|u| check(ANN_UPPER, u))
+        .transpose()?;
+    let work = ann.get(ANN_WORK).map(|w| check(ANN_WORK, w)).transpose()?;
+    if upper.is_some() != work.is_some() {
+        return Err(ShimError::spec(
+            format!("annotations.{ANN_WORK}"),
+            "upperdir and workdir go together",
+        ));
+    }
+    Ok(Some(Overlay { lower, upper, work }))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub bundle: PathBuf,
     pub rootfs: PathBuf,
+    /// Overlay mounted on `rootfs` instead of binding it onto itself.
+    pub overlay: Option<Overlay>,
     pub root_readonly: bool,
     pub namespaces: NamespacePlan,
     pub uid_mappings: Vec<IdMap>,
@@ -344,6 +429,7 @@ pub fn build_plan(bundle: &Path, spec: &Spec) -> Result<Plan> {
     }
 
     let linux = spec.linux().clone().unwrap_or_default();
+    let overlay = overlay_from(bundle, &spec.annotations().clone().unwrap_or_default())?;
 
     // Namespaces.
     let mut ns = NamespacePlan {
@@ -614,6 +700,7 @@ pub fn build_plan(bundle: &Path, spec: &Spec) -> Result<Plan> {
     Ok(Plan {
         bundle: bundle.to_path_buf(),
         rootfs,
+        overlay,
         root_readonly: root.readonly().unwrap_or(false),
         namespaces: ns,
         uid_mappings,

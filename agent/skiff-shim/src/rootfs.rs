@@ -177,13 +177,22 @@ pub fn prepare_rootfs(sys: &dyn Syscall, plan: &Plan, in_userns: bool) -> Result
         plan.rootfs_propagation
     };
     sys.mount(None, Path::new("/"), None, first, None)?;
-    sys.mount(
-        Some(rootfs),
-        rootfs,
-        Some("bind"),
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )?;
+    match &plan.overlay {
+        Some(o) => sys.mount(
+            Some(Path::new("overlay")),
+            rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(&o.data()),
+        )?,
+        None => sys.mount(
+            Some(rootfs),
+            rootfs,
+            Some("bind"),
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?,
+    }
     for m in &plan.mounts {
         mount_one(sys, rootfs, m, in_userns)?;
     }

@@ -748,3 +748,57 @@ fn cri_log_rotates_by_size_and_count() {
     let older = read_log(&d.path().join("0.log.1"));
     assert!(older.last().unwrap().2 < cur[0].2);
 }
+
+#[test]
+fn overlay_annotations_become_an_overlay_mount() {
+    let mut c = runc_like();
+    let b = Bundle::new(&c);
+    for d in ["l1", "l2", "up", "work"] {
+        std::fs::create_dir(b.path().join(d)).unwrap();
+    }
+    c["annotations"] = serde_json::json!({
+        crate::plan::ANN_LOWER: format!("l1:{}", b.path().join("l2").display()),
+        crate::plan::ANN_UPPER: "up",
+        crate::plan::ANN_WORK: "work",
+    });
+    std::fs::write(b.path().join("config.json"), c.to_string()).unwrap();
+    let p = b.plan().unwrap();
+    let o = p.overlay.clone().unwrap();
+    let bp = b.path();
+    assert_eq!(
+        o.data(),
+        format!(
+            "lowerdir={}:{},upperdir={},workdir={}",
+            bp.join("l1").display(),
+            bp.join("l2").display(),
+            bp.join("up").display(),
+            bp.join("work").display()
+        )
+    );
+    let fake = FakeSyscall::default();
+    prepare_rootfs(&fake, &p, false).unwrap();
+    assert_eq!(
+        fake.calls()[1],
+        Call::Mount {
+            source: Some("overlay".into()),
+            target: p.rootfs.clone(),
+            fstype: Some("overlay".into()),
+            flags: MsFlags::empty(),
+            data: Some(o.data()),
+        }
+    );
+    // Errors name the annotation.
+    c["annotations"][crate::plan::ANN_UPPER] = serde_json::json!("missing-up");
+    std::fs::write(b.path().join("config.json"), c.to_string()).unwrap();
+    let e = err_text(b.plan());
+    assert!(
+        e.contains("io.skiff.rootfs.upperdir") && e.contains("missing-up"),
+        "{e}"
+    );
+    c["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove(crate::plan::ANN_LOWER);
+    std::fs::write(b.path().join("config.json"), c.to_string()).unwrap();
+    assert!(err_text(b.plan()).contains("lowerdirs"));
+}

@@ -559,3 +559,51 @@ fn cri_log_file_from_run_and_create() {
         vec!["stderr F err1", "stdout F no newline", "stdout F out1"]
     );
 }
+
+#[test]
+fn overlay_rootfs_writes_go_to_upper() {
+    let Some(env) = Env::new("overlay") else {
+        return;
+    };
+    let mnt = env.path().join("merged");
+    let upper = env.path().join("upper");
+    let work = env.path().join("work");
+    for d in [&mnt, &upper, &work] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let mut c =
+        sh("echo new > /newfile; echo changed > /etc/hello; cat /etc/hello; ls /bin/busybox");
+    c["root"]["readonly"] = json!(false);
+    c["annotations"] = json!({
+        "io.skiff.rootfs.lowerdirs": env.rootfs(),
+        "io.skiff.rootfs.upperdir": upper,
+        "io.skiff.rootfs.workdir": work,
+    });
+    let b = env.bundle("o", c);
+    // bundle() points root.path at the shared rootfs: use the mount point.
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
+    cfg["root"]["path"] = json!(mnt);
+    std::fs::write(b.join("config.json"), cfg.to_string()).unwrap();
+    let before = host_mounts();
+    let o = env.run(Rt::Skiff, "o", &b);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout, "changed\n/bin/busybox\n");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("newfile")).unwrap(),
+        "new\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper.join("etc/hello")).unwrap(),
+        "changed\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.rootfs().join("etc/hello")).unwrap(),
+        "hello from the image\n"
+    );
+    assert!(
+        std::fs::read_dir(&mnt).unwrap().next().is_none(),
+        "overlay visible on the host"
+    );
+    assert_eq!(host_mounts(), before);
+}
