@@ -28,7 +28,7 @@ echo "== build"
 cargo build --workspace --bins
 
 echo "== tests (embedded store)"
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"
 
 echo "== end-to-end tests again, on a real etcd"
-SKIFF_E2E_DATASTORE=etcd cargo test -p skiff-e2e "$@"
+SKIFF_E2E_DATASTORE=etcd cargo test -p skiff-e2e --no-fail-fast "$@"

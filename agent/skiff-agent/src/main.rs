@@ -1,0 +1,130 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+use skiff_agent::{node, preflight};
+
+/// Skiff's node agent.
+#[derive(Parser, Debug)]
+#[command(name = "skiff-agent", version)]
+struct Args {
+    /// Credentials and address of the API server.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The address other nodes and the control plane reach this node at.
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: String,
+    /// State of this agent; several agents on one host each need their own.
+    #[arg(long, default_value = "/var/lib/skiff/agent")]
+    root_dir: PathBuf,
+    /// Refuse to start while swap is on, as kubelet does.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    fail_swap_on: bool,
+    /// Run on a cgroup v2 hierarchy that lacks cpu/memory/pids controllers (limits not enforced).
+    #[arg(long)]
+    allow_missing_cgroup_controllers: bool,
+    /// Extra node labels, `key=value,…`.
+    #[arg(long, value_delimiter = ',')]
+    node_labels: Vec<String>,
+    /// Reserved for the system: `cpu=500m,memory=1Gi`.
+    #[arg(long, default_value = "")]
+    system_reserved: String,
+}
+
+fn parse_reserved(s: &str) -> anyhow::Result<(u64, u64)> {
+    let (mut cpu, mut mem) = (0u64, 0u64);
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("--system-reserved: {part:?} is not key=value"))?;
+        match k {
+            "cpu" => {
+                cpu = match v.strip_suffix('m') {
+                    Some(m) => m.parse()?,
+                    None => (v.parse::<f64>()? * 1000.0) as u64,
+                }
+            }
+            "memory" => {
+                let (n, mult) = [("Ki", 1u64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30)]
+                    .iter()
+                    .find_map(|(suffix, m)| v.strip_suffix(suffix).map(|n| (n, *m)))
+                    .unwrap_or((v, 1));
+                mem = n.parse::<u64>()? * mult;
+            }
+            other => anyhow::bail!("--system-reserved: unknown resource {other:?} (cpu, memory)"),
+        }
+    }
+    Ok((cpu, mem))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let host = preflight::Host::default();
+    if args.fail_swap_on {
+        preflight::check_swap(&host)?;
+    }
+    let enforced = preflight::check_cgroups(&host, args.allow_missing_cgroup_controllers)?;
+    if !enforced {
+        tracing::warn!(
+            "cgroup v2 controllers cpu/memory/pids are missing: pods run without enforced limits"
+        );
+    }
+    std::fs::create_dir_all(&args.root_dir)
+        .with_context(|| format!("creating {}", args.root_dir.display()))?;
+    let name = args.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    });
+    let mut labels = BTreeMap::new();
+    for l in &args.node_labels {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--node-labels: {l:?} is not key=value"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
+        .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    let client = kube::Client::try_from(config)?;
+    let cfg = node::NodeConfig {
+        name,
+        ip: args.node_ip.clone(),
+        root_dir: args.root_dir.clone(),
+        labels,
+        system_reserved: parse_reserved(&args.system_reserved)?,
+        limits_enforced: enforced,
+    };
+    node::register_and_heartbeat(client, cfg).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_reserved;
+
+    #[test]
+    fn system_reserved() {
+        assert_eq!(parse_reserved("").unwrap(), (0, 0));
+        assert_eq!(
+            parse_reserved("cpu=500m,memory=1Gi").unwrap(),
+            (500, 1 << 30)
+        );
+        assert_eq!(parse_reserved("cpu=2").unwrap(), (2000, 0));
+        assert!(parse_reserved("gpu=1").is_err());
+        assert!(parse_reserved("cpu").is_err());
+    }
+}

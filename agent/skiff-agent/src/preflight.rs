@@ -1,0 +1,183 @@
+//! Checks made before the agent starts, like kubelet's: each failure names what was found
+//! and how to fix it.
+
+use std::path::{Path, PathBuf};
+
+/// Where the checks look; tests point these at fake files.
+pub struct Host {
+    pub proc_swaps: PathBuf,
+    /// The cgroup v2 mount: `/sys/fs/cgroup` on a unified host, `/sys/fs/cgroup/unified`
+    /// on a hybrid one (like this project's CI machine), none on a v1-only host.
+    pub cgroup_root: Option<PathBuf>,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        Self {
+            proc_swaps: "/proc/swaps".into(),
+            cgroup_root: cgroup2_mount(&mounts),
+        }
+    }
+}
+
+/// Where cgroup2 is mounted, from /proc/self/mounts; the canonical place wins if listed.
+pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
+    let found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .collect();
+    found
+        .iter()
+        .find(|p| *p == Path::new("/sys/fs/cgroup"))
+        .or(found.first())
+        .cloned()
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PreflightError {
+    #[error("swap is on ({0}); turn it off with `swapoff -a` and remove swap entries from /etc/fstab, or start with --fail-swap-on=false")]
+    SwapOn(String),
+    #[error("no cgroup v2 hierarchy is mounted{0}; boot with systemd.unified_cgroup_hierarchy=1")]
+    NoCgroupV2(String),
+    #[error("the cgroup v2 hierarchy at {root} lacks the controllers {missing:?}; limits cannot be enforced. Enable them (they may be bound to cgroup v1), or start with --allow-missing-cgroup-controllers to run pods without enforced limits")]
+    MissingControllers { root: String, missing: Vec<String> },
+}
+
+/// Active swap devices, from /proc/swaps (a header line, then one line per device).
+pub fn active_swap(swaps: &Path) -> Vec<String> {
+    std::fs::read_to_string(swaps)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+pub fn check_swap(host: &Host) -> Result<(), PreflightError> {
+    let devices = active_swap(&host.proc_swaps);
+    if devices.is_empty() {
+        Ok(())
+    } else {
+        Err(PreflightError::SwapOn(devices.join(", ")))
+    }
+}
+
+/// What the cgroup v2 hierarchy offers: `Err` if there is none, else the missing controllers.
+pub fn cgroup_controllers(host: &Host) -> Result<Vec<String>, PreflightError> {
+    let root = host
+        .cgroup_root
+        .as_ref()
+        .ok_or_else(|| PreflightError::NoCgroupV2(String::new()))?;
+    let file = root.join("cgroup.controllers");
+    let text = std::fs::read_to_string(&file).map_err(|_| {
+        PreflightError::NoCgroupV2(format!(" ({} has no cgroup.controllers)", root.display()))
+    })?;
+    let present: Vec<&str> = text.split_whitespace().collect();
+    Ok(["cpu", "memory", "pids"]
+        .iter()
+        .filter(|c| !present.contains(c))
+        .map(|c| c.to_string())
+        .collect())
+}
+
+/// Whether resource limits are enforced on this node; refuses to start where kubelet would.
+pub fn check_cgroups(host: &Host, allow_missing: bool) -> Result<bool, PreflightError> {
+    let missing = cgroup_controllers(host)?;
+    if missing.is_empty() {
+        return Ok(true);
+    }
+    if allow_missing {
+        return Ok(false);
+    }
+    let root = host
+        .cgroup_root
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    Err(PreflightError::MissingControllers { root, missing })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(dir: &Path, swaps: &str, controllers: Option<&str>) -> Host {
+        std::fs::write(dir.join("swaps"), swaps).unwrap();
+        let cg = dir.join("cgroup");
+        std::fs::create_dir_all(&cg).unwrap();
+        if let Some(c) = controllers {
+            std::fs::write(cg.join("cgroup.controllers"), c).unwrap();
+        }
+        Host {
+            proc_swaps: dir.join("swaps"),
+            cgroup_root: Some(cg),
+        }
+    }
+
+    #[test]
+    fn swap_refuses_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(
+            dir.path(),
+            "Filename Type Size Used Priority\n/swapfile file 1024 0 -2\n",
+            Some("cpu memory pids"),
+        );
+        let err = check_swap(&h).unwrap_err();
+        assert_eq!(err, PreflightError::SwapOn("/swapfile".into()));
+        assert!(err.to_string().contains("swapoff -a"));
+        let h = host(
+            dir.path(),
+            "Filename Type Size Used Priority\n",
+            Some("cpu memory pids"),
+        );
+        assert!(check_swap(&h).is_ok());
+    }
+
+    #[test]
+    fn cgroup_controllers_decide_enforcement() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = host(dir.path(), "", Some("cpuset cpu io memory pids"));
+        assert_eq!(check_cgroups(&full, false), Ok(true));
+        let bare = host(dir.path(), "", Some(""));
+        assert!(
+            matches!(check_cgroups(&bare, false), Err(PreflightError::MissingControllers { ref missing, .. }) if missing.len() == 3)
+        );
+        assert_eq!(check_cgroups(&bare, true), Ok(false));
+        let none_dir = tempfile::tempdir().unwrap();
+        let none = host(none_dir.path(), "", None);
+        assert!(matches!(
+            check_cgroups(&none, true),
+            Err(PreflightError::NoCgroupV2(_))
+        ));
+        let v1_only = Host {
+            proc_swaps: none.proc_swaps.clone(),
+            cgroup_root: None,
+        };
+        assert!(matches!(
+            check_cgroups(&v1_only, true),
+            Err(PreflightError::NoCgroupV2(_))
+        ));
+    }
+
+    #[test]
+    fn finds_the_cgroup2_mount() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_mount(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(
+            cgroup2_mount("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"),
+            None
+        );
+    }
+}
