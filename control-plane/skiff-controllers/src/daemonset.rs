@@ -22,8 +22,8 @@
 //! store, and node changes that matter for eligibility trigger every DaemonSet.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
@@ -67,20 +67,40 @@ pub async fn run(ctx: Arc<Context>) {
             Err(e) => Some(Err(e)),
         }
     });
-    // A pod event concerns the DaemonSet that controls the pod.
+    // A pod event concerns the DaemonSet that controls the pod; an orphan concerns every
+    // DaemonSet whose selector matches it (one of them may adopt it).
+    let pod_sets = sets.clone();
     let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
-        .filter_map(|event| async move {
+        .map(move |event| {
             let pod = match event {
                 Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::Delete(p)) => p,
-                Ok(_) => return None,
-                Err(e) => return Some(Err(e)),
+                Ok(_) => return Vec::new(),
+                Err(e) => return vec![Err(e)],
             };
-            let owner = podutil::controller_of(&pod)?;
-            (owner.kind == "DaemonSet" && owner.api_version.starts_with("apps/")).then(|| {
-                Ok(ObjectRef::new(&owner.name).within(&pod.namespace().unwrap_or_default()))
-            })
-        });
+            let ns = pod.namespace().unwrap_or_default();
+            match podutil::controller_of(&pod) {
+                Some(owner)
+                    if owner.kind == "DaemonSet" && owner.api_version.starts_with("apps/") =>
+                {
+                    vec![Ok(ObjectRef::new(&owner.name).within(&ns))]
+                }
+                Some(_) => Vec::new(),
+                None => pod_sets
+                    .state()
+                    .iter()
+                    .filter(|ds| ds.namespace().as_deref() == Some(ns.as_str()))
+                    .filter(|ds| {
+                        podutil::selector_matches(
+                            ds.spec.as_ref().map(|s| &s.selector),
+                            pod.labels(),
+                        )
+                    })
+                    .map(|ds| Ok(ObjectRef::from_obj(ds.as_ref())))
+                    .collect(),
+            }
+        })
+        .flat_map(futures::stream::iter);
     // A node change that can change eligibility concerns every DaemonSet; heartbeats do not.
     let all_sets = sets.clone();
     let mut seen: HashMap<String, String> = HashMap::new();
@@ -115,11 +135,46 @@ pub async fn run(ctx: Arc<Context>) {
     let queue =
         futures::stream::select_all([ds_events.boxed(), pod_events.boxed(), node_events.boxed()])
             .boxed();
+    let state = Arc::new(State {
+        nodes,
+        failed_backoff: Mutex::new(HashMap::new()),
+    });
     drive("daemonset", sets, queue, ctx, move |ds, ctx| {
-        let nodes = nodes.clone();
-        Box::pin(async move { reconcile(ds, ctx, nodes).await })
+        let state = state.clone();
+        Box::pin(async move { reconcile(ds, ctx, state).await })
     })
     .await;
+}
+
+struct State {
+    nodes: Store<Node>,
+    /// (daemonset uid, node) → (last failure handled, current delay): a node whose kubelet
+    /// keeps failing the daemon pod is not fought in a hot loop (kube's failedPodsBackoff).
+    failed_backoff: Mutex<HashMap<(String, String), (Instant, Duration)>>,
+}
+
+const FAILED_BACKOFF_START: Duration = Duration::from_secs(1);
+const FAILED_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
+
+impl State {
+    /// `None` when a failed pod on this node may be deleted now (and the backoff grows);
+    /// otherwise how long to wait.
+    fn failed_pod_delay(&self, key: (String, String), now: Instant) -> Option<Duration> {
+        let mut map = self.failed_backoff.lock().expect("backoff lock");
+        match map.get(&key).copied() {
+            Some((last, delay)) if now.duration_since(last) < delay => {
+                Some(delay - now.duration_since(last))
+            }
+            Some((_, delay)) => {
+                map.insert(key, (now, (delay * 2).min(FAILED_BACKOFF_MAX)));
+                None
+            }
+            None => {
+                map.insert(key, (now, FAILED_BACKOFF_START));
+                None
+            }
+        }
+    }
 }
 
 /// What about a node matters to daemon placement: labels, taints, cordon, readiness.
@@ -319,6 +374,8 @@ pub struct NodePlan {
     pub create_on: Vec<String>,
     /// Pods to delete, with why.
     pub delete: Vec<(String, &'static str)>,
+    /// Failed pods (pod, node): deleted unless that node's failures are in backoff.
+    pub failed: Vec<(String, String)>,
 }
 
 struct NodeState<'a> {
@@ -378,7 +435,9 @@ pub fn plan(
             if !should_continue {
                 out.delete.push((pod.name_any(), "node no longer eligible"));
             } else if phase == Some("Failed") {
-                out.delete.push((pod.name_any(), "failed"));
+                out.failed.push((pod.name_any(), name.clone()));
+            } else if phase == Some("Succeeded") {
+                out.delete.push((pod.name_any(), "succeeded"));
             } else {
                 running.push(pod);
             }
@@ -494,8 +553,9 @@ pub fn compute_status(
 async fn reconcile(
     ds: Arc<DaemonSet>,
     ctx: Arc<Context>,
-    nodes: Store<Node>,
+    state: Arc<State>,
 ) -> Result<Action, Error> {
+    let nodes = &state.nodes;
     if ds.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -519,20 +579,51 @@ async fn reconcile(
 
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let lp = ListParams::default().labels(&podutil::selector_query(Some(&ds_spec.selector)));
-    let pods: Vec<Pod> = pods_api
-        .list(&lp)
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| {
-            podutil::selector_matches(Some(&ds_spec.selector), p.labels())
-                && podutil::is_controlled_by(p, ds.as_ref())
-        })
-        .collect();
+    let mut pods: Vec<Pod> = Vec::new();
+    for pod in pods_api.list(&lp).await?.items {
+        if !podutil::selector_matches(Some(&ds_spec.selector), pod.labels()) {
+            continue;
+        }
+        if podutil::is_controlled_by(&pod, ds.as_ref()) {
+            pods.push(pod);
+        } else if podutil::controller_of(&pod).is_none() && !podutil::is_terminating(&pod) {
+            // An orphan matching the selector is adopted, as kube's ClaimPods does.
+            let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
+            refs.push(podutil::owner_reference(ds.as_ref()));
+            let patch = json!({"metadata": {"ownerReferences": refs, "uid": pod.uid()}});
+            match pods_api
+                .patch(
+                    &pod.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(adopted) => {
+                    tracing::info!(daemonset = %format!("{ns}/{name}"), pod = %adopted.name_any(), "adopted pod");
+                    pods.push(adopted);
+                }
+                Err(e) => tracing::debug!(pod = %pod.name_any(), error = %e, "adoption failed"),
+            }
+        }
+    }
     let all_nodes = nodes.state();
     let now = jiff::Timestamp::now();
-    let plan = plan(&ds, &spec, &hash, &all_nodes, &pods, now);
+    let mut plan = plan(&ds, &spec, &hash, &all_nodes, &pods, now);
     let ds_ref = reference(ds.as_ref());
+    let mut retry_after: Option<Duration> = None;
+    for (pod, node) in std::mem::take(&mut plan.failed) {
+        let key = (ds.uid().unwrap_or_default(), node.clone());
+        if let Some(wait) = state.failed_pod_delay(key, Instant::now()) {
+            retry_after = Some(retry_after.map_or(wait, |r| r.min(wait)));
+            continue;
+        }
+        let msg = format!("Found failed daemon pod {ns}/{pod} on node {node}, will try to kill it");
+        ctx.events
+            .record(&ds_ref, EventType::Warning, "FailedDaemonPod", &msg)
+            .await;
+        plan.delete.push((pod, "failed"));
+    }
 
     for (pod, why) in &plan.delete {
         match pods_api.delete(pod, &DeleteParams::default()).await {
@@ -626,6 +717,9 @@ async fn reconcile(
     }
     if let Some(e) = first_error {
         return Err(e.into());
+    }
+    if let Some(wait) = retry_after {
+        return Ok(Action::requeue(wait));
     }
     tracing::debug!(daemonset = %format!("{ns}/{name}"), revision, "synced");
     // Pods ready but not yet available for minReadySeconds: look again when they will be.
@@ -969,6 +1063,19 @@ mod tests {
             plan(&ds_all, &spec, "h1", &nodes, &pods, now).delete.len(),
             2
         );
+        // A failed pod is reported (deleted subject to backoff) and replaced at once.
+        let mut failed = pod("a1", "a", "h1", false, 1);
+        failed.status.as_mut().unwrap().phase = Some("Failed".into());
+        let p = plan(
+            &ds,
+            &spec,
+            "h1",
+            &nodes,
+            &[failed, pod("b1", "b", "h1", true, 1)],
+            now,
+        );
+        assert_eq!(p.failed, vec![("a1".to_string(), "a".to_string())]);
+        assert_eq!(p.create_on, vec!["a".to_string()]);
         // OnDelete leaves them.
         let mut on_delete = daemonset(None);
         on_delete.spec.as_mut().unwrap().update_strategy =
@@ -979,6 +1086,33 @@ mod tests {
         assert!(plan(&on_delete, &spec, "h1", &nodes, &pods, now)
             .delete
             .is_empty());
+    }
+
+    #[test]
+    fn failed_pods_back_off_per_node() {
+        let state = State {
+            nodes: reflector::store::<Node>().0,
+            failed_backoff: Mutex::new(HashMap::new()),
+        };
+        let key = || ("uid".to_string(), "a".to_string());
+        let t0 = Instant::now();
+        assert_eq!(state.failed_pod_delay(key(), t0), None);
+        assert!(state
+            .failed_pod_delay(key(), t0 + Duration::from_millis(500))
+            .is_some());
+        assert_eq!(
+            state.failed_pod_delay(key(), t0 + Duration::from_secs(1)),
+            None
+        );
+        // The delay doubled to 2 s.
+        assert!(state
+            .failed_pod_delay(key(), t0 + Duration::from_secs(2))
+            .is_some());
+        assert_eq!(
+            state.failed_pod_delay(key(), t0 + Duration::from_secs(3)),
+            None
+        );
+        assert_eq!(state.failed_pod_delay(("uid".into(), "b".into()), t0), None);
     }
 
     #[test]

@@ -146,7 +146,7 @@ async fn reconcile(
         })
         .collect();
     let refs: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
-    let subsets = desired_subsets(&svc, &refs);
+    let (subsets, truncated) = truncate(desired_subsets(&svc, &refs), MAX_ADDRESSES);
     let labels = desired_labels(&svc);
 
     let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &ns);
@@ -154,11 +154,13 @@ async fn reconcile(
         Some(mut current) => {
             let current_subsets = current.subsets.clone().unwrap_or_default();
             let current_labels = current.metadata.labels.clone().unwrap_or_default();
-            if current_subsets == subsets && current_labels == labels {
+            let marked = current.annotations().contains_key(OVER_CAPACITY_ANNOTATION);
+            if current_subsets == subsets && current_labels == labels && marked == truncated {
                 return Ok(Action::await_change());
             }
             current.subsets = Some(subsets).filter(|s| !s.is_empty());
             current.metadata.labels = Some(labels);
+            set_over_capacity(&mut current.metadata, truncated);
             api.replace(&name, &PostParams::default(), &current).await?;
             tracing::debug!(service = %format!("{ns}/{name}"), "endpoints updated");
         }
@@ -172,6 +174,8 @@ async fn reconcile(
                 },
                 subsets: Some(subsets).filter(|s| !s.is_empty()),
             };
+            let mut ep = ep;
+            set_over_capacity(&mut ep.metadata, truncated);
             match api.create(&PostParams::default(), &ep).await {
                 Ok(_) => tracing::debug!(service = %format!("{ns}/{name}"), "endpoints created"),
                 // Created meanwhile (by us before a restart, or by a user): compare next round.
@@ -183,6 +187,52 @@ async fn reconcile(
         }
     }
     Ok(Action::await_change())
+}
+
+/// kube's cap on addresses in one Endpoints object; the rest is only in EndpointSlices.
+pub const MAX_ADDRESSES: usize = 1000;
+pub const OVER_CAPACITY_ANNOTATION: &str = "endpoints.kubernetes.io/over-capacity";
+
+fn set_over_capacity(meta: &mut kube::api::ObjectMeta, truncated: bool) {
+    if truncated {
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .insert(OVER_CAPACITY_ANNOTATION.into(), "truncated".into());
+    } else if let Some(a) = meta.annotations.as_mut() {
+        a.remove(OVER_CAPACITY_ANNOTATION);
+    }
+}
+
+/// Keeps at most `max` addresses, ready ones first (in subset order), then not-ready ones;
+/// returns whether anything was cut.
+pub fn truncate(mut subsets: Vec<EndpointSubset>, max: usize) -> (Vec<EndpointSubset>, bool) {
+    let count = |v: &Option<Vec<EndpointAddress>>| v.as_ref().map_or(0, Vec::len);
+    let total: usize = subsets
+        .iter()
+        .map(|s| count(&s.addresses) + count(&s.not_ready_addresses))
+        .sum();
+    if total <= max {
+        return (subsets, false);
+    }
+    let mut budget = max;
+    for s in subsets.iter_mut() {
+        if let Some(a) = s.addresses.as_mut() {
+            a.truncate(budget);
+            budget -= a.len();
+        }
+    }
+    for s in subsets.iter_mut() {
+        if let Some(a) = s.not_ready_addresses.as_mut() {
+            a.truncate(budget);
+            budget -= a.len();
+        }
+    }
+    for s in subsets.iter_mut() {
+        s.addresses = s.addresses.take().filter(|a| !a.is_empty());
+        s.not_ready_addresses = s.not_ready_addresses.take().filter(|a| !a.is_empty());
+    }
+    subsets.retain(|s| s.addresses.is_some() || s.not_ready_addresses.is_some());
+    (subsets, true)
 }
 
 /// Whether this controller owns the Endpoints of `svc`: services with a selector, except the
@@ -730,6 +780,29 @@ pub(crate) mod tests {
         );
         assert_eq!(labels.get("team").map(String::as_str), Some("a"));
         assert!(!labels.contains_key(HEADLESS_LABEL));
+    }
+
+    #[test]
+    fn over_capacity_keeps_ready_addresses_first() {
+        let svc = service(json!([{"name": "http", "port": 80, "targetPort": 80}]));
+        let all: Vec<Pod> = (0..8)
+            .map(|i| {
+                pod(
+                    &format!("p{i}"),
+                    &format!("10.244.0.{}", i + 2),
+                    i % 2 == 0,
+                    false,
+                    json!([]),
+                )
+            })
+            .collect();
+        let refs: Vec<&Pod> = all.iter().collect();
+        let (subsets, cut) = truncate(desired_subsets(&svc, &refs), 5);
+        assert!(cut);
+        assert_eq!(subsets[0].addresses.as_ref().unwrap().len(), 4);
+        assert_eq!(subsets[0].not_ready_addresses.as_ref().unwrap().len(), 1);
+        let (_, cut) = truncate(desired_subsets(&svc, &refs), 8);
+        assert!(!cut);
     }
 
     #[test]

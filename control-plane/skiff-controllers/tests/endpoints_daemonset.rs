@@ -416,8 +416,8 @@ fn run_fake_kubelet(client: kube::Client) {
                 .as_ref()
                 .and_then(|s| s.node_name.as_ref())
                 .is_some();
-            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-            if bound && !running {
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            if bound && phase.is_none_or(|p| p == "Pending") {
                 next_ip += 1;
                 let ip = format!("10.244.{}.{}", next_ip / 250, next_ip % 250 + 2);
                 set_pod_status(&client, &ns, &name, &ip, true).await;
@@ -653,6 +653,95 @@ async fn daemonset_one_pod_per_eligible_node() {
     assert!(reasons.contains(&"SuccessfulDelete"), "{reasons:?}");
     let rollout = server.ok(&["rollout", "status", "daemonset/agent", "--timeout=20s"]);
     assert!(rollout.contains("successfully rolled out"), "{rollout}");
+
+    // kubectl reads the ControllerRevisions for history and applies one for undo.
+    let history = server.ok(&["rollout", "history", "daemonset/agent"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    server.ok(&["rollout", "undo", "daemonset/agent"]);
+    wait_for("rolled back to busybox:1", || {
+        let client = client.clone();
+        async move {
+            let pods = daemon_pods(&client).await;
+            let images: Vec<Option<String>> = pods
+                .values()
+                .flatten()
+                .map(|p| p.spec.as_ref().unwrap().containers[0].image.clone())
+                .collect();
+            (images.len() == 3 && images.iter().all(|i| i.as_deref() == Some("busybox:1")))
+                .then_some(())
+        }
+    })
+    .await;
+    let history = revisions
+        .list(&ListParams::default().labels("app=agent"))
+        .await
+        .unwrap();
+    let mut numbers: Vec<(i64, String)> = history
+        .items
+        .iter()
+        .map(|r| (r.revision, r.labels()["controller-revision-hash"].clone()))
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers.len(), 2);
+    assert_eq!(
+        numbers[1],
+        (3, old_hash.clone()),
+        "the old template became revision 3"
+    );
+
+    // The kubelet reports a daemon pod Failed: it is killed and replaced on its node.
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let victim = daemon_pods(&client).await["n2"][0].name_any();
+    pods_api
+        .patch_status(
+            &victim,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"phase": "Failed"}})),
+        )
+        .await
+        .unwrap();
+    wait_for("failed pod replaced on n2", || {
+        let client = client.clone();
+        let victim = victim.clone();
+        async move {
+            let pods = daemon_pods(&client).await;
+            let here = pods.get("n2")?;
+            (here.len() == 1 && here[0].name_any() != victim).then_some(())
+        }
+    })
+    .await;
+
+    // An orphan matching the selector is adopted; on a node the daemon may stay on but not be
+    // placed on (untolerated NoSchedule), it is kept and counted as misscheduled.
+    register_node(
+        &client,
+        "n6",
+        json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]),
+    )
+    .await;
+    let stray: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "stray", "labels": {"app": "agent"}},
+        "spec": {"nodeName": "n6", "containers": [{"name": "agent", "image": "busybox:1"}]}
+    }))
+    .unwrap();
+    pods_api
+        .create(&PostParams::default(), &stray)
+        .await
+        .unwrap();
+    wait_for("stray adopted and misscheduled", || {
+        let pods_api = pods_api.clone();
+        let sets = sets.clone();
+        async move {
+            let pod = pods_api.get("stray").await.ok()?;
+            let owner = pod.owner_references().first()?.clone();
+            let status = sets.get("agent").await.ok()?.status?;
+            (owner.kind == "DaemonSet"
+                && owner.controller == Some(true)
+                && status.number_misscheduled == 1)
+                .then_some(())
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
