@@ -1,5 +1,6 @@
 //! skiff-agent: Skiff's node agent. Today it checks the host, registers the node and keeps it
 //! alive (status and Lease); running pods arrives with the runtime integration.
 
+pub mod cni;
 pub mod node;
 pub mod preflight;

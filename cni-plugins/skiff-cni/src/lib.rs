@@ -65,7 +65,12 @@ pub fn dispatch(
     let result = match plugin {
         "bridge" => typed(plugins::bridge::run(&env, &conf, stdin)),
         "host-local" => typed(ipam::host_local::run(&env, &conf)),
-        "loopback" => typed(plugins::loopback::run(&env)),
+        // In a chain, loopback hands the previous plugin's result on (the spec asks every
+        // chained plugin to output prevResult); alone, it reports `lo`.
+        "loopback" => match (plugins::loopback::run(&env), conf.get("prevResult")) {
+            (Ok(_), Some(prev)) if env.command == Command::Add => Ok(Some(prev.clone())),
+            (result, _) => typed(result),
+        },
         // These hand on a result made elsewhere: passed through untouched,
         // so fields this crate does not model survive.
         "portmap" => plugins::portmap::run(&env, &conf),
