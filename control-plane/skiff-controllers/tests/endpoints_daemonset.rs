@@ -790,3 +790,80 @@ async fn every_namespace_gets_a_default_service_account() {
     let out = server.ok(&["get", "serviceaccounts", "-n", "team-b"]);
     assert!(out.contains("default"), "{out}");
 }
+
+/// The same controllers started by skiff-server itself (leader election, `spawn_one`), with
+/// the ones other tests cover turned off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skiff_server_runs_these_controllers() {
+    let server = tokio::task::spawn_blocking(|| {
+        Server::start_with(&[
+            "--disable",
+            "scheduler,replicaset,deployment,nodelifecycle,nodeipam",
+        ])
+    })
+    .await
+    .unwrap();
+    let client = client_for(&server).await;
+    run_fake_kubelet(client.clone());
+    register_node(&client, "n1", json!([])).await;
+    server.ok(&["create", "namespace", "shop"]);
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "shop");
+    wait_for("default service account in shop", || {
+        let accounts = accounts.clone();
+        async move { accounts.get_opt("default").await.ok().flatten() }
+    })
+    .await;
+
+    let manifest = r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent, namespace: shop}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers:
+      - name: agent
+        image: busybox
+        ports: [{name: metrics, containerPort: 9100}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: agent, namespace: shop}
+spec:
+  selector: {app: agent}
+  ports: [{name: metrics, port: 9100, targetPort: metrics}]
+"#;
+    let path = server.write_file("agent.yaml", manifest);
+    server.ok(&["apply", "-f", path.to_str().unwrap()]);
+    let eps: Api<Endpoints> = Api::namespaced(client.clone(), "shop");
+    let ep = wait_for("the daemon pod, ready, behind the service", || {
+        let eps = eps.clone();
+        async move {
+            let ep = eps.get_opt("agent").await.ok().flatten()?;
+            let ready = ep
+                .subsets
+                .iter()
+                .flatten()
+                .flat_map(|s| s.addresses.iter().flatten())
+                .count();
+            (ready == 1).then_some(ep)
+        }
+    })
+    .await;
+    assert_eq!(ep.subsets.unwrap()[0].ports.as_ref().unwrap()[0].port, 9100);
+    let slices = server.json(&[
+        "get",
+        "endpointslices",
+        "-n",
+        "shop",
+        "-l",
+        "kubernetes.io/service-name=agent",
+    ]);
+    let endpoints = &slices["items"][0]["endpoints"];
+    assert_eq!(endpoints[0]["conditions"]["ready"], true, "{slices}");
+    assert_eq!(endpoints[0]["nodeName"], "n1");
+    let ds = server.json(&["get", "daemonset", "agent", "-n", "shop"]);
+    assert_eq!(ds["status"]["desiredNumberScheduled"], 1, "{ds}");
+}
