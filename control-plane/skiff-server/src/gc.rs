@@ -131,12 +131,15 @@ fn owner_exists(server: &ApiServer, namespace: Option<&str>, reference: &Value) 
         .is_some_and(|o| meta(&o, "uid") == uid)
 }
 
-async fn remove_owner_reference(
+/// Drops the entries of a metadata list (`ownerReferences`, `finalizers`) that `unwanted`
+/// matches, on behalf of the garbage collector.
+async fn remove_from_metadata_list(
     server: &ApiServer,
     rt: &'static ResourceType,
     ns: Option<&str>,
     name: &str,
-    uid: &str,
+    list: &str,
+    unwanted: impl Fn(&Value) -> bool,
 ) -> Result<(), crate::api::status::ApiError> {
     let target = Target {
         rt,
@@ -144,16 +147,30 @@ async fn remove_owner_reference(
         name: Some(name.to_string()),
         subresource: None,
     };
+    let pointer = format!("/metadata/{list}");
     server
         .update_with(&target, &system_context(), name, |old| {
             let mut doc = old.clone();
-            if let Some(Value::Array(refs)) = doc.pointer_mut("/metadata/ownerReferences") {
-                refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
+            if let Some(Value::Array(items)) = doc.pointer_mut(&pointer) {
+                items.retain(|item| !unwanted(item));
             }
             Ok(doc)
         })
         .await
         .map(|_| ())
+}
+
+async fn remove_owner_reference(
+    server: &ApiServer,
+    rt: &'static ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    uid: &str,
+) -> Result<(), crate::api::status::ApiError> {
+    remove_from_metadata_list(server, rt, ns, name, "ownerReferences", |r| {
+        r.get("uid").and_then(Value::as_str) == Some(uid)
+    })
+    .await
 }
 
 async fn remove_finalizer(
@@ -163,22 +180,10 @@ async fn remove_finalizer(
     name: &str,
     finalizer: &str,
 ) -> Result<(), crate::api::status::ApiError> {
-    let target = Target {
-        rt,
-        namespace: ns.map(str::to_string),
-        name: Some(name.to_string()),
-        subresource: None,
-    };
-    server
-        .update_with(&target, &system_context(), name, |old| {
-            let mut doc = old.clone();
-            if let Some(Value::Array(f)) = doc.pointer_mut("/metadata/finalizers") {
-                f.retain(|x| x != &json!(finalizer));
-            }
-            Ok(doc)
-        })
-        .await
-        .map(|_| ())
+    remove_from_metadata_list(server, rt, ns, name, "finalizers", |f| {
+        f == &json!(finalizer)
+    })
+    .await
 }
 
 /// Works through the `orphan` and `foregroundDeletion` finalizers of an object being deleted.
