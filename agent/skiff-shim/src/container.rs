@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -22,8 +22,9 @@ use crate::logger::{CriLog, LineSplitter, Rotation};
 use crate::plan::{build_plan, load_spec, Plan};
 use crate::process::{spawn, InitHandle};
 use crate::state::{
-    now_rfc3339, process_alive, process_start_time, ExitInfo, Report, Saved, StateDir, Status,
+    now_rfc3339, process_alive, process_start_time, Report, Saved, StateDir, Status,
 };
+use crate::supervisor::{LogIo, Supervisor};
 
 /// Options shared by all commands.
 #[derive(Debug, Clone)]
@@ -82,12 +83,6 @@ struct Created {
     init: InitHandle,
     cgroup: Option<Cgroup>,
     io: Option<LogIo>,
-}
-
-/// The read ends of the container's stdout/stderr pipes and the log.
-struct LogIo {
-    log: CriLog,
-    pipes: Vec<(OwnedFd, LineSplitter)>,
 }
 
 fn pipe_pair(what: &str) -> Result<(OwnedFd, OwnedFd)> {
@@ -166,148 +161,6 @@ fn spawn_container(opts: &Options, sd: &StateDir, plan: &Plan, monitor: Pid) -> 
     }
 }
 
-/// Wait for `pid`, reaping any other child on the way (the shim is a
-/// subreaper). Returns the exit record.
-fn wait_for_init(pid: Pid) -> ExitInfo {
-    loop {
-        match waitpid(None::<Pid>, None) {
-            Ok(WaitStatus::Exited(p, code)) if p == pid => {
-                return ExitInfo {
-                    exit_code: code,
-                    signal: None,
-                    finished: now_rfc3339(),
-                }
-            }
-            Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => {
-                return ExitInfo {
-                    exit_code: 128 + sig as i32,
-                    signal: Some(sig as i32),
-                    finished: now_rfc3339(),
-                }
-            }
-            Ok(_) | Err(Errno::EINTR) => continue,
-            Err(_) => {
-                return ExitInfo {
-                    exit_code: 255,
-                    signal: None,
-                    finished: now_rfc3339(),
-                }
-            }
-        }
-    }
-}
-
-fn exit_info(ws: WaitStatus) -> Option<(Pid, ExitInfo)> {
-    match ws {
-        WaitStatus::Exited(p, code) => Some((
-            p,
-            ExitInfo {
-                exit_code: code,
-                signal: None,
-                finished: now_rfc3339(),
-            },
-        )),
-        WaitStatus::Signaled(p, sig, _) => Some((
-            p,
-            ExitInfo {
-                exit_code: 128 + sig as i32,
-                signal: Some(sig as i32),
-                finished: now_rfc3339(),
-            },
-        )),
-        _ => None,
-    }
-}
-
-/// Wait for the init while copying its output into the log. Stops once
-/// the init has exited and its pipes are drained (a process that kept a
-/// copy of them is not waited for).
-fn supervise(pid: Pid, io: Option<LogIo>) -> ExitInfo {
-    let Some(mut io) = io else {
-        return wait_for_init(pid);
-    };
-    let pidfd = pidfd_open(pid).ok();
-    let mut exit: Option<ExitInfo> = None;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if exit.is_some() && io.pipes.is_empty() {
-            break;
-        }
-        let (ready, nready) = {
-            let mut fds: Vec<nix::poll::PollFd> = io
-                .pipes
-                .iter()
-                .map(|(fd, _)| nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN))
-                .collect();
-            if exit.is_none() {
-                if let Some(p) = &pidfd {
-                    fds.push(nix::poll::PollFd::new(
-                        p.as_fd(),
-                        nix::poll::PollFlags::POLLIN,
-                    ));
-                }
-            }
-            let timeout = if exit.is_some() {
-                nix::poll::PollTimeout::ZERO
-            } else if pidfd.is_none() {
-                nix::poll::PollTimeout::from(100u16)
-            } else {
-                nix::poll::PollTimeout::NONE
-            };
-            match nix::poll::poll(&mut fds, timeout) {
-                Ok(n) => (
-                    fds.iter()
-                        .map(|f| f.revents().map(|r| !r.is_empty()).unwrap_or(false))
-                        .collect::<Vec<_>>(),
-                    n,
-                ),
-                Err(Errno::EINTR) => continue,
-                Err(_) => (Vec::new(), 0),
-            }
-        };
-        // Read every ready pipe until it would block; EOF closes it.
-        for i in (0..io.pipes.len()).rev() {
-            if !ready.get(i).copied().unwrap_or(false) {
-                continue;
-            }
-            loop {
-                let (fd, splitter) = &mut io.pipes[i];
-                match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
-                    Ok(0) => {
-                        let _ = splitter.finish(&mut io.log);
-                        io.pipes.remove(i);
-                        break;
-                    }
-                    Ok(n) => {
-                        let _ = splitter.feed(&buf[..n], &mut io.log);
-                    }
-                    Err(Errno::EINTR) => continue,
-                    Err(_) => break,
-                }
-            }
-        }
-        // Reap: the init, and orphans handed to us as subreaper.
-        while let Ok(ws) = waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-            match exit_info(ws) {
-                Some((p, info)) if p == pid => exit = Some(info),
-                Some(_) => {}
-                None => break,
-            }
-        }
-        if exit.is_some() && nready == 0 {
-            break;
-        }
-    }
-    for (_, s) in io.pipes.iter_mut() {
-        let _ = s.finish(&mut io.log);
-    }
-    exit.unwrap_or(ExitInfo {
-        exit_code: 255,
-        signal: None,
-        finished: now_rfc3339(),
-    })
-}
-
 /// Reap whatever other children are already gone.
 fn reap_leftovers() {
     while let Ok(s) = waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
@@ -363,8 +216,11 @@ pub fn run(opts: &Options, id: &str, bundle: &Path) -> Result<i32> {
     let c = spawn_container(opts, &sd, &plan, nix::unistd::getpid())?;
     let pid = c.init.pid;
     forward_signals_to(pid);
+    let mut sup = Supervisor::new(&sd, &plan, pid);
+    sup.cgroup = c.cgroup.clone();
+    sup.io = c.io;
     let started = c.init.start();
-    let exit = supervise(pid, c.io);
+    let exit = sup.run();
     reap_leftovers();
     if let Some(cg) = &c.cgroup {
         let _ = cg.kill_all(Signal::SIGKILL);
@@ -389,85 +245,10 @@ fn make_fifo(sd: &StateDir) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    let fd = Errno::result(r).ctx("pidfd_open", pid)?;
-    // SAFETY: a new fd owned by us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// The monitor's life after create: wait for `start` (a byte on the exec
-/// fifo) or for the init to die, then wait for the init and record it.
-fn monitor(sd: &StateDir, c: Created, fifo: OwnedFd) -> ! {
-    let pid = c.init.pid;
-    let pidfd = pidfd_open(pid).ok();
-    let mut init = Some(c.init);
-    let mut fifo = Some(fifo);
-    while let Some(f) = &fifo {
-        let mut fds = vec![nix::poll::PollFd::new(
-            f.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        if let Some(p) = &pidfd {
-            fds.push(nix::poll::PollFd::new(
-                p.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            ));
-        }
-        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16)) {
-            Err(Errno::EINTR) | Ok(0) => {
-                if pidfd.is_none()
-                    && !process_alive(pid.as_raw(), process_start_time(pid.as_raw()).unwrap_or(0))
-                {
-                    break;
-                }
-                continue;
-            }
-            Err(_) => break,
-            Ok(_) => {}
-        }
-        let dead = fds
-            .get(1)
-            .and_then(|p| p.revents())
-            .map(|r| !r.is_empty())
-            .unwrap_or(false);
-        if dead {
-            break;
-        }
-        let mut b = [0u8; 1];
-        match nix::unistd::read(f.as_raw_fd(), &mut b) {
-            Ok(1) => {
-                let r = init.take().expect("started once").start();
-                match r {
-                    Ok(()) => {
-                        let _ = sd.mark_started();
-                    }
-                    Err(e) => {
-                        let _ = std::fs::write(sd.dir.join("start-error"), e.to_string());
-                    }
-                }
-                let _ = std::fs::remove_file(sd.fifo());
-                fifo = None;
-            }
-            // A writer came and went without a byte: reopen to clear the hangup.
-            Ok(_) => {
-                fifo = None;
-                if let Ok(f) = nix::fcntl::open(
-                    &sd.fifo(),
-                    OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                ) {
-                    // SAFETY: fresh fd.
-                    fifo = Some(unsafe { OwnedFd::from_raw_fd(f) });
-                }
-            }
-            Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
-            Err(_) => fifo = None,
-        }
-    }
-    drop(init);
-    let exit = supervise(pid, c.io);
+/// The monitor's life after create: supervise until the init is gone,
+/// record its exit, leave.
+fn monitor(sd: &StateDir, sup: Supervisor<'_>) -> ! {
+    let exit = sup.run();
     reap_leftovers();
     let _ = sd.save_exit(&exit);
     // SAFETY: end the monitor without unwinding into the caller's code.
@@ -503,10 +284,16 @@ pub fn create(opts: &Options, id: &str, bundle: &Path, pid_file: Option<&Path>) 
                 });
             match res {
                 Ok((c, fifo)) => {
-                    let _ = wr.write_all(format!("O{}", c.init.pid).as_bytes());
+                    let pid = c.init.pid;
+                    // The control socket exists before `create` returns.
+                    let mut sup = Supervisor::new(&sd, &plan, pid);
+                    sup.cgroup = c.cgroup;
+                    sup.io = c.io;
+                    sup.pending = Some((c.init, fifo));
+                    let _ = wr.write_all(format!("O{pid}").as_bytes());
                     drop(wr);
                     redirect_stdio_to_null();
-                    monitor(&sd, c, fifo)
+                    monitor(&sd, sup)
                 }
                 Err(e) => {
                     let _ = sd.remove();

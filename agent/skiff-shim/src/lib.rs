@@ -5,11 +5,13 @@
 pub mod cgroup;
 pub mod container;
 pub mod error;
+pub mod exec;
 pub mod logger;
 pub mod plan;
 pub mod process;
 pub mod rootfs;
 pub mod state;
+pub mod supervisor;
 pub mod syscall;
 
 pub use container::Options;

@@ -15,6 +15,7 @@ commands:
   state  ID
   kill   [--all|-a] ID [SIGNAL]     (default SIGTERM)
   delete [--force|-f] ID
+  exec   [--timeout SECS] ID CMD [ARG...]   run CMD in the container (via the shim's socket)
 LOG: --log-path FILE [--log-max-size BYTES] [--log-max-files N]
      container stdout/stderr to FILE in CRI format (default: inherited stdio)";
 
@@ -179,6 +180,51 @@ fn real_main() -> anyhow::Result<i32> {
             let (_, f, p) = parse_cmd(a.rest, &[], &["--force", "-f"])?;
             container::delete(o, one_id(&p)?, !f.is_empty())?;
             Ok(0)
+        }
+        "exec" => {
+            // exec [--timeout SECS] ID CMD [ARG…]: through the shim's control socket.
+            let mut rest = a.rest.into_iter().peekable();
+            let mut timeout = 10u64;
+            while let Some(f) = rest.peek() {
+                match f.as_str() {
+                    "--timeout" => {
+                        rest.next();
+                        let v = rest.next().context("--timeout needs a value")?;
+                        timeout = v.parse().with_context(|| format!("--timeout {v}"))?;
+                    }
+                    "--" => {
+                        rest.next();
+                    }
+                    _ => break,
+                }
+            }
+            let id = rest.next().context("exec needs an id")?;
+            let args: Vec<String> = rest.filter(|a| a != "--").collect();
+            if args.is_empty() {
+                bail!("exec needs a command");
+            }
+            let req = skiff_shim::supervisor::Request::Exec {
+                args,
+                env: None,
+                cwd: None,
+                timeout_ms: Some(timeout * 1000),
+            };
+            let r = skiff_shim::supervisor::request(
+                &o.root,
+                &id,
+                &req,
+                std::time::Duration::from_secs(timeout + 5),
+            )?;
+            if !r.ok {
+                bail!("{}", r.error.unwrap_or_default());
+            }
+            let e = r.exec.context("no exec result")?;
+            print!("{}", e.stdout);
+            eprint!("{}", e.stderr);
+            if e.timed_out {
+                bail!("timed out after {timeout}s");
+            }
+            Ok(e.exit_code)
         }
         other => bail!("unknown command {other}\n{USAGE}"),
     }

@@ -254,7 +254,7 @@ fn become_root() -> Result<()> {
     nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).ctx("setresuid", 0)
 }
 
-fn prctl(op: libc::c_int, a: libc::c_ulong, what: &str) -> Result<()> {
+pub(crate) fn prctl(op: libc::c_int, a: libc::c_ulong, what: &str) -> Result<()> {
     // SAFETY: plain prctl with integer arguments.
     let r = unsafe {
         libc::prctl(
@@ -315,7 +315,7 @@ fn capset(c: &CapsPlan) -> Result<()> {
         .ctx("capset", format!("eff={e:#x} prm={p:#x} inh={i:#x}"))
 }
 
-fn apply_user_and_caps(plan: &Plan) -> Result<()> {
+pub(crate) fn apply_user_and_caps(plan: &Plan) -> Result<()> {
     let pr = &plan.process;
     if let Some(c) = &pr.caps {
         for cap in caps::read(None, caps::CapSet::Bounding)
@@ -359,6 +359,47 @@ fn apply_user_and_caps(plan: &Plan) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Give the new program default signal dispositions and an empty mask:
+/// ignored signals (the Rust runtime ignores SIGPIPE) and the shim's
+/// blocked SIGCHLD would otherwise survive execve.
+pub(crate) fn reset_signals() {
+    // The kernel's struct sigaction; the raw call also reaches the two
+    // real-time signals glibc reserves for itself.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: 0, // SIG_DFL
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: a valid sigaction for SIG_DFL; no old action requested.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            );
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
 }
 
 /// Resolve the program like execvp would, with PATH from the container's
@@ -466,6 +507,7 @@ fn init(plan: &Plan, sock: BorrowedFd<'_>) -> Result<Infallible> {
 
     send(sock, &[MSG_READY])?;
     wait_for(sock, MSG_START)?;
+    reset_signals();
     let e = nix::unistd::execve(&cexe, &args, &env).unwrap_err();
     Err(ShimError::sys("execve", exe.display(), e))
 }
@@ -481,7 +523,7 @@ pub fn home_of(passwd: &str, uid: u32) -> String {
         .unwrap_or_else(|| "/".to_string())
 }
 
-fn to_cstrings(field: &str, v: &[String]) -> Result<Vec<CString>> {
+pub(crate) fn to_cstrings(field: &str, v: &[String]) -> Result<Vec<CString>> {
     v.iter()
         .map(|s| {
             CString::new(s.as_bytes())

@@ -194,7 +194,18 @@ impl StateDir {
     pub fn report(&self) -> Result<Report> {
         let s = self.load()?;
         let status = self.status(&s);
-        let exit = self.exit();
+        let mut exit = self.exit();
+        // The init just died and its monitor is writing the record: give
+        // it a moment, so that "stopped" comes with the exit code.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        while status == Status::Stopped
+            && exit.is_none()
+            && process_alive(s.monitor_pid, s.monitor_start_time)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            exit = self.exit();
+        }
         Ok(Report {
             oci_version: s.oci_version.clone(),
             id: s.id.clone(),

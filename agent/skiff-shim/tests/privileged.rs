@@ -607,3 +607,139 @@ fn overlay_rootfs_writes_go_to_upper() {
     );
     assert_eq!(host_mounts(), before);
 }
+
+#[test]
+fn control_socket_state_exec_signal_kill_all() {
+    use skiff_shim::supervisor::{request, Request};
+    let Some(env) = Env::new("ctl") else { return };
+    let mut c = base_config(&["sleep", "30"]);
+    c["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    c["process"]["env"] = json!(["PATH=/bin", "MARK=ctl"]);
+    let b = env.bundle("c", c);
+    let root = env.state_root(Rt::Skiff);
+    let t = std::time::Duration::from_secs(10);
+    for (i, how) in ["signal", "kill-all"].iter().enumerate() {
+        let id = env.id(Rt::Skiff, &format!("c{i}"));
+        let cr = env.output_detached(env.cmd(Rt::Skiff).arg("create").arg("-b").arg(&b).arg(&id));
+        assert_eq!(cr.code, 0, "{}", cr.stderr);
+        let st = request(&root, &id, &Request::State, t).unwrap();
+        assert!(st.ok);
+        assert_eq!(st.state.unwrap().status, skiff_shim::state::Status::Created);
+        let early = request(
+            &root,
+            &id,
+            &Request::Exec {
+                args: vec!["true".into()],
+                env: None,
+                cwd: None,
+                timeout_ms: None,
+            },
+            t,
+        )
+        .unwrap();
+        assert!(!early.ok, "exec before start must fail");
+        assert_eq!(Env::output(env.cmd(Rt::Skiff).args(["start", &id])).code, 0);
+        // exec: same namespaces (hostname, pid 1 is sleep), same user, env.
+        let r = request(
+            &root,
+            &id,
+            &Request::Exec {
+                args: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "hostname; cat /proc/1/comm; id -u; echo $MARK; echo err >&2; exit 7".into(),
+                ],
+                env: None,
+                cwd: None,
+                timeout_ms: Some(5000),
+            },
+            t,
+        )
+        .unwrap();
+        assert!(r.ok, "{:?}", r.error);
+        let e = r.exec.unwrap();
+        assert_eq!(
+            (e.exit_code, e.stdout.as_str(), e.stderr.as_str()),
+            (7, "skiff-test\nsleep\n1000\nctl\n", "err\n")
+        );
+        // The CLI goes through the same socket.
+        let o = Env::output(env.cmd(Rt::Skiff).args(["exec", &id, "cat", "/etc/hello"]));
+        assert_eq!(
+            (o.code, o.stdout.as_str()),
+            (0, "hello from the image\n"),
+            "{}",
+            o.stderr
+        );
+        // A command that outlives its timeout is killed.
+        let r = request(
+            &root,
+            &id,
+            &Request::Exec {
+                args: vec!["sleep".into(), "5".into()],
+                env: None,
+                cwd: None,
+                timeout_ms: Some(200),
+            },
+            t,
+        )
+        .unwrap();
+        assert!(r.exec.unwrap().timed_out);
+        let req = if *how == "signal" {
+            Request::Signal { signal: 9 }
+        } else {
+            Request::KillAll { signal: 9 }
+        };
+        assert!(request(&root, &id, &req, t).unwrap().ok);
+        let mut status = String::new();
+        for _ in 0..500 {
+            let s = Env::output(env.cmd(Rt::Skiff).args(["state", &id]));
+            let v: serde_json::Value = serde_json::from_str(&s.stdout).unwrap();
+            status = v["status"].as_str().unwrap().to_string();
+            if status == "stopped" {
+                assert_eq!(v["exitCode"], 137);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(status, "stopped");
+        assert_eq!(
+            Env::output(env.cmd(Rt::Skiff).args(["delete", &id])).code,
+            0
+        );
+    }
+}
+
+#[test]
+fn diff_signal_dispositions() {
+    // The shim ignores SIGPIPE (Rust runtime) and blocks SIGCHLD; the
+    // container must start with defaults, as under runc and crun.
+    let Some(env) = Env::new("sigs") else { return };
+    // Only signals 1-31 are compared: runc leaves real-time signal 32
+    // ignored (the Go runtime cannot reset it), skiff-shim does not.
+    let norm = |s: &str| -> String {
+        s.lines()
+            .map(|l| match l.split_once(":\t") {
+                Some((k, v)) => {
+                    let bits = u64::from_str_radix(v.trim(), 16).unwrap_or(u64::MAX);
+                    format!("{k}:{:08x}", bits & 0x7fff_ffff)
+                }
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let outs = env.run_all("s", sh("grep -E '^Sig(Blk|Ign|Cgt)' /proc/self/status"));
+    let o = same_ok(&outs, norm);
+    // SIGQUIT is ignored by the shell itself; nothing else.
+    assert!(norm(&o.stdout).contains("SigIgn:00000004"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("SigBlk:\t0000000000000000"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("SigIgn:\t0000000000000004"),
+        "{}",
+        o.stdout
+    );
+}

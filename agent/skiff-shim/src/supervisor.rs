@@ -1,0 +1,415 @@
+//! The shim's life while its container exists: one poll loop over the
+//! init's pidfd, the exec fifo (waiting for `start`), the stdout/stderr
+//! pipes (CRI log) and the control socket `<root>/<id>/shim.sock`.
+//!
+//! Control protocol: one JSON request per connection, one JSON response
+//! line back (see [`Request`] and [`Response`]).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::Cgroup;
+use crate::error::{Result, ShimError, SysContext};
+use crate::logger::{CriLog, LineSplitter};
+use crate::plan::Plan;
+use crate::process::InitHandle;
+use crate::state::{now_rfc3339, ExitInfo, Report, StateDir};
+
+/// A request on the control socket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    State,
+    /// Signal the init process.
+    Signal {
+        signal: i32,
+    },
+    /// Signal every process of the container (its cgroup, or the init
+    /// when it has no cgroup).
+    KillAll {
+        signal: i32,
+    },
+    /// Run a process in all of the container's namespaces (and cgroup),
+    /// as the container's user with its capabilities; output is captured.
+    Exec {
+        args: Vec<String>,
+        #[serde(default)]
+        env: Option<Vec<String>>,
+        #[serde(default)]
+        cwd: Option<PathBuf>,
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<Report>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecResult>,
+}
+
+pub fn socket_path(sd: &StateDir) -> PathBuf {
+    sd.dir.join("shim.sock")
+}
+
+/// Send one request to the shim of container `id` under `root`.
+pub fn request(root: &Path, id: &str, req: &Request, timeout: Duration) -> Result<Response> {
+    let sd = StateDir::new(root, id)?;
+    let p = socket_path(&sd);
+    let mut s = UnixStream::connect(&p).map_err(|e| ShimError::io("connect", &p, e))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| ShimError::io("timeout", &p, e))?;
+    let mut line = serde_json::to_vec(req).expect("serialisable");
+    line.push(b'\n');
+    s.write_all(&line)
+        .map_err(|e| ShimError::io("write", &p, e))?;
+    let mut resp = String::new();
+    BufReader::new(s)
+        .read_line(&mut resp)
+        .map_err(|e| ShimError::io("read", &p, e))?;
+    serde_json::from_str(&resp)
+        .map_err(|e| ShimError::container(id, format!("bad reply from shim: {e}")))
+}
+
+/// The read ends of the container's stdout/stderr pipes and the log.
+pub struct LogIo {
+    pub log: CriLog,
+    pub pipes: Vec<(OwnedFd, LineSplitter)>,
+}
+
+pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let fd = Errno::result(r).ctx("pidfd_open", pid)?;
+    // SAFETY: a new fd owned by us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+pub fn exit_info(ws: WaitStatus) -> Option<(Pid, ExitInfo)> {
+    let (p, exit_code, signal) = match ws {
+        WaitStatus::Exited(p, code) => (p, code, None),
+        WaitStatus::Signaled(p, sig, _) => (p, 128 + sig as i32, Some(sig as i32)),
+        _ => return None,
+    };
+    Some((
+        p,
+        ExitInfo {
+            exit_code,
+            signal,
+            finished: now_rfc3339(),
+        },
+    ))
+}
+
+#[derive(Clone, Copy)]
+enum Src {
+    Pipe(usize),
+    Pidfd,
+    Fifo,
+    Listener,
+    Sigchld,
+}
+
+pub struct Supervisor<'a> {
+    pub sd: &'a StateDir,
+    pub plan: &'a Plan,
+    pub pid: Pid,
+    pub cgroup: Option<Cgroup>,
+    pub io: Option<LogIo>,
+    /// Create mode: the init waiting for `start`, and the exec fifo.
+    pub pending: Option<(InitHandle, OwnedFd)>,
+    listener: Option<UnixListener>,
+    pidfd: Option<OwnedFd>,
+    /// SIGCHLD as a descriptor: orphans handed to the shim (subreaper)
+    /// must be reaped even while the init lives, or a PID namespace whose
+    /// init is exiting waits for them forever.
+    sigchld: Option<nix::sys::signalfd::SignalFd>,
+}
+
+impl<'a> Supervisor<'a> {
+    pub fn new(sd: &'a StateDir, plan: &'a Plan, pid: Pid) -> Self {
+        let listener = UnixListener::bind(socket_path(sd)).ok();
+        if let Some(l) = &listener {
+            let _ = l.set_nonblocking(true);
+        }
+        let mut mask = nix::sys::signal::SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        let sigchld = mask.thread_block().ok().and_then(|_| {
+            nix::sys::signalfd::SignalFd::with_flags(
+                &mask,
+                nix::sys::signalfd::SfdFlags::SFD_NONBLOCK
+                    | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+            )
+            .ok()
+        });
+        Supervisor {
+            sigchld,
+            sd,
+            plan,
+            pid,
+            cgroup: None,
+            io: None,
+            pending: None,
+            listener,
+            pidfd: pidfd_open(pid).ok(),
+        }
+    }
+
+    /// Loop until the init has exited and its output is drained.
+    pub fn run(mut self) -> ExitInfo {
+        let mut exit: Option<ExitInfo> = None;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let pipes_left = self.io.as_ref().map(|i| i.pipes.len()).unwrap_or(0);
+            if exit.is_some() && pipes_left == 0 {
+                break;
+            }
+            let (ready, nready) = {
+                let mut srcs = Vec::new();
+                let mut fds = Vec::new();
+                if let Some(io) = &self.io {
+                    for (i, (fd, _)) in io.pipes.iter().enumerate() {
+                        srcs.push(Src::Pipe(i));
+                        fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                    }
+                }
+                if exit.is_none() {
+                    if let Some(p) = &self.pidfd {
+                        srcs.push(Src::Pidfd);
+                        fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+                    }
+                    if let Some((_, f)) = &self.pending {
+                        srcs.push(Src::Fifo);
+                        fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+                    }
+                    if let Some(l) = &self.listener {
+                        srcs.push(Src::Listener);
+                        fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+                    }
+                    if let Some(sfd) = &self.sigchld {
+                        srcs.push(Src::Sigchld);
+                        fds.push(PollFd::new(sfd.as_fd(), PollFlags::POLLIN));
+                    }
+                }
+                let timeout = if exit.is_some() {
+                    PollTimeout::ZERO
+                } else if self.pidfd.is_none() {
+                    PollTimeout::from(100u16)
+                } else {
+                    PollTimeout::NONE
+                };
+                match nix::poll::poll(&mut fds, timeout) {
+                    Ok(n) => {
+                        let r: Vec<Src> = fds
+                            .iter()
+                            .zip(srcs.iter())
+                            .filter(|(f, _)| f.revents().map(|r| !r.is_empty()).unwrap_or(false))
+                            .map(|(_, s)| *s)
+                            .collect();
+                        (r, n)
+                    }
+                    Err(Errno::EINTR) => continue,
+                    Err(_) => (Vec::new(), 0),
+                }
+            };
+            // Pipes in reverse index order, so removals keep indices valid.
+            let mut pipe_idx: Vec<usize> = ready
+                .iter()
+                .filter_map(|s| if let Src::Pipe(i) = s { Some(*i) } else { None })
+                .collect();
+            pipe_idx.sort_unstable_by(|a, b| b.cmp(a));
+            for i in pipe_idx {
+                self.drain_pipe(i, &mut buf);
+            }
+            for s in &ready {
+                match s {
+                    Src::Fifo => self.on_fifo(),
+                    Src::Listener => self.on_connection(),
+                    Src::Sigchld => {
+                        if let Some(sfd) = &mut self.sigchld {
+                            while let Ok(Some(_)) = sfd.read_signal() {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            // Reap: the init, and orphans handed to us as subreaper.
+            while let Ok(ws) = waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                match exit_info(ws) {
+                    Some((p, info)) if p == self.pid => exit = Some(info),
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            if exit.is_some() && nready == 0 {
+                break;
+            }
+        }
+        if let Some(io) = &mut self.io {
+            for (_, s) in io.pipes.iter_mut() {
+                let _ = s.finish(&mut io.log);
+            }
+        }
+        let _ = std::fs::remove_file(socket_path(self.sd));
+        exit.unwrap_or(ExitInfo {
+            exit_code: 255,
+            signal: None,
+            finished: now_rfc3339(),
+        })
+    }
+
+    fn drain_pipe(&mut self, i: usize, buf: &mut [u8]) {
+        let Some(io) = &mut self.io else { return };
+        loop {
+            let (fd, splitter) = &mut io.pipes[i];
+            match nix::unistd::read(fd.as_raw_fd(), buf) {
+                Ok(0) => {
+                    let _ = splitter.finish(&mut io.log);
+                    io.pipes.remove(i);
+                    return;
+                }
+                Ok(n) => {
+                    let _ = splitter.feed(&buf[..n], &mut io.log);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// A byte on the exec fifo: `start` was called.
+    fn on_fifo(&mut self) {
+        let Some((init, fifo)) = self.pending.take() else {
+            return;
+        };
+        let mut b = [0u8; 1];
+        match nix::unistd::read(fifo.as_raw_fd(), &mut b) {
+            Ok(1) => {
+                match init.start() {
+                    Ok(()) => {
+                        let _ = self.sd.mark_started();
+                    }
+                    Err(e) => {
+                        let _ = std::fs::write(self.sd.dir.join("start-error"), e.to_string());
+                    }
+                }
+                let _ = std::fs::remove_file(self.sd.fifo());
+            }
+            Ok(_) => {
+                // A writer came and went without a byte: reopen to clear
+                // the hangup, keep waiting.
+                drop(fifo);
+                if let Ok(f) = nix::fcntl::open(
+                    &self.sd.fifo(),
+                    nix::fcntl::OFlag::O_RDONLY
+                        | nix::fcntl::OFlag::O_NONBLOCK
+                        | nix::fcntl::OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::empty(),
+                ) {
+                    // SAFETY: fresh fd.
+                    self.pending = Some((init, unsafe { OwnedFd::from_raw_fd(f) }));
+                }
+            }
+            Err(_) => self.pending = Some((init, fifo)),
+        }
+    }
+
+    fn on_connection(&mut self) {
+        let Some(l) = &self.listener else { return };
+        let Ok((stream, _)) = l.accept() else { return };
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut line = String::new();
+        let mut reader = BufReader::new(&stream);
+        let resp = match reader.read_line(&mut line) {
+            Ok(_) => match serde_json::from_str::<Request>(&line) {
+                Ok(req) => self.handle(req),
+                Err(e) => Err(ShimError::spec("request", e.to_string())),
+            },
+            Err(e) => Err(ShimError::io("read", "control socket", e)),
+        };
+        let resp = resp.unwrap_or_else(|e| Response {
+            ok: false,
+            error: Some(e.to_string()),
+            ..Default::default()
+        });
+        let mut out = serde_json::to_vec(&resp).expect("serialisable");
+        out.push(b'\n');
+        let _ = (&stream).write_all(&out);
+    }
+
+    fn handle(&mut self, req: Request) -> Result<Response> {
+        let ok = Response {
+            ok: true,
+            ..Default::default()
+        };
+        match req {
+            Request::State => Ok(Response {
+                state: Some(self.sd.report()?),
+                ..ok
+            }),
+            Request::Signal { signal } => {
+                let sig = Signal::try_from(signal).ctx("signal", signal)?;
+                kill(self.pid, sig).ctx("kill", self.pid)?;
+                Ok(ok)
+            }
+            Request::KillAll { signal } => {
+                let sig = Signal::try_from(signal).ctx("signal", signal)?;
+                match &self.cgroup {
+                    Some(c) => c.kill_all(sig)?,
+                    None => kill(self.pid, sig).ctx("kill", self.pid)?,
+                }
+                Ok(ok)
+            }
+            Request::Exec {
+                args,
+                env,
+                cwd,
+                timeout_ms,
+            } => {
+                if self.pending.is_some() {
+                    return Err(ShimError::container(&self.sd.id, "exec before start"));
+                }
+                if args.is_empty() {
+                    return Err(ShimError::spec("exec.args", "empty"));
+                }
+                let r = crate::exec::exec_captured(
+                    self.pid,
+                    self.plan,
+                    self.cgroup.as_ref(),
+                    &args,
+                    env.as_deref(),
+                    cwd.as_deref(),
+                    Instant::now() + Duration::from_millis(timeout_ms.unwrap_or(10_000)),
+                )?;
+                Ok(Response {
+                    exec: Some(r),
+                    ..ok
+                })
+            }
+        }
+    }
+}
