@@ -14,8 +14,10 @@
 //!
 //! Updates: each template gets a ControllerRevision named `<ds>-<hash>` (the hash from
 //! `podutil::template_hash`), and pods carry it as `controller-revision-hash`. RollingUpdate
-//! replaces pods of other hashes, never making more than `maxUnavailable` nodes unavailable;
-//! OnDelete leaves old pods until someone deletes them.
+//! replaces pods of other hashes, never making more than `maxUnavailable` nodes unavailable,
+//! or with `maxSurge` starts the new pod next to the old one and removes the old one once the
+//! new one is available; OnDelete leaves old pods until someone deletes them. Orphans matching
+//! the selector are adopted; failed pods are replaced, their deletion backed off per node.
 //!
 //! Pods are listed from the API server at each reconcile (it reads its own writes, so a pod
 //! created by the previous pass is always seen and never doubled); nodes come from a reflector
@@ -348,21 +350,38 @@ pub fn node_should_run(spec: &PodSpec, node: &Node) -> (bool, bool) {
 
 /// `maxUnavailable` as a count of nodes (percentages round up, as kube's), at least 1.
 pub fn max_unavailable(ds: &DaemonSet, desired: i32) -> i32 {
-    let value = ds
+    rolling_budget(ds, desired).1
+}
+
+fn scaled(value: &IntOrString, desired: i32) -> i32 {
+    match value {
+        IntOrString::Int(n) => (*n).max(0),
+        IntOrString::String(s) => {
+            let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
+            ((pct.max(0) * desired as i64 + 99) / 100) as i32
+        }
+    }
+}
+
+/// (maxSurge, maxUnavailable) in nodes; percentages round up. Both zero would stall the
+/// rollout, so maxUnavailable is then 1 (kube's validation forbids that combination anyway).
+pub fn rolling_budget(ds: &DaemonSet, desired: i32) -> (i32, i32) {
+    let rolling = ds
         .spec
         .as_ref()
         .and_then(|s| s.update_strategy.as_ref())
-        .and_then(|u| u.rolling_update.as_ref())
-        .and_then(|r| r.max_unavailable.clone())
-        .unwrap_or(IntOrString::Int(1));
-    let n = match value {
-        IntOrString::Int(n) => n,
-        IntOrString::String(s) => {
-            let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
-            ((pct * desired as i64 + 99) / 100) as i32
-        }
-    };
-    n.max(1)
+        .and_then(|u| u.rolling_update.as_ref());
+    let surge = rolling
+        .and_then(|r| r.max_surge.as_ref())
+        .map_or(0, |v| scaled(v, desired));
+    let unavailable = rolling
+        .and_then(|r| r.max_unavailable.as_ref())
+        .map_or(1, |v| scaled(v, desired));
+    if surge == 0 && unavailable == 0 {
+        (0, 1)
+    } else {
+        (surge, unavailable)
+    }
 }
 
 // ---- the sync ----
@@ -379,9 +398,11 @@ pub struct NodePlan {
 }
 
 struct NodeState<'a> {
+    name: String,
     should_run: bool,
-    /// The daemon pod that stays on the node (the oldest running one).
-    pod: Option<&'a Pod>,
+    /// The daemon pods that stay on the node, oldest first: one, or during a surge one old
+    /// and one new.
+    kept: Vec<&'a Pod>,
 }
 
 fn created(pod: &Pod) -> (i64, String) {
@@ -423,6 +444,17 @@ pub fn plan(
             .unwrap_or("");
         by_node.entry(node).or_default().push(pod);
     }
+    let rolling = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref())
+        .and_then(|u| u.type_.as_deref())
+        .is_none_or(|t| t == "RollingUpdate");
+    let eligible = nodes.iter().filter(|n| node_should_run(spec, n).0).count() as i32;
+    let (max_surge, max_unavailable) = rolling_budget(ds, eligible);
+    let surging = rolling && max_surge > 0;
+    let available = |p: &Pod| podutil::is_available(p, min_ready, now);
+
     let mut states: Vec<NodeState> = Vec::new();
     for node in nodes {
         let name = node.name_any();
@@ -442,16 +474,34 @@ pub fn plan(
                 running.push(pod);
             }
         }
-        // More than one pod on a node: the oldest stays.
-        for extra in running.iter().skip(1) {
-            out.delete.push((extra.name_any(), "duplicate on node"));
+        let kept = if surging {
+            // Surge allows the oldest new pod next to the oldest old one while the new one
+            // is not ready yet; everything else goes (kube's podsShouldBeOnNode).
+            let new = running.iter().copied().find(|p| pod_hash(p) == Some(hash));
+            let old = running.iter().copied().find(|p| pod_hash(p) != Some(hash));
+            let mut kept: Vec<&Pod> = Vec::new();
+            match (new, old) {
+                (Some(n), Some(o)) if !podutil::is_ready(o) || podutil::is_ready(n) => kept.push(n),
+                (n, o) => kept.extend(o.into_iter().chain(n)),
+            }
+            kept.sort_by_key(|p| created(p));
+            kept
+        } else {
+            running.first().copied().into_iter().collect()
+        };
+        for pod in running
+            .iter()
+            .filter(|p| !kept.iter().any(|k| std::ptr::eq(*k, **p)))
+        {
+            out.delete.push((pod.name_any(), "duplicate on node"));
         }
         if should_run && running.is_empty() {
             out.create_on.push(name.clone());
         }
         states.push(NodeState {
+            name,
             should_run,
-            pod: running.first().copied(),
+            kept,
         });
     }
     // Pods on nodes that are gone (or were never given one).
@@ -460,38 +510,56 @@ pub fn plan(
             out.delete.push((pod.name_any(), "node does not exist"));
         }
     }
+    if !rolling {
+        return out;
+    }
 
-    let rolling = ds
-        .spec
-        .as_ref()
-        .and_then(|s| s.update_strategy.as_ref())
-        .and_then(|u| u.type_.as_deref())
-        .is_none_or(|t| t == "RollingUpdate");
-    if rolling {
-        let desired = states.iter().filter(|s| s.should_run).count() as i32;
-        let budget = max_unavailable(ds, desired);
-        let available = |p: &Pod| podutil::is_available(p, min_ready, now);
-        let mut unavailable = states
-            .iter()
-            .filter(|s| s.should_run && s.pod.is_none_or(|p| !available(p)))
-            .count() as i32;
-        let old: Vec<&Pod> = states
-            .iter()
-            .filter(|s| s.should_run)
-            .filter_map(|s| s.pod)
-            .filter(|p| pod_hash(p) != Some(hash))
-            .collect();
-        // Old pods that are down anyway go first and cost nothing.
-        for pod in old.iter().filter(|p| !available(p)) {
-            out.delete.push((pod.name_any(), "outdated"));
-        }
-        for pod in old.iter().filter(|p| available(p)) {
-            if unavailable >= budget {
-                break;
+    if surging {
+        // kube's rollingUpdate with surge: a new pod next to each old one, at most maxSurge
+        // at a time (unavailable old pods are replaced regardless); an old pod goes once its
+        // replacement is available.
+        let mut surge = 0;
+        let mut candidates: Vec<String> = Vec::new();
+        for st in states.iter().filter(|s| s.should_run) {
+            let new = st.kept.iter().copied().find(|p| pod_hash(p) == Some(hash));
+            let old = st.kept.iter().copied().find(|p| pod_hash(p) != Some(hash));
+            match (new, old) {
+                (_, None) => {}
+                (None, Some(o)) if !available(o) => out.create_on.push(st.name.clone()),
+                (None, Some(_)) if surge < max_surge => {
+                    surge += 1;
+                    out.create_on.push(st.name.clone());
+                }
+                (None, Some(_)) => candidates.push(st.name.clone()),
+                (Some(n), Some(_)) if !available(n) => surge += 1,
+                (Some(_), Some(o)) => out.delete.push((o.name_any(), "outdated")),
             }
-            out.delete.push((pod.name_any(), "outdated"));
-            unavailable += 1;
         }
+        let room = (max_surge - surge).max(0) as usize;
+        out.create_on.extend(candidates.into_iter().take(room));
+        return out;
+    }
+
+    let mut unavailable = states
+        .iter()
+        .filter(|s| s.should_run && s.kept.first().is_none_or(|p| !available(p)))
+        .count() as i32;
+    let old: Vec<&Pod> = states
+        .iter()
+        .filter(|s| s.should_run)
+        .filter_map(|s| s.kept.first().copied())
+        .filter(|p| pod_hash(p) != Some(hash))
+        .collect();
+    // Old pods that are down anyway go first and cost nothing.
+    for pod in old.iter().filter(|p| !available(p)) {
+        out.delete.push((pod.name_any(), "outdated"));
+    }
+    for pod in old.iter().filter(|p| available(p)) {
+        if unavailable >= max_unavailable {
+            break;
+        }
+        out.delete.push((pod.name_any(), "outdated"));
+        unavailable += 1;
     }
     out
 }
@@ -1086,6 +1154,55 @@ mod tests {
         assert!(plan(&on_delete, &spec, "h1", &nodes, &pods, now)
             .delete
             .is_empty());
+    }
+
+    #[test]
+    fn surge_rolls_one_new_pod_at_a_time() {
+        let mut ds = daemonset(None);
+        ds.spec.as_mut().unwrap().update_strategy =
+            Some(k8s_openapi::api::apps::v1::DaemonSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(k8s_openapi::api::apps::v1::RollingUpdateDaemonSet {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            });
+        assert_eq!(rolling_budget(&ds, 2), (1, 0));
+        let spec = with_tolerations(PodSpec::default());
+        let now = jiff::Timestamp::now();
+        let nodes = vec![node("a", &[], &[]), node("b", &[], &[])];
+        let p = plan(
+            &ds,
+            &spec,
+            "h1",
+            &nodes,
+            &[pod("a0", "a", "h0", true, 1), pod("b0", "b", "h0", true, 1)],
+            now,
+        );
+        assert_eq!(
+            (p.create_on.clone(), p.delete.len()),
+            (vec!["a".to_string()], 0)
+        );
+        // The surge pod on a is not ready: nothing else happens, the old one stays.
+        let pods = vec![
+            pod("a0", "a", "h0", true, 1),
+            pod("a1", "a", "h1", false, 2),
+            pod("b0", "b", "h0", true, 1),
+        ];
+        let p = plan(&ds, &spec, "h1", &nodes, &pods, now);
+        assert!(p.create_on.is_empty() && p.delete.is_empty(), "{p:?}");
+        // Ready: the old pod on a goes and b gets its surge pod.
+        let pods = vec![
+            pod("a0", "a", "h0", true, 1),
+            pod("a1", "a", "h1", true, 2),
+            pod("b0", "b", "h0", true, 1),
+        ];
+        let p = plan(&ds, &spec, "h1", &nodes, &pods, now);
+        assert_eq!(p.create_on, vec!["b".to_string()]);
+        assert_eq!(
+            p.delete.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            vec!["a0"]
+        );
     }
 
     #[test]

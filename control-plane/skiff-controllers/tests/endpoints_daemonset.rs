@@ -867,3 +867,88 @@ spec:
     let ds = server.json(&["get", "daemonset", "agent", "-n", "shop"]);
     assert_eq!(ds["status"]["desiredNumberScheduled"], 1, "{ds}");
 }
+
+/// maxSurge 1, maxUnavailable 0: a new pod starts next to each old one before the old one
+/// goes, so every node keeps a ready daemon throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_surge_rollout_keeps_every_node_served() {
+    let (_server, client, ctx) = setup().await;
+    tokio::spawn(daemonset::run(ctx.clone()));
+    run_fake_kubelet(client.clone());
+    for n in ["n1", "n2", "n3"] {
+        register_node(&client, n, json!([])).await;
+    }
+    let sets: Api<DaemonSet> = Api::namespaced(client.clone(), "default");
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "agent"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "agent"}},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {"metadata": {"labels": {"app": "agent"}},
+                         "spec": {"containers": [{"name": "agent", "image": "busybox:1"}]}}
+        }
+    }))
+    .unwrap();
+    sets.create(&PostParams::default(), &ds).await.unwrap();
+    wait_for("3 ready daemons", || {
+        let sets = sets.clone();
+        async move { (sets.get("agent").await.ok()?.status?.number_available == Some(3)).then_some(()) }
+    })
+    .await;
+    let min_ready_nodes = Arc::new(std::sync::atomic::AtomicUsize::new(3));
+    let max_pods = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let observer = {
+        let (client, min_ready_nodes, max_pods) =
+            (client.clone(), min_ready_nodes.clone(), max_pods.clone());
+        tokio::spawn(async move {
+            loop {
+                let pods = daemon_pods(&client).await;
+                let ready = pods
+                    .values()
+                    .filter(|v| {
+                        v.iter().any(|p| {
+                            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                        })
+                    })
+                    .count();
+                min_ready_nodes.fetch_min(ready, std::sync::atomic::Ordering::SeqCst);
+                max_pods.fetch_max(
+                    pods.values().map(Vec::len).sum(),
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    sets.patch(
+        "agent",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"template": {"spec": {"containers": [{"name": "agent", "image": "busybox:2"}]}}}})),
+    )
+    .await
+    .unwrap();
+    wait_for("surge rollout done", || {
+        let client = client.clone();
+        async move {
+            let pods = daemon_pods(&client).await;
+            let images: Vec<Option<String>> = pods
+                .values()
+                .flatten()
+                .map(|p| p.spec.as_ref().unwrap().containers[0].image.clone())
+                .collect();
+            (images.len() == 3 && images.iter().all(|i| i.as_deref() == Some("busybox:2")))
+                .then_some(())
+        }
+    })
+    .await;
+    observer.abort();
+    assert_eq!(
+        min_ready_nodes.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "a node went without a running daemon"
+    );
+    assert!(
+        max_pods.load(std::sync::atomic::Ordering::SeqCst) <= 4,
+        "more than maxSurge extra pods"
+    );
+}
