@@ -115,11 +115,19 @@ impl Sandbox {
         assert_eq!(names, vec!["outside", "root"]);
         let inside: Vec<_> = fs::read_dir(self.outer.join("outside")).unwrap().collect();
         assert_eq!(inside.len(), 1);
-        assert_eq!(fs::read(self.outer.join("outside/file")).unwrap(), b"original");
+        assert_eq!(
+            fs::read(self.outer.join("outside/file")).unwrap(),
+            b"original"
+        );
     }
 }
 
-fn unpack(tar: &[u8], c: Compression, root: &Path, opts: &UnpackOptions) -> skiff_images::Result<skiff_images::UnpackStats> {
+fn unpack(
+    tar: &[u8],
+    c: Compression,
+    root: &Path,
+    opts: &UnpackOptions,
+) -> skiff_images::Result<skiff_images::UnpackStats> {
     unpack_layer(tar, c, root, opts, "test-layer")
 }
 
@@ -145,17 +153,40 @@ fn regular_tree_modes_links_times_and_diffid() {
         let stats = unpack(&bytes, c, &root, &UnpackOptions::for_current_user()).unwrap();
         assert_eq!(stats.diff_id, Digest::of(&tar), "{c:?}");
         assert_eq!(stats.tar_size, tar.len() as u64);
-        assert_eq!(fs::read(root.join("bin/tool")).unwrap(), b"#!/bin/sh\necho hi\n");
+        assert_eq!(
+            fs::read(root.join("bin/tool")).unwrap(),
+            b"#!/bin/sh\necho hi\n"
+        );
         let m = fs::symlink_metadata(root.join("bin/tool")).unwrap();
         assert_eq!(m.permissions().mode() & 0o7777, 0o4755);
         assert_eq!(m.mtime(), 1_600_000_000);
         assert_eq!(m.nlink(), 2, "hard link shares the inode");
-        assert_eq!(m.ino(), fs::symlink_metadata(root.join("bin/hard")).unwrap().ino());
-        assert_eq!(fs::read_link(root.join("bin/alias")).unwrap(), Path::new("tool"));
-        assert_eq!(fs::symlink_metadata(root.join("bin/alias")).unwrap().mtime(), 1_600_000_000);
-        assert_eq!(fs::metadata(root.join("etc")).unwrap().permissions().mode() & 0o7777, 0o700);
-        assert_eq!(fs::metadata(root.join("etc")).unwrap().mtime(), 1_600_000_000);
-        assert_eq!(fs::read(root.join("deep/implicit/parent/file")).unwrap(), b"deep");
+        assert_eq!(
+            m.ino(),
+            fs::symlink_metadata(root.join("bin/hard")).unwrap().ino()
+        );
+        assert_eq!(
+            fs::read_link(root.join("bin/alias")).unwrap(),
+            Path::new("tool")
+        );
+        assert_eq!(
+            fs::symlink_metadata(root.join("bin/alias"))
+                .unwrap()
+                .mtime(),
+            1_600_000_000
+        );
+        assert_eq!(
+            fs::metadata(root.join("etc")).unwrap().permissions().mode() & 0o7777,
+            0o700
+        );
+        assert_eq!(
+            fs::metadata(root.join("etc")).unwrap().mtime(),
+            1_600_000_000
+        );
+        assert_eq!(
+            fs::read(root.join("deep/implicit/parent/file")).unwrap(),
+            b"deep"
+        );
         if is_root() {
             assert_eq!((m.uid(), m.gid()), (1234, 4321));
         }
@@ -166,7 +197,10 @@ fn regular_tree_modes_links_times_and_diffid() {
 #[test]
 fn dotdot_entry_is_refused_and_nothing_written_outside() {
     let sb = Sandbox::new();
-    let tar = build_tar(&[E::File("ok", 0o644, b"fine"), E::RawFile("../../etc/passwd", b"root::0:0::/:/bin/sh\n")]);
+    let tar = build_tar(&[
+        E::File("ok", 0o644, b"fine"),
+        E::RawFile("../../etc/passwd", b"root::0:0::/:/bin/sh\n"),
+    ]);
     let e = unpack(&tar, Compression::None, &sb.root(), &markers()).unwrap_err();
     assert!(matches!(e, Error::PathEscape { .. }), "{e}");
     assert!(e.to_string().contains("../../etc/passwd"), "{e}");
@@ -189,7 +223,10 @@ fn absolute_entry_is_refused() {
 #[test]
 fn relative_symlink_out_of_root_is_refused() {
     let sb = Sandbox::new();
-    let tar = build_tar(&[E::Symlink("up", "../outside"), E::File("up/pwned", 0o644, b"pwned")]);
+    let tar = build_tar(&[
+        E::Symlink("up", "../outside"),
+        E::File("up/pwned", 0o644, b"pwned"),
+    ]);
     let e = unpack(&tar, Compression::None, &sb.root(), &markers()).unwrap_err();
     assert!(matches!(e, Error::PathEscape { .. }), "{e}");
     assert!(e.to_string().contains("up/pwned"), "{e}");
@@ -212,7 +249,10 @@ fn absolute_symlink_is_resolved_inside_the_root() {
     let sb = Sandbox::new();
     let outside = sb.outer.join("outside");
     let target = outside.to_str().unwrap();
-    let tar = build_tar(&[E::Symlink("abs", target), E::File("abs/pwned", 0o644, b"contained")]);
+    let tar = build_tar(&[
+        E::Symlink("abs", target),
+        E::File("abs/pwned", 0o644, b"contained"),
+    ]);
     unpack(&tar, Compression::None, &sb.root(), &markers()).unwrap();
     sb.assert_outside_untouched();
     let contained = sb.root().join(target.trim_start_matches('/')).join("pwned");
@@ -234,7 +274,9 @@ fn last_component_symlink_is_replaced_not_followed() {
     unpack(&tar, Compression::None, &sb.root(), &markers()).unwrap();
     sb.assert_outside_untouched();
     assert_eq!(fs::read(sb.root().join("link")).unwrap(), b"replaced");
-    assert!(fs::symlink_metadata(sb.root().join("rel")).unwrap().is_file());
+    assert!(fs::symlink_metadata(sb.root().join("rel"))
+        .unwrap()
+        .is_file());
 }
 
 #[test]
@@ -247,7 +289,10 @@ fn hardlink_out_of_root_is_refused() {
     let e = unpack(&tar, Compression::None, &sb.root(), &markers()).unwrap_err();
     assert!(matches!(e, Error::PathEscape { .. }), "{e}");
     sb.assert_outside_untouched();
-    assert_eq!(fs::metadata(sb.outer.join("outside/file")).unwrap().nlink(), 1);
+    assert_eq!(
+        fs::metadata(sb.outer.join("outside/file")).unwrap().nlink(),
+        1
+    );
 }
 
 #[test]
@@ -312,9 +357,18 @@ fn whiteouts_in_overlay_format_as_root() {
         assert_eq!(m.rdev(), 0, "{wh}");
     }
     assert!(!sb.root().join("etc/.wh.passwd").exists());
-    assert_eq!(xattr(&sb.root().join("var"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
-    assert_eq!(xattr(&sb.root().join("new/dir"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
-    assert_eq!(xattr(&sb.root().join("etc"), "trusted.overlay.opaque"), None);
+    assert_eq!(
+        xattr(&sb.root().join("var"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(
+        xattr(&sb.root().join("new/dir"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(
+        xattr(&sb.root().join("etc"), "trusted.overlay.opaque"),
+        None
+    );
     assert!(!sb.root().join("var/.wh..wh..opq").exists());
     assert_eq!(fs::read(sb.root().join("var/kept")).unwrap(), b"mine");
 }
@@ -327,7 +381,11 @@ fn layers_stack_as_overlay_lower_dirs() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let (l1, l2, mnt) = (t.path().join("l1"), t.path().join("l2"), t.path().join("mnt"));
+    let (l1, l2, mnt) = (
+        t.path().join("l1"),
+        t.path().join("l2"),
+        t.path().join("mnt"),
+    );
     for d in [&l1, &l2, &mnt] {
         fs::create_dir(d).unwrap();
     }
@@ -350,16 +408,30 @@ fn layers_stack_as_overlay_lower_dirs() {
     let target = std::ffi::CString::new(mnt.to_str().unwrap()).unwrap();
     let d = std::ffi::CString::new(data).unwrap();
     // SAFETY: valid C strings.
-    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), libc::MS_RDONLY, d.as_ptr().cast()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            libc::MS_RDONLY,
+            d.as_ptr().cast(),
+        )
+    };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
         println!("skipped: overlayfs mount not possible here: {e}");
         return;
     }
     let seen = (|| {
-        let mut etc: Vec<_> = fs::read_dir(mnt.join("etc")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut etc: Vec<_> = fs::read_dir(mnt.join("etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         etc.sort();
-        let mut var: Vec<_> = fs::read_dir(mnt.join("var")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut var: Vec<_> = fs::read_dir(mnt.join("var"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         var.sort();
         (etc, var)
     })();

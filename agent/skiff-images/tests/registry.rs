@@ -1,0 +1,376 @@
+//! Pulls from a real `docker-registry` on loopback, with images built from busybox-static and
+//! pushed with skopeo.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use skiff_images::{
+    ClientConfig, ContainerOverrides, DockerConfig, Error, GcPolicy, ImageStore, RegistryClient,
+};
+
+fn client() -> RegistryClient {
+    RegistryClient::new(ClientConfig {
+        connect_timeout: Duration::from_secs(2),
+        response_timeout: Duration::from_secs(2),
+        stall_timeout: Duration::from_secs(2),
+        ..Default::default()
+    })
+}
+
+fn tools() -> bool {
+    have_tools(&["docker-registry", "skopeo"])
+}
+
+fn blob_files(store: &ImageStore) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(store.root().join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn tmp_is_empty(store: &ImageStore) -> bool {
+    std::fs::read_dir(store.root().join("tmp"))
+        .unwrap()
+        .next()
+        .is_none()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_busybox_through_an_index_and_merge_config() {
+    if !tools() {
+        return;
+    }
+    let reg = Registry::start();
+    let base = busybox_layer();
+    let amd64 = build_and_push(&reg, "busybox:multi", &[&base], true);
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path()).unwrap();
+    let c = client();
+    let img = store
+        .pull(&c, &format!("{}/busybox:multi", reg.host()), None)
+        .await
+        .unwrap();
+    assert_eq!(img.reference, format!("{}/busybox:multi", reg.host()));
+    assert_eq!(
+        img.manifest_digest.to_string(),
+        amd64,
+        "the linux/amd64 manifest of the index"
+    );
+    let dirs = store.layer_dirs(&img);
+    assert_eq!(dirs.len(), 1);
+    let bb = dirs[0].join("bin/busybox");
+    let meta = std::fs::metadata(&bb).unwrap();
+    assert!(meta.is_file() && meta.permissions().mode() & 0o111 != 0);
+    assert_eq!(std::fs::read(&bb).unwrap(), std::fs::read(BUSYBOX).unwrap());
+    assert_eq!(
+        std::fs::read_link(dirs[0].join("bin/sh")).unwrap(),
+        std::path::Path::new("busybox")
+    );
+    // The unpacked busybox runs.
+    let out = std::process::Command::new(&bb)
+        .args(["echo", "hello"])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"hello\n");
+    let cfg = store.config(&img).unwrap();
+    assert_eq!(cfg.architecture, "amd64");
+    let p = skiff_images::merge_config(
+        cfg.config.as_ref().unwrap(),
+        &ContainerOverrides {
+            args: vec!["-c".into(), "true".into()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(p.args, vec!["-c", "true"]);
+    assert_eq!(p.exposed_ports, vec!["80/tcp"]);
+    assert!(p.env.contains(&"IMAGE=skiff-test".to_string()));
+    assert_eq!(store.list().len(), 1);
+    assert!(store
+        .get(&format!("{}/busybox:multi", reg.host()))
+        .is_some());
+    // By digest, too (same image, no new download).
+    let by_digest = format!("{}/busybox@{amd64}", reg.host());
+    let img2 = store.pull(&c, &by_digest, None).await.unwrap();
+    assert_eq!(img2.config_digest, img.config_digest);
+    assert_eq!(store.lowerdir(&img2), dirs[0].display().to_string());
+    // A reopened store sees the same images.
+    drop(store);
+    let store = ImageStore::open(dir.path()).unwrap();
+    assert_eq!(store.list().len(), 2);
+    assert!(tmp_is_empty(&store));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_share_one_download_and_layers_are_shared() {
+    if !tools() {
+        return;
+    }
+    let reg = Registry::start();
+    let base = busybox_layer();
+    let extra = files_layer(&[("etc/motd", b"second image\n".to_vec())]);
+    build_and_push(&reg, "busybox:one", &[&base], false);
+    build_and_push(&reg, "app:two", &[&base, &extra], false);
+    let proxy = Proxy::start(reg.port, ProxyMode::default());
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path()).unwrap();
+    let c = Arc::new(client());
+    let r1 = format!("{}/busybox:one", proxy.host());
+    let (a, b) = tokio::join!(store.pull(&c, &r1, None), store.pull(&c, &r1, None));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a, b);
+    let base_blob = format!("/blobs/{}", base.digest());
+    assert_eq!(
+        proxy.count(&base_blob),
+        1,
+        "one download for two concurrent pulls: {:?}",
+        proxy.counts.lock().unwrap()
+    );
+    assert_eq!(proxy.count(&format!("/blobs/{}", a.config_digest)), 1);
+
+    // The second image reuses the base layer: no download of it, same directory.
+    proxy.reset();
+    let r2 = format!("{}/app:two", proxy.host());
+    let two = store.pull(&c, &r2, None).await.unwrap();
+    assert_eq!(proxy.count(&base_blob), 0);
+    assert_eq!(proxy.count(&format!("/blobs/{}", extra.digest())), 1);
+    let d1 = store.layer_dirs(&a);
+    let d2 = store.layer_dirs(&two);
+    assert_eq!(d1[0], d2[0]);
+    assert_eq!(
+        std::fs::read(d2[1].join("etc/motd")).unwrap(),
+        b"second image\n"
+    );
+    let layers: Vec<_> = std::fs::read_dir(dir.path().join("layers/sha256"))
+        .unwrap()
+        .collect();
+    assert_eq!(layers.len(), 2);
+
+    // Pulling again is a manifest request only.
+    proxy.reset();
+    store.pull(&c, &r2, None).await.unwrap();
+    assert_eq!(proxy.count("/blobs/"), 0);
+    let requests: usize = proxy.counts.lock().unwrap().values().sum();
+    assert_eq!(requests, 1);
+
+    // Refcounted removal: the shared layer stays until its last image goes.
+    let usage_both = store.disk_usage();
+    store.remove(&r1).await.unwrap();
+    assert!(d1[0].is_dir(), "base layer still used by {r2}");
+    assert!(store.disk_usage() <= usage_both);
+    store.remove(&r2).await.unwrap();
+    assert!(!d1[0].exists() && !d2[1].exists());
+    assert!(blob_files(&store).is_empty(), "{:?}", blob_files(&store));
+    assert!(store.list().is_empty());
+    let e = store.remove(&r2).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_removes_unused_images_above_threshold() {
+    if !tools() {
+        return;
+    }
+    let reg = Registry::start();
+    let base = busybox_layer();
+    let big = files_layer(&[("data", compressible(3 << 20, 7))]);
+    let small = files_layer(&[("x", b"x".to_vec())]);
+    build_and_push(&reg, "big:1", &[&base, &big], false);
+    build_and_push(&reg, "small:1", &[&base, &small], false);
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path()).unwrap();
+    let c = client();
+    let rb = format!("{}/big:1", reg.host());
+    let rs = format!("{}/small:1", reg.host());
+    store.pull(&c, &rb, None).await.unwrap();
+    store.pull(&c, &rs, None).await.unwrap();
+    let usage = store.disk_usage();
+    assert!(usage > 5 << 20, "{usage}");
+    // Below the high threshold: nothing happens.
+    let r = store
+        .gc(
+            &[],
+            GcPolicy {
+                high_bytes: usage,
+                low_bytes: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(r.removed.is_empty());
+    // Above: the unused image goes, the used one stays, the shared layer stays.
+    let r = store
+        .gc(
+            &[rs.clone()],
+            GcPolicy {
+                high_bytes: 1 << 20,
+                low_bytes: 1 << 20,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.removed, vec![rb.clone()]);
+    assert!(r.usage_after < usage - (3 << 20), "{r:?}");
+    let s = store.get(&rs).unwrap();
+    assert!(store.layer_dirs(&s).iter().all(|d| d.is_dir()));
+    assert!(store.get(&rb).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_blob_fails_and_leaves_nothing() {
+    if !tools() {
+        return;
+    }
+    let reg = Registry::start();
+    let base = busybox_layer();
+    build_and_push(&reg, "busybox:t", &[&base], false);
+    let proxy = Proxy::start(
+        reg.port,
+        ProxyMode {
+            tamper: Some(base.digest()),
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path()).unwrap();
+    let e = store
+        .pull(&client(), &format!("{}/busybox:t", proxy.host()), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&base.digest()) && msg.contains("expected"),
+        "{msg}"
+    );
+    assert!(!blob_files(&store).contains(&base.digest().trim_start_matches("sha256:").to_string()));
+    assert!(std::fs::read_dir(dir.path().join("layers/sha256"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert!(tmp_is_empty(&store));
+    assert!(store.list().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_registry_times_out() {
+    let port = hanging_registry();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path()).unwrap();
+    let c = RegistryClient::new(ClientConfig {
+        response_timeout: Duration::from_secs(1),
+        ..Default::default()
+    });
+    let t = Instant::now();
+    let e = store
+        .pull(&c, &format!("127.0.0.1:{port}/busybox:x"), None)
+        .await
+        .unwrap_err();
+    let took = t.elapsed();
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("timed out after 1s waiting for response headers")
+            && msg.contains(&port.to_string()),
+        "{msg}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Nothing listening at all: a connect error, quickly.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let e = store
+        .pull(&c, &format!("127.0.0.1:{free}/busybox:x"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Connect { .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_blob_body_times_out() {
+    if !tools() {
+        return;
+    }
+    let reg = Registry::start();
+    let base = busybox_layer();
+    build_and_push(&reg, "busybox:s", &[&base], false);
+    let proxy = Proxy::start(
+        reg.port,
+        ProxyMode {
+            stall: Some(base.digest()),
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path()).unwrap();
+    let c = RegistryClient::new(ClientConfig {
+        stall_timeout: Duration::from_secs(1),
+        ..Default::default()
+    });
+    let t = Instant::now();
+    let e = store
+        .pull(&c, &format!("{}/busybox:s", proxy.host()), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    assert!(e.to_string().contains("waiting for body data"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(tmp_is_empty(&store));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_and_basic_auth_from_dockerconfigjson() {
+    if !tools() {
+        return;
+    }
+    let reg = Registry::start();
+    let base = busybox_layer();
+    build_and_push(&reg, "busybox:auth", &[&base], false);
+    let creds = ("alice".to_string(), "s3cret".to_string());
+    for mode in [
+        ProxyMode {
+            bearer: Some(creds.clone()),
+            ..Default::default()
+        },
+        ProxyMode {
+            basic: Some(creds.clone()),
+            ..Default::default()
+        },
+    ] {
+        let bearer = mode.bearer.is_some();
+        let proxy = Proxy::start(reg.port, mode);
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let c = client();
+        let r = format!("{}/busybox:auth", proxy.host());
+        // Without credentials: a clear auth error.
+        let e = store.pull(&c, &r, None).await.unwrap_err();
+        assert!(matches!(e, Error::Auth { .. }), "{e}");
+        assert!(e.to_string().contains(&proxy.host()), "{e}");
+        // With the secret's JSON.
+        let json = format!(
+            r#"{{"auths":{{"{}":{{"username":"alice","password":"s3cret","auth":"YWxpY2U6czNjcmV0"}}}}}}"#,
+            proxy.host()
+        );
+        let cfg = DockerConfig::from_json(json.as_bytes()).unwrap();
+        let creds = cfg.for_registry(&proxy.host()).unwrap();
+        let img = store.pull(&c, &r, Some(creds)).await.unwrap();
+        assert!(store.layer_dirs(&img)[0].join("bin/busybox").is_file());
+        if bearer {
+            // One token for the whole pull (cached).
+            assert_eq!(
+                proxy.count("/token"),
+                2,
+                "one failed, one good: {:?}",
+                proxy.counts.lock().unwrap()
+            );
+        }
+    }
+}
