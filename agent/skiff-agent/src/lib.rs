@@ -1,6 +1,7 @@
 //! skiff-agent: Skiff's node agent. Today it checks the host, registers the node and keeps it
 //! alive (status and Lease); running pods arrives with the runtime integration.
 
+pub mod bundle;
 pub mod cni;
 pub mod node;
 pub mod preflight;
