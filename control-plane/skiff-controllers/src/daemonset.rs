@@ -988,13 +988,14 @@ mod tests {
             ),
             (true, true)
         );
-        let mut tolerant = PodSpec::default();
-        tolerant.tolerations = Some(vec![Toleration {
-            key: Some("dedicated".into()),
-            operator: Some("Exists".into()),
+        let tolerant = with_tolerations(PodSpec {
+            tolerations: Some(vec![Toleration {
+                key: Some("dedicated".into()),
+                operator: Some("Exists".into()),
+                ..Default::default()
+            }]),
             ..Default::default()
-        }]);
-        let tolerant = with_tolerations(tolerant);
+        });
         assert_eq!(
             node_should_run(&tolerant, &node("a", &[], &[("dedicated", "NoExecute")])),
             (true, true)
@@ -1030,8 +1031,10 @@ mod tests {
 
     #[test]
     fn selector_and_affinity() {
-        let mut spec = PodSpec::default();
-        spec.node_selector = Some([("disk".to_string(), "ssd".to_string())].into());
+        let spec = PodSpec {
+            node_selector: Some([("disk".to_string(), "ssd".to_string())].into()),
+            ..Default::default()
+        };
         assert!(fits_node(&spec, &node("a", &[("disk", "ssd")], &[])));
         assert!(!fits_node(&spec, &node("a", &[("disk", "hdd")], &[])));
         let affinity: k8s_openapi::api::core::v1::Affinity = serde_json::from_value(json!({
