@@ -306,6 +306,37 @@ async fn endpoints_and_slices_follow_pod_readiness() {
         started.elapsed()
     );
 
+    // A pod change that does not matter writes nothing (no rewrite loops).
+    let slice_api: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let versions = || async {
+        let ep = eps.get("web").await.unwrap().resource_version();
+        let lp = ListParams::default().labels("kubernetes.io/service-name=web");
+        let mut slices: Vec<_> = slice_api
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|s| (s.name_any(), s.resource_version()))
+            .collect();
+        slices.sort();
+        (ep, slices)
+    };
+    let before = versions().await;
+    pods.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"annotations": {"note": "irrelevant"}}})),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        versions().await,
+        before,
+        "an irrelevant pod update rewrote endpoints or slices"
+    );
+
     // A terminating pod leaves Endpoints but stays in its slice as terminating.
     set_pod_status(&client, "default", "b", "10.244.1.11", true).await;
     pods.delete("b", &DeleteParams::default())
@@ -789,6 +820,20 @@ async fn every_namespace_gets_a_default_service_account() {
     .await;
     let out = server.ok(&["get", "serviceaccounts", "-n", "team-b"]);
     assert!(out.contains("default"), "{out}");
+
+    // A namespace being deleted does not get its account back, so its deletion completes.
+    server.ok(&["delete", "namespace", "team-a", "--wait=false"]);
+    wait_for("team-a gone", || {
+        let namespaces = namespaces.clone();
+        async move {
+            namespaces
+                .get_opt("team-a")
+                .await
+                .ok()
+                .filter(|n| n.is_none())
+        }
+    })
+    .await;
 }
 
 /// The same controllers started by skiff-server itself (leader election, `spawn_one`), with
@@ -951,4 +996,28 @@ async fn daemonset_surge_rollout_keeps_every_node_served() {
         max_pods.load(std::sync::atomic::Ordering::SeqCst) <= 4,
         "more than maxSurge extra pods"
     );
+
+    // Settled: an irrelevant pod update rewrites neither status nor anything else.
+    wait_for("status settled", || {
+        let sets = sets.clone();
+        async move {
+            let s = sets.get("agent").await.ok()?.status?;
+            (s.updated_number_scheduled == Some(3) && s.number_available == Some(3)).then_some(())
+        }
+    })
+    .await;
+    let before = sets.get("agent").await.unwrap().resource_version();
+    let pods = daemon_pods(&client).await;
+    let any = pods.values().flatten().next().unwrap().name_any();
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods_api
+        .patch(
+            &any,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {"note": "irrelevant"}}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sets.get("agent").await.unwrap().resource_version(), before);
 }
