@@ -337,7 +337,8 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         if d.annotations().get(REVISION) != Some(&revision) {
             let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
             let patch = json!({"metadata": {"annotations": {REVISION: revision}}});
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
         }
     }
     let mut old: Vec<ReplicaSet> = owned;
@@ -396,7 +397,11 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         .as_ref()
         .and_then(|rs| rs.status.as_ref())
         .map_or(0, |s| s.replicas);
-    let new_available = new_rs.as_ref().and_then(|rs| rs.status.as_ref()).and_then(|s| s.available_replicas).unwrap_or(0);
+    let new_available = new_rs
+        .as_ref()
+        .and_then(|rs| rs.status.as_ref())
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
     let (_, max_unavailable) = surge_and_unavailable(&d);
     let now = Time(jiff::Timestamp::now());
     let mut conditions: Vec<DeploymentCondition> = Vec::new();
