@@ -51,6 +51,57 @@ impl Cgroup {
         Ok(Cgroup { path })
     }
 
+    /// Create the directory under `root`, enabling the cpu, memory and
+    /// pids controllers (those the hierarchy has) on the way down, and
+    /// write `limits`. Returns the limits that could not be written
+    /// because their controller is missing (not enforced).
+    pub fn create_with_limits(
+        root: &Path,
+        cgroups_path: &Path,
+        limits: &[(String, String)],
+    ) -> Result<(Self, Vec<String>)> {
+        let cg = Cgroup::create(root, cgroups_path)?;
+        if limits.is_empty() {
+            return Ok((cg, Vec::new()));
+        }
+        let mut dir = root.to_path_buf();
+        let rel = cg
+            .path
+            .strip_prefix(root)
+            .unwrap_or(Path::new(""))
+            .to_path_buf();
+        for part in rel.components() {
+            let available =
+                std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+            let want: Vec<String> = ["cpu", "memory", "pids"]
+                .iter()
+                .filter(|c| available.split_whitespace().any(|a| a == **c))
+                .map(|c| format!("+{c}"))
+                .collect();
+            if !want.is_empty() {
+                let p = dir.join("cgroup.subtree_control");
+                std::fs::write(&p, want.join(" ")).map_err(|e| ShimError::io("write", p, e))?;
+            }
+            dir.push(part);
+        }
+        let mut not_enforced = Vec::new();
+        for (file, value) in limits {
+            if file.contains('/') || file.starts_with('.') {
+                return Err(ShimError::spec(
+                    "linux.resources.unified",
+                    format!("{file}: not a cgroup interface file"),
+                ));
+            }
+            let p = cg.path.join(file);
+            if !p.exists() {
+                not_enforced.push(format!("{file}={value}"));
+                continue;
+            }
+            std::fs::write(&p, value).map_err(|e| ShimError::io("write", p, e))?;
+        }
+        Ok((cg, not_enforced))
+    }
+
     /// Move a process in.
     pub fn add(&self, pid: Pid) -> Result<()> {
         let p = self.path.join("cgroup.procs");

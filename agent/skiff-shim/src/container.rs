@@ -101,8 +101,17 @@ fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
 fn spawn_container(opts: &Options, sd: &StateDir, plan: &Plan, monitor: Pid) -> Result<Created> {
     let mut cgroup = None;
     let res = (|| {
+        let mut not_enforced = Vec::new();
         if let (Some(root), Some(cp)) = (&opts.cgroup_root, &plan.cgroups_path) {
-            cgroup = Some(Cgroup::create(root, cp)?);
+            let (cg, missing) = Cgroup::create_with_limits(root, cp, &plan.cgroup_limits)?;
+            cgroup = Some(cg);
+            not_enforced = missing;
+        } else if !plan.cgroup_limits.is_empty() {
+            not_enforced = plan
+                .cgroup_limits
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
         }
         let cg = cgroup.clone();
         // With a log file the container writes into pipes that this
@@ -145,6 +154,7 @@ fn spawn_container(opts: &Options, sd: &StateDir, plan: &Plan, monitor: Pid) -> 
             rootfs: plan.rootfs.clone(),
             created: now_rfc3339(),
             cgroup_path: cgroup.as_ref().map(|c| c.path.clone()),
+            limits_not_enforced: not_enforced,
         };
         sd.save(&saved)?;
         Ok((init, io))

@@ -211,6 +211,61 @@ fn overlay_from(
     Ok(Some(Overlay { lower, upper, work }))
 }
 
+/// cgroup v2 interface files to write, from `linux.resources`
+/// (file name, value), e.g. ("memory.max", "67108864").
+pub type CgroupLimits = Vec<(String, String)>;
+
+/// runc's and kubelet's conversion of cgroup v1 cpu shares to v2 cpu.weight.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 100;
+    }
+    let s = shares.clamp(2, 262_144);
+    1 + ((s - 2) * 9999) / 262_142
+}
+
+fn cgroup_limits(r: &oci_spec::runtime::LinuxResources) -> CgroupLimits {
+    let mut out = Vec::new();
+    if let Some(cpu) = r.cpu() {
+        if let Some(sh) = cpu.shares() {
+            out.push(("cpu.weight".to_string(), shares_to_weight(sh).to_string()));
+        }
+        if cpu.quota().is_some() || cpu.period().is_some() {
+            let period = cpu.period().unwrap_or(100_000);
+            let quota = match cpu.quota() {
+                Some(q) if q > 0 => q.to_string(),
+                _ => "max".to_string(),
+            };
+            out.push(("cpu.max".to_string(), format!("{quota} {period}")));
+        }
+    }
+    if let Some(m) = r.memory() {
+        if let Some(l) = m.limit() {
+            let v = if l > 0 {
+                l.to_string()
+            } else {
+                "max".to_string()
+            };
+            out.push(("memory.max".to_string(), v));
+        }
+    }
+    if let Some(p) = r.pids() {
+        let l = p.limit();
+        let v = if l > 0 {
+            l.to_string()
+        } else {
+            "max".to_string()
+        };
+        out.push(("pids.max".to_string(), v));
+    }
+    if let Some(u) = r.unified() {
+        let mut kv: Vec<_> = u.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        kv.sort();
+        out.extend(kv);
+    }
+    out
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub bundle: PathBuf,
@@ -232,6 +287,7 @@ pub struct Plan {
     pub sysctl: Vec<(String, String)>,
     pub process: ProcessPlan,
     pub cgroups_path: Option<PathBuf>,
+    pub cgroup_limits: CgroupLimits,
 }
 
 /// Read and parse `config.json` of a bundle. Parse errors keep serde's
@@ -727,5 +783,10 @@ pub fn build_plan(bundle: &Path, spec: &Spec) -> Result<Plan> {
         sysctl,
         process,
         cgroups_path: linux.cgroups_path().clone(),
+        cgroup_limits: linux
+            .resources()
+            .as_ref()
+            .map(cgroup_limits)
+            .unwrap_or_default(),
     })
 }

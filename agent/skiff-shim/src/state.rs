@@ -28,6 +28,10 @@ pub struct Saved {
     pub created: String,
     #[serde(default)]
     pub cgroup_path: Option<PathBuf>,
+    /// `linux.resources` limits that could not be applied (no cgroup, or
+    /// its controller is missing on this host).
+    #[serde(default)]
+    pub limits_not_enforced: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -79,6 +83,8 @@ pub struct Report {
     pub exit_code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits_not_enforced: Vec<String>,
 }
 
 /// The directory of one container's state.
@@ -219,6 +225,7 @@ impl StateDir {
             finished: exit.as_ref().map(|e| e.finished.clone()),
             exit_code: exit.as_ref().map(|e| e.exit_code),
             signal: exit.and_then(|e| e.signal),
+            limits_not_enforced: s.limits_not_enforced.clone(),
         })
     }
 }

@@ -576,6 +576,7 @@ fn state_dir_roundtrip_and_status() {
         rootfs: "/b/rootfs".into(),
         created: "t".into(),
         cgroup_path: None,
+        limits_not_enforced: vec![],
     };
     sd.save(&saved).unwrap();
     assert_eq!(sd.load().unwrap(), saved);
@@ -801,4 +802,59 @@ fn overlay_annotations_become_an_overlay_mount() {
         .remove(crate::plan::ANN_LOWER);
     std::fs::write(b.path().join("config.json"), c.to_string()).unwrap();
     assert!(err_text(b.plan()).contains("lowerdirs"));
+}
+
+#[test]
+fn resources_become_cgroup_v2_limits() {
+    assert_eq!(crate::plan::shares_to_weight(1024), 39);
+    assert_eq!(crate::plan::shares_to_weight(2), 1);
+    assert_eq!(crate::plan::shares_to_weight(262_144), 10_000);
+    let mut c = runc_like();
+    c["linux"]["resources"] = serde_json::json!({
+        "memory": {"limit": 67108864},
+        "cpu": {"shares": 512, "quota": 50000, "period": 100000},
+        "pids": {"limit": 100}
+    });
+    let p = plan_of(c).unwrap();
+    let l: Vec<(&str, &str)> = p
+        .cgroup_limits
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    assert_eq!(
+        l,
+        vec![
+            ("cpu.weight", "20"),
+            ("cpu.max", "50000 100000"),
+            ("memory.max", "67108864"),
+            ("pids.max", "100")
+        ]
+    );
+    // A hierarchy with only the memory controller: memory.max written,
+    // the others reported as not enforced, controllers enabled downwards.
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    std::fs::write(root.join("cgroup.controllers"), "memory io").unwrap();
+    std::fs::create_dir_all(root.join("pod/ctr")).unwrap();
+    std::fs::write(root.join("pod/cgroup.controllers"), "memory").unwrap();
+    std::fs::write(root.join("pod/ctr/memory.max"), "max").unwrap();
+    let (cg, missing) =
+        crate::cgroup::Cgroup::create_with_limits(root, Path::new("/pod/ctr"), &p.cgroup_limits)
+            .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(cg.path.join("memory.max")).unwrap(),
+        "67108864"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
+        "+memory"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("pod/cgroup.subtree_control")).unwrap(),
+        "+memory"
+    );
+    assert_eq!(
+        missing,
+        vec!["cpu.weight=20", "cpu.max=50000 100000", "pids.max=100"]
+    );
 }
