@@ -788,3 +788,40 @@ fn diff_signal_dispositions() {
         o.stdout
     );
 }
+
+#[test]
+fn diff_join_namespaces_by_path() {
+    let Some(env) = Env::new("join") else { return };
+    // A "sandbox" container with its own net, ipc, uts (hostname) and pid.
+    let mut sb = base_config(&["sleep", "30"]);
+    sb["hostname"] = json!("sandbox");
+    let b = env.bundle("sandbox", sb);
+    let id = env.id(Rt::Skiff, "sandbox");
+    let cr = env.output_detached(env.cmd(Rt::Skiff).arg("create").arg("-b").arg(&b).arg(&id));
+    assert_eq!(cr.code, 0, "{}", cr.stderr);
+    assert_eq!(Env::output(env.cmd(Rt::Skiff).args(["start", &id])).code, 0);
+    let v: serde_json::Value =
+        serde_json::from_str(&Env::output(env.cmd(Rt::Skiff).args(["state", &id])).stdout).unwrap();
+    let pid = v["pid"].as_i64().unwrap();
+    let ns = |n: &str| std::fs::read_link(format!("/proc/{pid}/ns/{n}")).unwrap();
+    // A second container joins them by path, the way a pod's containers do.
+    let mut c = sh("hostname; for n in net uts ipc pid; do readlink /proc/self/ns/$n; done; ps -o comm | grep -c sleep");
+    c["linux"]["namespaces"] = json!([
+        {"type": "pid", "path": format!("/proc/{pid}/ns/pid")},
+        {"type": "network", "path": format!("/proc/{pid}/ns/net")},
+        {"type": "ipc", "path": format!("/proc/{pid}/ns/ipc")},
+        {"type": "uts", "path": format!("/proc/{pid}/ns/uts")},
+        {"type": "mount"}
+    ]);
+    c.as_object_mut().unwrap().remove("hostname");
+    let o = same_ok(&env.run_all("j", c), ident);
+    let want = format!(
+        "sandbox\n{}\n{}\n{}\n{}\n",
+        ns("net").display(),
+        ns("uts").display(),
+        ns("ipc").display(),
+        ns("pid").display()
+    );
+    // The sandbox's sleep is visible: same PID namespace.
+    assert_eq!(o.stdout, format!("{want}1\n"));
+}
