@@ -5,3 +5,4 @@ pub mod bundle;
 pub mod cni;
 pub mod node;
 pub mod preflight;
+pub mod sandbox;

@@ -62,8 +62,20 @@ fn parse_reserved(s: &str) -> anyhow::Result<(u64, u64)> {
     Ok((cpu, mem))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // `skiff-agent pause HOSTNAME` is a pod sandbox's holder process: it must stay
+    // single-threaded, so it branches off before any runtime starts.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("pause") {
+        skiff_agent::sandbox::pause_main(argv.get(2).map(String::as_str).unwrap_or("pod"));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(agent_main())
+}
+
+async fn agent_main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
