@@ -128,6 +128,13 @@ impl Cgroup {
         Ok(())
     }
 
+    /// OOM kills counted in memory.events (0 without the memory controller).
+    pub fn oom_kills(&self) -> u64 {
+        parse_oom_kills(
+            &std::fs::read_to_string(self.path.join("memory.events")).unwrap_or_default(),
+        )
+    }
+
     /// Whether memory, cpu and pids controllers are enabled for this cgroup.
     pub fn limits_enforced(&self) -> bool {
         let parent = self.path.parent().unwrap_or(&self.path);
@@ -157,4 +164,13 @@ impl Cgroup {
             last.expect("loop ran at least once"),
         ))
     }
+}
+
+/// The `oom_kill` counter of a memory.events file.
+pub fn parse_oom_kills(events: &str) -> u64 {
+    events
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -61,6 +61,9 @@ pub struct ExitInfo {
     pub exit_code: i32,
     pub signal: Option<i32>,
     pub finished: String,
+    /// The cgroup's memory.events counted an OOM kill.
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 /// What `state` prints (runc's fields plus the exit record).
@@ -85,6 +88,8 @@ pub struct Report {
     pub signal: Option<i32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub limits_not_enforced: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
 }
 
 /// The directory of one container's state.
@@ -224,6 +229,7 @@ impl StateDir {
             started: self.started(),
             finished: exit.as_ref().map(|e| e.finished.clone()),
             exit_code: exit.as_ref().map(|e| e.exit_code),
+            oom_killed: exit.as_ref().map(|e| e.oom_killed).unwrap_or(false),
             signal: exit.and_then(|e| e.signal),
             limits_not_enforced: s.limits_not_enforced.clone(),
         })

@@ -120,6 +120,7 @@ pub fn exit_info(ws: WaitStatus) -> Option<(Pid, ExitInfo)> {
             exit_code,
             signal,
             finished: now_rfc3339(),
+            oom_killed: false,
         },
     ))
 }
@@ -274,11 +275,18 @@ impl<'a> Supervisor<'a> {
             }
         }
         let _ = std::fs::remove_file(socket_path(self.sd));
-        exit.unwrap_or(ExitInfo {
+        let mut exit = exit.unwrap_or(ExitInfo {
             exit_code: 255,
             signal: None,
             finished: now_rfc3339(),
-        })
+            oom_killed: false,
+        });
+        exit.oom_killed = self
+            .cgroup
+            .as_ref()
+            .map(|c| c.oom_kills() > 0)
+            .unwrap_or(false);
+        exit
     }
 
     fn drain_pipe(&mut self, i: usize, buf: &mut [u8]) {

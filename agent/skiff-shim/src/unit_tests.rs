@@ -587,6 +587,7 @@ fn state_dir_roundtrip_and_status() {
         exit_code: 137,
         signal: Some(9),
         finished: "t2".into(),
+        oom_killed: true,
     })
     .unwrap();
     let r = sd.report().unwrap();
@@ -596,6 +597,7 @@ fn state_dir_roundtrip_and_status() {
     );
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["status"], "stopped");
+    assert_eq!(json["oomKilled"], true);
     sd.remove().unwrap();
     assert!(!sd.dir.exists());
     assert!(matches!(sd.load(), Err(ShimError::Container { .. })));
@@ -857,4 +859,16 @@ fn resources_become_cgroup_v2_limits() {
         missing,
         vec!["cpu.weight=20", "cpu.max=50000 100000", "pids.max=100"]
     );
+}
+
+#[test]
+fn oom_kills_from_memory_events() {
+    let ev = "low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n";
+    assert_eq!(crate::cgroup::parse_oom_kills(ev), 2);
+    assert_eq!(crate::cgroup::parse_oom_kills(""), 0);
+    let d = tempfile::tempdir().unwrap();
+    let cg = crate::cgroup::Cgroup::create(d.path(), Path::new("c")).unwrap();
+    assert_eq!(cg.oom_kills(), 0);
+    std::fs::write(cg.path.join("memory.events"), ev).unwrap();
+    assert_eq!(cg.oom_kills(), 2);
 }
