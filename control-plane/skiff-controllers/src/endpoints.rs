@@ -270,6 +270,11 @@ fn desired_labels(svc: &Service) -> BTreeMap<String, String> {
         labels.remove(HEADLESS_LABEL);
     }
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
+    // Its EndpointSlices come from the endpointslice controller, not from mirroring.
+    labels.insert(
+        "endpointslice.kubernetes.io/skip-mirror".into(),
+        "true".into(),
+    );
     labels
 }
 

@@ -4,6 +4,9 @@
 //! the pod's readiness, an owner reference to the Service (so the garbage collector removes
 //! them with it) and stale slices deleted.
 //!
+//! The same task mirrors the Endpoints a user writes for a Service without a selector into
+//! EndpointSlices (kube's endpointslicemirroring-controller), so that slice consumers see them.
+//!
 //! Triggers are the same as the Endpoints controller's (services, pods mapped by selector, a
 //! managed slice deleted by someone else); existing slices are read from the API server at
 //! each reconcile, which reads its own writes, so a slice just created is never duplicated.
@@ -12,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::controller::Action;
@@ -78,11 +81,196 @@ pub async fn run(ctx: Arc<Context>) {
     let queue =
         futures::stream::select_all([svc_events.boxed(), pod_events.boxed(), slice_events.boxed()])
             .boxed();
-    drive("endpointslice", services, queue, ctx, move |svc, ctx| {
-        let pods = pods.clone();
-        Box::pin(async move { reconcile(svc, ctx, pods).await })
-    })
+    let slices = drive(
+        "endpointslice",
+        services,
+        queue,
+        ctx.clone(),
+        move |svc, ctx| {
+            let pods = pods.clone();
+            Box::pin(async move { reconcile(svc, ctx, pods).await })
+        },
+    );
+    tokio::join!(slices, run_mirroring(ctx));
+}
+
+// ---- mirroring: selector-less services with hand-written Endpoints ----
+
+pub const MIRROR_MANAGED_BY_VALUE: &str = "endpointslicemirroring-controller.k8s.io";
+/// An Endpoints object with this label set to "true" is not mirrored (the endpoints
+/// controller and the API server mark theirs).
+pub const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mirror";
+/// kube's `--mirroring-max-endpoints-per-subset`.
+pub const MIRROR_MAX_ENDPOINTS: usize = 1000;
+
+/// kube's endpointslicemirroring-controller: the Endpoints a user writes for a Service without
+/// a selector are mirrored into EndpointSlices (owned by the Endpoints), so that consumers of
+/// slices (service proxies) see them too.
+async fn run_mirroring(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let (endpoints, ep_writer) = reflector::store::<Endpoints>();
+    let (services, svc_writer) = reflector::store::<Service>();
+    let ep_events = watcher(
+        Api::<Endpoints>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(ep_writer)
+    .filter_map(|event| async move {
+        match event {
+            Ok(watcher::Event::Apply(ep)) | Ok(watcher::Event::InitApply(ep)) => {
+                Some(Ok(ObjectRef::from_obj(&ep)))
+            }
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        }
+    });
+    let same_name = |namespace: Option<String>, name: String| {
+        ObjectRef::<Endpoints>::new(&name).within(&namespace.unwrap_or_default())
+    };
+    let svc_events = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(svc_writer)
+    .filter_map(move |event| async move {
+        match event {
+            Ok(watcher::Event::Apply(svc))
+            | Ok(watcher::Event::InitApply(svc))
+            | Ok(watcher::Event::Delete(svc)) => {
+                Some(Ok(same_name(svc.namespace(), svc.name_any())))
+            }
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        }
+    });
+    let slice_events = watcher(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MIRROR_MANAGED_BY_VALUE}")),
+    )
+    .default_backoff()
+    .filter_map(move |event| async move {
+        match event {
+            Ok(watcher::Event::Delete(slice)) => {
+                let name = slice.labels().get(SERVICE_NAME_LABEL)?.clone();
+                Some(Ok(same_name(slice.namespace(), name)))
+            }
+            _ => None,
+        }
+    });
+    let queue =
+        futures::stream::select_all([ep_events.boxed(), svc_events.boxed(), slice_events.boxed()])
+            .boxed();
+    drive(
+        "endpointslicemirroring",
+        endpoints,
+        queue,
+        ctx,
+        move |ep, ctx| {
+            let services = services.clone();
+            Box::pin(async move { reconcile_mirror(ep, ctx, services).await })
+        },
+    )
     .await;
+}
+
+/// Whether `ep` is mirrored: its Service exists without a selector, and nobody opted out.
+pub fn should_mirror(ep: &Endpoints, svc: Option<&Service>) -> bool {
+    let skip = ep.labels().get(SKIP_MIRROR_LABEL).map(String::as_str) == Some("true");
+    let selectorless = svc.is_some_and(|s| {
+        s.spec
+            .as_ref()
+            .and_then(|sp| sp.selector.as_ref())
+            .is_none()
+    });
+    selectorless && !skip
+}
+
+async fn reconcile_mirror(
+    ep: Arc<Endpoints>,
+    ctx: Arc<Context>,
+    services: Store<Service>,
+) -> Result<Action, Error> {
+    services
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let ns = ep.namespace().unwrap_or_default();
+    let name = ep.name_any();
+    let svc = services.get(&ObjectRef::new(&name).within(&ns));
+    let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
+    let lp = ListParams::default().labels(&format!(
+        "{SERVICE_NAME_LABEL}={name},{MANAGED_BY_LABEL}={MIRROR_MANAGED_BY_VALUE}"
+    ));
+    let existing = api.list(&lp).await?.items;
+    let groups = if should_mirror(&ep, svc.as_deref()) {
+        mirrored_endpoints(&ep)
+    } else {
+        BTreeMap::new()
+    };
+    let mut labels = ep.labels().clone();
+    labels.remove(SKIP_MIRROR_LABEL);
+    labels.insert(SERVICE_NAME_LABEL.into(), name.clone());
+    labels.insert(MANAGED_BY_LABEL.into(), MIRROR_MANAGED_BY_VALUE.into());
+    let owner = SliceOwner {
+        prefix: name.clone(),
+        namespace: Some(ns.clone()),
+        labels,
+        reference: podutil::owner_reference(ep.as_ref()),
+        placeholder: false,
+    };
+    let plan = plan_slices_for(&owner, groups, existing, MIRROR_MAX_ENDPOINTS);
+    if !plan.is_empty() {
+        apply_plan(&api, &plan).await?;
+        tracing::debug!(endpoints = %format!("{ns}/{name}"), "mirrored endpointslices synced");
+    }
+    Ok(Action::await_change())
+}
+
+/// The slices' content for a hand-written Endpoints object: each subset's addresses (ready)
+/// and notReadyAddresses (not ready) under the subset's ports; IPv4 only.
+pub fn mirrored_endpoints(ep: &Endpoints) -> BTreeMap<BTreeSet<PortKey>, Vec<Endpoint>> {
+    let mut groups: BTreeMap<BTreeSet<PortKey>, Vec<Endpoint>> = BTreeMap::new();
+    for subset in ep.subsets.iter().flatten() {
+        let ports: BTreeSet<PortKey> = subset
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| PortKey {
+                name: p.name.clone().unwrap_or_default(),
+                port: p.port,
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                app_protocol: p.app_protocol.clone(),
+            })
+            .collect();
+        let ready = subset.addresses.iter().flatten().map(|a| (a, true));
+        let not_ready = subset
+            .not_ready_addresses
+            .iter()
+            .flatten()
+            .map(|a| (a, false));
+        let group = groups.entry(ports).or_default();
+        for (address, is_ready) in ready.chain(not_ready) {
+            if address.ip.contains(':') || group.iter().any(|e| e.addresses[0] == address.ip) {
+                continue;
+            }
+            group.push(Endpoint {
+                addresses: vec![address.ip.clone()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(is_ready),
+                    serving: None,
+                    terminating: None,
+                }),
+                hostname: address.hostname.clone(),
+                node_name: address.node_name.clone(),
+                target_ref: address.target_ref.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    groups.retain(|_, v| !v.is_empty());
+    groups
 }
 
 async fn reconcile(
@@ -122,6 +310,18 @@ async fn reconcile(
     if plan.is_empty() {
         return Ok(Action::await_change());
     }
+    apply_plan(&api, &plan).await?;
+    tracing::debug!(
+        service = %format!("{ns}/{name}"),
+        created = plan.create.len(),
+        updated = plan.update.len(),
+        deleted = plan.delete.len(),
+        "endpointslices synced"
+    );
+    Ok(Action::await_change())
+}
+
+async fn apply_plan(api: &Api<EndpointSlice>, plan: &SlicePlan) -> Result<(), Error> {
     for slice in &plan.create {
         api.create(&PostParams::default(), slice).await?;
     }
@@ -136,14 +336,7 @@ async fn reconcile(
             Err(e) => return Err(e.into()),
         }
     }
-    tracing::debug!(
-        service = %format!("{ns}/{name}"),
-        created = plan.create.len(),
-        updated = plan.update.len(),
-        deleted = plan.delete.len(),
-        "endpointslices synced"
-    );
-    Ok(Action::await_change())
+    Ok(())
 }
 
 /// The endpoints a service should have, grouped by the set of ports they resolve to (ports
@@ -272,14 +465,42 @@ fn slice_labels(svc: &Service) -> BTreeMap<String, String> {
 /// service without any endpoint keeps one empty placeholder slice, as kube's does.
 pub fn plan_slices(
     svc: &Service,
+    groups: BTreeMap<BTreeSet<PortKey>, Vec<Endpoint>>,
+    existing: Vec<EndpointSlice>,
+    max: usize,
+) -> SlicePlan {
+    let owner = SliceOwner {
+        prefix: svc.name_any(),
+        namespace: svc.namespace(),
+        labels: slice_labels(svc),
+        reference: podutil::owner_reference(svc),
+        placeholder: true,
+    };
+    plan_slices_for(&owner, groups, existing, max)
+}
+
+/// Who a family of slices belongs to and what they carry.
+pub struct SliceOwner {
+    /// generateName prefix (without the dash).
+    pub prefix: String,
+    pub namespace: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub reference: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    /// Keep one empty slice when there is no endpoint at all.
+    pub placeholder: bool,
+}
+
+/// `plan_slices` for any owner (a Service, or mirrored Endpoints).
+pub fn plan_slices_for(
+    owner_info: &SliceOwner,
     mut groups: BTreeMap<BTreeSet<PortKey>, Vec<Endpoint>>,
     mut existing: Vec<EndpointSlice>,
     max: usize,
 ) -> SlicePlan {
     let max = max.max(1);
     let mut plan = SlicePlan::default();
-    let labels = slice_labels(svc);
-    if groups.is_empty() {
+    let labels = owner_info.labels.clone();
+    if groups.is_empty() && owner_info.placeholder {
         groups.insert(BTreeSet::new(), Vec::new());
     }
     existing.sort_by_key(|s| s.name_any());
@@ -292,8 +513,8 @@ pub fn plan_slices(
             by_ports.entry(ports).or_default().push(slice);
         }
     }
-    let owner = podutil::owner_reference(svc);
-    let ns = svc.namespace();
+    let owner = owner_info.reference.clone();
+    let ns = owner_info.namespace.clone();
     for (ports, endpoints) in groups {
         let wanted: BTreeMap<String, &Endpoint> =
             endpoints.iter().map(|e| (endpoint_id(e), e)).collect();
@@ -363,7 +584,7 @@ pub fn plan_slices(
         for content in fresh {
             plan.create.push(EndpointSlice {
                 metadata: ObjectMeta {
-                    generate_name: Some(format!("{}-", svc.name_any())),
+                    generate_name: Some(format!("{}-", owner_info.prefix)),
                     namespace: ns.clone(),
                     labels: Some(labels.clone()),
                     owner_references: Some(vec![owner.clone()]),
@@ -517,6 +738,46 @@ mod tests {
         let svc2 = service(json!([{"name": "http", "port": 80, "targetPort": 9090}]));
         let plan = plan_slices(&svc2, desired_endpoints(&svc2, &[&a]), slices.clone(), 100);
         assert_eq!((plan.create.len(), plan.delete.len()), (1, 1));
+    }
+
+    #[test]
+    fn mirroring_copies_hand_written_endpoints() {
+        let ep: Endpoints = serde_json::from_value(json!({
+            "metadata": {"name": "db", "namespace": "ns", "uid": "ep-uid", "labels": {"team": "a"}},
+            "subsets": [
+                {"addresses": [{"ip": "192.0.2.7", "nodeName": "n1"}], "notReadyAddresses": [{"ip": "192.0.2.8"}],
+                 "ports": [{"name": "pg", "port": 5432}]},
+                {"addresses": [{"ip": "192.0.2.9"}, {"ip": "2001:db8::1"}], "ports": [{"name": "pg", "port": 5432}]}
+            ]
+        }))
+        .unwrap();
+        let groups = mirrored_endpoints(&ep);
+        assert_eq!(groups.len(), 1);
+        let eps = groups.values().next().unwrap();
+        let view: Vec<(String, Option<bool>)> = eps
+            .iter()
+            .map(|e| (e.addresses[0].clone(), e.conditions.as_ref().unwrap().ready))
+            .collect();
+        assert_eq!(
+            view,
+            vec![
+                ("192.0.2.7".to_string(), Some(true)),
+                ("192.0.2.8".to_string(), Some(false)),
+                ("192.0.2.9".to_string(), Some(true))
+            ]
+        );
+        let selectorless: Service =
+            serde_json::from_value(json!({"metadata": {"name": "db"}, "spec": {}})).unwrap();
+        assert!(should_mirror(&ep, Some(&selectorless)));
+        assert!(!should_mirror(&ep, None));
+        assert!(!should_mirror(&ep, Some(&service(json!([])))));
+        let mut skip = ep.clone();
+        skip.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(SKIP_MIRROR_LABEL.into(), "true".into());
+        assert!(!should_mirror(&skip, Some(&selectorless)));
     }
 
     #[test]

@@ -400,6 +400,29 @@ async fn endpoints_and_slices_follow_pod_readiness() {
     assert!(!manual_now
         .labels()
         .contains_key("endpoints.kubernetes.io/managed-by"));
+    // ... and mirrored into a slice owned by that Endpoints object.
+    let mirrored = wait_for("manual endpoints mirrored", || {
+        let client = client.clone();
+        async move { Some(slice_view(&client, "manual").await).filter(|v| v.len() == 1) }
+    })
+    .await;
+    assert_eq!(mirrored["192.0.2.7"].3, Some(5432));
+    let list = server.json(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=manual",
+    ]);
+    let item = &list["items"][0];
+    assert_eq!(
+        item["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"],
+        "endpointslicemirroring-controller.k8s.io"
+    );
+    assert_eq!(item["metadata"]["ownerReferences"][0]["kind"], "Endpoints");
+    assert!(
+        slice_view(&client, "kubernetes").await.is_empty(),
+        "the API server's endpoints are not mirrored"
+    );
     let kubernetes = eps.get("kubernetes").await.unwrap();
     assert!(!kubernetes
         .labels()
