@@ -202,7 +202,7 @@ impl ImageStore {
                 }
             };
             let config = blob(&manifest.config.digest)?.clone();
-            let references = image_names(&top.annotations, name).map_err(|r| err(r))?;
+            let references = image_names(&top.annotations, name).map_err(err)?;
             self.inner_put_blob_bytes(&desc.digest, bytes, "manifest")?;
             self.inner_put_blob_bytes(&manifest.config.digest, &config, "config")?;
             for l in &manifest.layers {
@@ -246,21 +246,19 @@ impl ImageStore {
         }
         let entries: Vec<Entry> = serde_json::from_slice(&small["manifest.json"])
             .map_err(|e| err(format!("manifest.json: {e}")))?;
-        let mut large = BTreeMap::new();
         let mut need = BTreeMap::new();
         let mut pre: HashMap<String, (Digest, u64)> = HashMap::new();
         for e in &entries {
             for l in &e.layers {
                 let p = clean(l.as_bytes());
                 if let Some(b) = small.get(&p) {
-                    if !pre.contains_key(&p) {
+                    if let std::collections::hash_map::Entry::Vacant(v) = pre.entry(p) {
                         let d = Digest::of(b);
-                        self.inner_put_blob_bytes(&d, b, &p)?;
-                        pre.insert(p, (d, b.len() as u64));
+                        self.inner_put_blob_bytes(&d, b, v.key())?;
+                        v.insert((d, b.len() as u64));
                     }
                 } else {
-                    need.insert(p.clone(), None);
-                    large.insert(p, 0u64);
+                    need.insert(p, None);
                 }
             }
         }

@@ -326,6 +326,39 @@ impl Inner {
         Ok(image)
     }
 
+    /// Deletes blobs and layer dirs that no image references (callers hold the exclusive lock).
+    fn sweep_orphans(&self, index: &IndexFile) {
+        let mut blobs = BTreeSet::new();
+        let mut layers = BTreeSet::new();
+        for img in index.images.values() {
+            blobs.insert(img.manifest_digest.hex().to_string());
+            blobs.insert(img.config_digest.hex().to_string());
+            for l in &img.layers {
+                blobs.insert(l.digest.hex().to_string());
+                layers.insert(l.diff_id.hex().to_string());
+            }
+        }
+        for (dir, keep) in [("blobs/sha256", &blobs), ("layers/sha256", &layers)] {
+            let Ok(rd) = fs::read_dir(self.root.join(dir)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if keep.contains(&name) {
+                    continue;
+                }
+                let p = e.path();
+                tracing::info!(path = %p.display(), "removing unreferenced store entry");
+                let _ = if p.is_dir() {
+                    let trash = tmp_path(&self.root, "trash");
+                    fs::rename(&p, &trash).and_then(|_| fs::remove_dir_all(&trash))
+                } else {
+                    fs::remove_file(&p)
+                };
+            }
+        }
+    }
+
     /// Deletes blobs and layer dirs of `removed` that no image in `index` references.
     fn free_unreferenced(&self, index: &mut IndexFile, removed: &[Image]) {
         let mut used_blobs = BTreeSet::new();
@@ -752,6 +785,9 @@ impl ImageStore {
             usage_after: before,
             removed: Vec::new(),
         };
+        // No pull or import runs now (they hold the shared lock): whatever the index does not
+        // reference is left over from a failed one.
+        self.inner.sweep_orphans(&index);
         if before <= policy.high_bytes {
             return Ok(report);
         }
@@ -845,5 +881,132 @@ impl ImageStore {
     /// Shared lock held by imports (see the module docs).
     pub(crate) async fn shared(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
         self.inner.exclusive.read().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, ImageStore) {
+        let t = tempfile::tempdir().unwrap();
+        let s = ImageStore::open(t.path()).unwrap();
+        (t, s)
+    }
+
+    fn blobs(s: &ImageStore) -> usize {
+        fs::read_dir(s.root().join("blobs/sha256")).unwrap().count()
+    }
+
+    #[test]
+    fn digest_mismatch_leaves_no_blob() {
+        let (_t, s) = store();
+        let wrong = Digest::of(b"something else");
+        let e = s
+            .inner
+            .put_blob_reader(&b"payload"[..], Some(&wrong), None, "test blob")
+            .unwrap_err();
+        assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
+        assert!(e.to_string().contains("test blob"), "{e}");
+        let e = s
+            .inner
+            .put_blob_reader(&b"payload"[..], None, Some(3), "short blob")
+            .unwrap_err();
+        assert!(matches!(e, Error::SizeMismatch { .. }), "{e}");
+        let e = s
+            .inner
+            .put_blob_bytes(&wrong, b"payload", "bytes")
+            .unwrap_err();
+        assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
+        assert_eq!(blobs(&s), 0);
+        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+        let (d, n) = s
+            .inner
+            .put_blob_reader(
+                &b"payload"[..],
+                Some(&Digest::of(b"payload")),
+                Some(7),
+                "ok",
+            )
+            .unwrap();
+        assert_eq!((d, n), (Digest::of(b"payload"), 7));
+        assert_eq!(
+            fs::read(s.blob_path(&Digest::of(b"payload"))).unwrap(),
+            b"payload"
+        );
+    }
+
+    #[test]
+    fn wrong_diff_id_leaves_no_layer() {
+        let (_t, s) = store();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "f", &b"hi"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let (digest, size) = s
+            .inner
+            .put_blob_reader(&tar[..], None, None, "layer")
+            .unwrap();
+        let layer = LayerRef {
+            digest,
+            size,
+            media_type: crate::media::OCI_LAYER_TAR.to_string(),
+            diff_id: Digest::of(b"not the tar"),
+        };
+        let e = s.inner.unpack_blob(&layer).unwrap_err();
+        assert!(
+            matches!(e, Error::DigestMismatch { .. }) && e.to_string().contains("DiffID"),
+            "{e}"
+        );
+        assert_eq!(
+            fs::read_dir(s.root().join("layers/sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+        let good = LayerRef {
+            diff_id: Digest::of(&tar),
+            ..layer
+        };
+        s.inner.unpack_blob(&good).unwrap();
+        assert_eq!(
+            fs::read(s.layer_path(&good.diff_id).join("f")).unwrap(),
+            b"hi"
+        );
+    }
+
+    #[tokio::test]
+    async fn gc_sweeps_orphans_and_lookup_by_id() {
+        let (_t, s) = store();
+        s.inner
+            .put_blob_bytes(&Digest::of(b"orphan"), b"orphan", "orphan")
+            .unwrap();
+        fs::create_dir(s.layer_path(&Digest::of(b"x"))).unwrap();
+        let r = s
+            .gc(
+                &[],
+                GcPolicy {
+                    high_bytes: u64::MAX,
+                    low_bytes: 0,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(r.removed.is_empty());
+        assert_eq!(blobs(&s), 0);
+        assert_eq!(
+            fs::read_dir(s.root().join("layers/sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert!(s.get("sha256:0123456789ab").is_none());
+        assert!(matches!(
+            s.touch("busybox").unwrap_err(),
+            Error::NotFound { .. }
+        ));
     }
 }

@@ -206,7 +206,7 @@ async fn gc_removes_unused_images_above_threshold() {
     // Above: the unused image goes, the used one stays, the shared layer stays.
     let r = store
         .gc(
-            &[rs.clone()],
+            std::slice::from_ref(&rs),
             GcPolicy {
                 high_bytes: 1 << 20,
                 low_bytes: 1 << 20,

@@ -422,19 +422,14 @@ fn layers_stack_as_overlay_lower_dirs() {
         println!("skipped: overlayfs mount not possible here: {e}");
         return;
     }
-    let seen = (|| {
-        let mut etc: Vec<_> = fs::read_dir(mnt.join("etc"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        etc.sort();
-        let mut var: Vec<_> = fs::read_dir(mnt.join("var"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        var.sort();
-        (etc, var)
-    })();
+    let list = |d: &Path| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<_> = fs::read_dir(d)
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let seen = (list(&mnt.join("etc")), list(&mnt.join("var")));
     // SAFETY: valid C string.
     unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
     assert_eq!(seen.0, vec!["group"]);
