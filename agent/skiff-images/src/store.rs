@@ -314,15 +314,10 @@ impl Inner {
     /// Commits a fully unpacked image under `reference`.
     fn commit(&self, image: Image) -> Result<Image> {
         let mut index = self.index.lock().unwrap();
-        let old = index.images.insert(image.reference.clone(), image.clone());
+        // When a tag moved, what only the old image used is left for `gc`'s orphan sweep: it
+        // cannot be deleted here, where other pulls may be about to use the same layers.
+        index.images.insert(image.reference.clone(), image.clone());
         self.save_index(&index)?;
-        if let Some(old) = old {
-            if old.manifest_digest != image.manifest_digest {
-                // A tag moved: free what only the old image used.
-                self.free_unreferenced(&mut index, &[old]);
-                self.save_index(&index)?;
-            }
-        }
         Ok(image)
     }
 
@@ -397,7 +392,15 @@ impl Inner {
     }
 }
 
+/// Where the agent keeps images, below its `--root-dir` prefix.
+pub const DEFAULT_ROOT: &str = "var/lib/skiff/images";
+
 impl ImageStore {
+    /// `<root_dir>/var/lib/skiff/images` (`root_dir` is `/` on a real node).
+    pub fn default_root(root_dir: &Path) -> PathBuf {
+        root_dir.join(DEFAULT_ROOT)
+    }
+
     /// Opens (creating) a store under `root` (e.g. `<root-dir>/var/lib/skiff/images`), with
     /// unpack options for the current user.
     pub fn open(root: impl Into<PathBuf>) -> Result<ImageStore> {
@@ -462,15 +465,41 @@ impl ImageStore {
             .collect()
     }
 
-    /// The overlayfs `lowerdir=` value for an image (top layer first).
+    /// The overlayfs `lowerdir=` value for an image (top layer first). A layer that occurs
+    /// more than once (the same DiffID twice in one image) is kept only at its topmost place,
+    /// which shows the same tree and avoids overlayfs' refusal of repeated lower dirs.
     pub fn lowerdir(&self, image: &Image) -> String {
+        let mut seen = BTreeSet::new();
         let dirs: Vec<String> = self
             .layer_dirs(image)
             .iter()
             .rev()
+            .filter(|p| seen.insert(p.to_path_buf()))
             .map(|p| p.display().to_string())
             .collect();
         dirs.join(":")
+    }
+
+    /// Bytes used and capacity of the filesystem holding the store (for thresholds given as
+    /// percentages, like the kubelet's `imageGCHighThresholdPercent`).
+    pub fn filesystem_usage(&self) -> Result<(u64, u64)> {
+        let c = std::ffi::CString::new(self.inner.root.as_os_str().as_encoded_bytes()).map_err(
+            |_| {
+                Error::io(
+                    &self.inner.root,
+                    io::Error::from(io::ErrorKind::InvalidInput),
+                )
+            },
+        )?;
+        // SAFETY: statvfs is plain data; c is a valid NUL-terminated path.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(Error::io(&self.inner.root, io::Error::last_os_error()));
+        }
+        let frsize = st.f_frsize as u64;
+        let total = st.f_blocks as u64 * frsize;
+        let free = st.f_bfree as u64 * frsize;
+        Ok((total - free, total))
     }
 
     /// Looks an image up by reference (normalised), or by manifest or config digest.
@@ -975,6 +1004,39 @@ mod tests {
         assert_eq!(
             fs::read(s.layer_path(&good.diff_id).join("f")).unwrap(),
             b"hi"
+        );
+    }
+
+    #[test]
+    fn lowerdir_dedups_repeated_layers_and_fs_usage() {
+        let (_t, s) = store();
+        let l = |x: &[u8]| LayerRef {
+            digest: Digest::of(x),
+            size: 1,
+            media_type: crate::media::OCI_LAYER_GZIP.into(),
+            diff_id: Digest::of(x),
+        };
+        let img = Image {
+            reference: "r".into(),
+            manifest_digest: Digest::of(b"m"),
+            manifest_size: 1,
+            config_digest: Digest::of(b"c"),
+            config_size: 1,
+            layers: vec![l(b"a"), l(b"b"), l(b"a")],
+            pulled_at: 0,
+            last_used: 0,
+        };
+        let (a, b) = (
+            s.layer_path(&Digest::of(b"a")),
+            s.layer_path(&Digest::of(b"b")),
+        );
+        assert_eq!(s.lowerdir(&img), format!("{}:{}", a.display(), b.display()));
+        assert_eq!(s.layer_dirs(&img), vec![a.clone(), b, a]);
+        let (used, total) = s.filesystem_usage().unwrap();
+        assert!(total > 0 && used <= total);
+        assert_eq!(
+            ImageStore::default_root(Path::new("/x")),
+            Path::new("/x/var/lib/skiff/images")
         );
     }
 

@@ -374,3 +374,45 @@ async fn bearer_token_and_basic_auth_from_dockerconfigjson() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_tag_is_repulled_and_old_content_collected() {
+    if !tools() {
+        return;
+    }
+    let reg = Registry::start();
+    let base = busybox_layer();
+    let v1 = files_layer(&[("version", b"1".to_vec())]);
+    let v2 = files_layer(&[("version", b"2".to_vec())]);
+    build_and_push(&reg, "app:latest", &[&base, &v1], false);
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path()).unwrap();
+    let c = client();
+    let r = format!("{}/app", reg.host());
+    let one = store.pull(&c, &r, None).await.unwrap();
+    assert_eq!(one.reference, format!("{}/app:latest", reg.host()));
+    let old_dir = store.layer_dirs(&one)[1].clone();
+    build_and_push(&reg, "app:latest", &[&base, &v2], false);
+    let two = store.pull(&c, &r, None).await.unwrap();
+    assert_ne!(one.manifest_digest, two.manifest_digest);
+    assert_eq!(
+        std::fs::read(store.layer_dirs(&two)[1].join("version")).unwrap(),
+        b"2"
+    );
+    assert_eq!(store.list().len(), 1);
+    assert!(old_dir.is_dir(), "kept until gc");
+    store
+        .gc(
+            &[],
+            GcPolicy {
+                high_bytes: u64::MAX,
+                low_bytes: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!old_dir.exists());
+    assert!(!store.blob_path(&one.manifest_digest).exists());
+    assert!(store.layer_dirs(&two).iter().all(|d| d.is_dir()));
+    assert!(store.blob_path(&two.manifest_digest).exists());
+}
