@@ -416,3 +416,69 @@ async fn moved_tag_is_repulled_and_old_content_collected() {
     assert!(store.layer_dirs(&two).iter().all(|d| d.is_dir()));
     assert!(store.blob_path(&two.manifest_digest).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_schema2_and_zstd_layers() {
+    if !tools() {
+        return;
+    }
+    let reg = Registry::start();
+    let base = busybox_layer();
+    // Docker media types: skopeo converts the OCI image to a schema 2 manifest.
+    let t = tempfile::tempdir().unwrap();
+    write_oci_layout(t.path(), "v2s2", &[&base], false);
+    push_with(
+        t.path(),
+        "v2s2",
+        &format!("{}/docker:v2s2", reg.host()),
+        &["--format", "v2s2"],
+    );
+    // A zstd layer on top of the gzip base.
+    let z = Layer::zstd({
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "etc/zstd", &b"zstd\n"[..]).unwrap();
+        b.into_inner().unwrap()
+    });
+    build_and_push(&reg, "zstd:1", &[&base, &z], false);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path()).unwrap();
+    let c = client();
+    let img = store
+        .pull(&c, &format!("{}/docker:v2s2", reg.host()), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        img.layers[0].media_type,
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
+    let manifest = std::fs::read_to_string(store.blob_path(&img.manifest_digest)).unwrap();
+    assert!(
+        manifest.contains("application/vnd.docker.distribution.manifest.v2+json"),
+        "{manifest}"
+    );
+    assert!(store.layer_dirs(&img)[0].join("bin/busybox").is_file());
+
+    let img = store
+        .pull(&c, &format!("{}/zstd:1", reg.host()), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        img.layers[1].media_type,
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+    assert_eq!(
+        std::fs::read(store.layer_dirs(&img)[1].join("etc/zstd")).unwrap(),
+        b"zstd\n"
+    );
+    // The base layer is shared between the Docker-typed and the OCI-typed image.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("layers/sha256"))
+            .unwrap()
+            .count(),
+        2
+    );
+}

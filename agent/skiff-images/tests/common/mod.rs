@@ -123,7 +123,9 @@ fn http_get_status(port: u16, path: &str) -> Option<u16> {
 /// One layer: the tar and its gzip.
 pub struct Layer {
     pub tar: Vec<u8>,
+    /// The compressed blob (gzip unless made with `Layer::zstd`).
     pub gz: Vec<u8>,
+    pub media_type: &'static str,
 }
 
 impl Layer {
@@ -133,6 +135,14 @@ impl Layer {
         Layer {
             gz: e.finish().unwrap(),
             tar,
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
+        }
+    }
+    pub fn zstd(tar: Vec<u8>) -> Layer {
+        Layer {
+            gz: zstd::encode_all(&tar[..], 3).unwrap(),
+            tar,
+            media_type: "application/vnd.oci.image.layer.v1.tar+zstd",
         }
     }
     pub fn digest(&self) -> String {
@@ -244,7 +254,7 @@ fn manifest_for(dir: &Path, layers: &[&Layer], arch: &str) -> (String, u64) {
     let mut ls = Vec::new();
     for l in layers {
         let (d, s) = write_blob(dir, &l.gz);
-        ls.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": s}));
+        ls.push(serde_json::json!({"mediaType": l.media_type, "digest": d, "size": s}));
     }
     let manifest = serde_json::json!({
         "schemaVersion": 2,
@@ -288,14 +298,19 @@ pub fn write_oci_layout(dir: &Path, tag: &str, layers: &[&Layer], multi_arch: bo
 
 /// `skopeo copy` from an OCI layout to the registry.
 pub fn push(layout: &Path, tag: &str, dest: &str) {
+    push_with(layout, tag, dest, &["--all"])
+}
+
+/// `skopeo copy` with extra arguments (e.g. `--format v2s2` for Docker media types).
+pub fn push_with(layout: &Path, tag: &str, dest: &str, extra: &[&str]) {
     let out = Command::new("skopeo")
         .args([
             "--insecure-policy",
             "copy",
             "--quiet",
-            "--all",
             "--dest-tls-verify=false",
         ])
+        .args(extra)
         .arg(format!("oci:{}:{tag}", layout.display()))
         .arg(format!("docker://{dest}"))
         .output()
