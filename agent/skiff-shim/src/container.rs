@@ -37,6 +37,9 @@ pub struct Options {
     /// Container stdout/stderr to this file in CRI format (else inherited).
     pub log_path: Option<PathBuf>,
     pub log_rotation: Rotation,
+    /// create with process.terminal: where to send the terminal's master
+    /// side (runc's --console-socket).
+    pub console_socket: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -46,11 +49,12 @@ impl Default for Options {
             cgroup_root: None,
             log_path: None,
             log_rotation: Rotation::default(),
+            console_socket: None,
         }
     }
 }
 
-fn prepare(opts: &Options, id: &str, bundle: &Path) -> Result<(StateDir, Plan)> {
+fn prepare(opts: &Options, id: &str, bundle: &Path, run_mode: bool) -> Result<(StateDir, Plan)> {
     let sd = StateDir::new(&opts.root, id)?;
     if sd.dir.exists() {
         return Err(ShimError::container(id, "already exists"));
@@ -61,6 +65,12 @@ fn prepare(opts: &Options, id: &str, bundle: &Path) -> Result<(StateDir, Plan)> 
     })?;
     let spec = load_spec(&bundle)?;
     let plan = build_plan(&bundle, &spec)?;
+    if plan.process.terminal && !run_mode && opts.console_socket.is_none() {
+        return Err(ShimError::spec(
+            "process.terminal",
+            "create with terminal=true needs --console-socket",
+        ));
+    }
     if plan.cgroups_path.is_some() {
         if let Some(root) = &opts.cgroup_root {
             // Validate now, before anything is created.
@@ -218,7 +228,7 @@ fn forward_signals_to(pid: Pid) {
 /// `run`: create, start, wait, delete. Returns the container's exit code
 /// (128 + signal when it was killed).
 pub fn run(opts: &Options, id: &str, bundle: &Path) -> Result<i32> {
-    let (sd, plan) = prepare(opts, id, bundle)?;
+    let (sd, plan) = prepare(opts, id, bundle, true)?;
     if let Err(e) = set_subreaper() {
         let _ = sd.remove();
         return Err(e);
@@ -229,8 +239,12 @@ pub fn run(opts: &Options, id: &str, bundle: &Path) -> Result<i32> {
     let mut sup = Supervisor::new(&sd, &plan, pid);
     sup.cgroup = c.cgroup.clone();
     sup.io = c.io;
-    let started = c.init.start();
+    let mut init = c.init;
+    sup.console = init.console.take();
+    let raw = sup.console.as_ref().and_then(|_| RawStdin::enter());
+    let started = init.start();
     let exit = sup.run();
+    drop(raw);
     reap_leftovers();
     if let Some(cg) = &c.cgroup {
         let _ = cg.kill_all(Signal::SIGKILL);
@@ -279,7 +293,7 @@ fn redirect_stdio_to_null() {
 /// `create`: set the container up and leave it waiting for `start`. A
 /// monitor process stays behind as the init's parent.
 pub fn create(opts: &Options, id: &str, bundle: &Path, pid_file: Option<&Path>) -> Result<()> {
-    let (sd, plan) = prepare(opts, id, bundle)?;
+    let (sd, plan) = prepare(opts, id, bundle, false)?;
     let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ctx("pipe2", "create status")?;
     // SAFETY: the shim is single-threaded.
     match unsafe { nix::unistd::fork() }.ctx("fork", "monitor")? {
@@ -293,8 +307,19 @@ pub fn create(opts: &Options, id: &str, bundle: &Path, pid_file: Option<&Path>) 
                     spawn_container(opts, &sd, &plan, nix::unistd::getpid()).map(|c| (c, fifo))
                 });
             match res {
-                Ok((c, fifo)) => {
+                Ok((mut c, fifo)) => {
                     let pid = c.init.pid;
+                    if let (Some(master), Some(sock)) =
+                        (c.init.console.take(), &opts.console_socket)
+                    {
+                        if let Err(e) = send_console(sock, &master) {
+                            let _ = kill(pid, Signal::SIGKILL);
+                            let _ = sd.remove();
+                            let _ = wr.write_all(format!("E{e}").as_bytes());
+                            // SAFETY: leave the forked monitor.
+                            unsafe { libc::_exit(1) }
+                        }
+                    }
                     // The control socket exists before `create` returns.
                     let mut sup = Supervisor::new(&sd, &plan, pid);
                     sup.cgroup = c.cgroup;
@@ -340,6 +365,42 @@ pub fn create(opts: &Options, id: &str, bundle: &Path, pid_file: Option<&Path>) 
                 }
             }
         }
+    }
+}
+
+/// runc's console-socket protocol: connect, send the master with SCM_RIGHTS.
+fn send_console(sock: &Path, master: &OwnedFd) -> Result<()> {
+    let s = std::os::unix::net::UnixStream::connect(sock)
+        .map_err(|e| ShimError::io("connect", sock, e))?;
+    crate::process::send_fd(
+        s.as_raw_fd(),
+        b"console",
+        master.as_raw_fd(),
+        "console socket",
+    )
+}
+
+/// Our stdin in raw mode while a terminal is relayed (when it is a tty).
+struct RawStdin(nix::sys::termios::Termios);
+
+impl RawStdin {
+    fn enter() -> Option<Self> {
+        let stdin = std::io::stdin();
+        let saved = nix::sys::termios::tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        nix::sys::termios::cfmakeraw(&mut raw);
+        nix::sys::termios::tcsetattr(&stdin, nix::sys::termios::SetArg::TCSANOW, &raw).ok()?;
+        Some(RawStdin(saved))
+    }
+}
+
+impl Drop for RawStdin {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.0,
+        );
     }
 }
 

@@ -10,7 +10,7 @@ use skiff_shim::Options;
 const USAGE: &str = "usage: skiff-shim [--root DIR] [--cgroup-root DIR] COMMAND
 commands:
   run    [--bundle|-b DIR] [LOG] ID  create, start, wait, delete; exits with the container's code
-  create [--bundle|-b DIR] [--pid-file FILE] [LOG] ID
+  create [--bundle|-b DIR] [--pid-file FILE] [--console-socket SOCK] [LOG] ID
   start  ID
   state  ID
   kill   [--all|-a] ID [SIGNAL]     (default SIGTERM)
@@ -117,6 +117,7 @@ fn with_log_opts(o: &Options, vals: &[(String, String)]) -> anyhow::Result<Optio
     for (n, v) in vals {
         match n.as_str() {
             "--log-path" => o.log_path = Some(PathBuf::from(v)),
+            "--console-socket" => o.console_socket = Some(PathBuf::from(v)),
             "--log-max-size" => {
                 o.log_rotation.max_size =
                     v.parse().with_context(|| format!("--log-max-size {v}"))?
@@ -143,7 +144,11 @@ fn real_main() -> anyhow::Result<i32> {
         "create" => {
             let (v, _, p) = parse_cmd(
                 a.rest,
-                &[&["--bundle", "-b", "--pid-file"][..], LOG_OPTS].concat(),
+                &[
+                    &["--bundle", "-b", "--pid-file", "--console-socket"][..],
+                    LOG_OPTS,
+                ]
+                .concat(),
                 &[],
             )?;
             let o = &with_log_opts(o, &v)?;

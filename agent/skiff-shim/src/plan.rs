@@ -126,6 +126,8 @@ pub struct ProcessPlan {
     pub no_new_privileges: bool,
     pub rlimits: Vec<Rlimit>,
     pub oom_score_adj: Option<i32>,
+    /// Allocate a pseudo-terminal inside the container for stdio.
+    pub terminal: bool,
 }
 
 /// Annotations that ask for an overlay rootfs: `root.path` becomes the
@@ -674,12 +676,6 @@ pub fn build_plan(bundle: &Path, spec: &Spec) -> Result<Plan> {
         .process()
         .as_ref()
         .ok_or_else(|| ShimError::spec("process", "missing"))?;
-    if p.terminal().unwrap_or(false) {
-        return Err(ShimError::spec(
-            "process.terminal",
-            "terminal=true is not supported by skiff-shim yet",
-        ));
-    }
     let args = p.args().clone().unwrap_or_default();
     if args.is_empty() {
         return Err(ShimError::spec("process.args", "empty"));
@@ -735,6 +731,7 @@ pub fn build_plan(bundle: &Path, spec: &Spec) -> Result<Plan> {
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
         rlimits,
         oom_score_adj: p.oom_score_adj(),
+        terminal: p.terminal().unwrap_or(false),
     };
 
     let hostname = spec.hostname().clone().filter(|h| !h.is_empty());

@@ -21,11 +21,12 @@
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
@@ -41,6 +42,7 @@ const MSG_MAPPED: u8 = b'M';
 const MSG_READY: u8 = b'R';
 const MSG_START: u8 = b'S';
 const MSG_ERROR: u8 = b'E';
+const MSG_CONSOLE: u8 = b'T';
 
 /// Flags given to clone(2) and flags the child unshares itself.
 pub fn split_namespace_flags(plan: &Plan) -> (CloneFlags, CloneFlags) {
@@ -62,6 +64,8 @@ pub fn split_namespace_flags(plan: &Plan) -> (CloneFlags, CloneFlags) {
 pub struct InitHandle {
     pub pid: Pid,
     sock: OwnedFd,
+    /// Master side of the container's terminal (process.terminal).
+    pub console: Option<OwnedFd>,
 }
 
 fn send(fd: BorrowedFd<'_>, msg: &[u8]) -> Result<()> {
@@ -88,6 +92,106 @@ fn recv(fd: BorrowedFd<'_>) -> Result<Option<Vec<u8>>> {
             Err(e) => return Err(ShimError::sys("read", "sync socket", e)),
         }
     }
+}
+
+/// Receive one message and the descriptor passed with it, if any.
+fn recv_with_fd(fd: BorrowedFd<'_>) -> Result<(Option<Vec<u8>>, Option<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut buf = vec![0u8; 8192];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    loop {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(
+            fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => {
+                let mut passed = None;
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(fds) = c {
+                            for f in fds {
+                                // SAFETY: the kernel just gave us this descriptor.
+                                let owned = unsafe { OwnedFd::from_raw_fd(f) };
+                                if passed.is_none() {
+                                    passed = Some(owned);
+                                }
+                            }
+                        }
+                    }
+                }
+                let n = msg.bytes;
+                if n == 0 {
+                    return Ok((None, passed));
+                }
+                buf.truncate(n);
+                return Ok((Some(buf), passed));
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(ShimError::sys("recvmsg", "sync socket", e)),
+        }
+    }
+}
+
+/// Send a message with a descriptor attached.
+pub(crate) fn send_fd(sock: RawFd, msg: &[u8], fd: RawFd, what: &str) -> Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let iov = [std::io::IoSlice::new(msg)];
+    let fds = [fd];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::empty(), None)
+        .map(|_| ())
+        .ctx("sendmsg", what)
+}
+
+/// Inside the container, after its /dev/pts is mounted: a new terminal
+/// from the container's own devpts, its slave bound on /dev/console and
+/// made the controlling terminal and stdio; the master goes to the shim.
+fn setup_console(sock: BorrowedFd<'_>) -> Result<()> {
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .ctx("open", "/dev/ptmx")?;
+    grantpt(&master).ctx("grantpt", "/dev/ptmx")?;
+    unlockpt(&master).ctx("unlockpt", "/dev/ptmx")?;
+    let name = ptsname_r(&master).ctx("ptsname", "/dev/ptmx")?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx("open", &name)?;
+    // SAFETY: fresh descriptor.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    let console = Path::new("/dev/console");
+    if std::fs::symlink_metadata(console).is_err() {
+        std::fs::File::create(console).map_err(|e| ShimError::io("create", console, e))?;
+    }
+    nix::mount::mount(
+        Some(name.as_str()),
+        console,
+        Some("bind"),
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .ctx("mount", format!("{name} on /dev/console"))?;
+    send_fd(
+        sock.as_raw_fd(),
+        &[MSG_CONSOLE],
+        master.as_raw_fd(),
+        "console master",
+    )?;
+    drop(master);
+    nix::unistd::setsid().ctx("setsid", "console")?;
+    // SAFETY: TIOCSCTTY on our own terminal descriptor.
+    Errno::result(unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) })
+        .ctx("ioctl(TIOCSCTTY)", &name)?;
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors.
+        Errno::result(unsafe { libc::dup2(slave.as_raw_fd(), target) }).ctx("dup2", &name)?;
+    }
+    Ok(())
 }
 
 fn write_id_map(pid: Pid, file: &str, maps: &[crate::plan::IdMap]) -> Result<()> {
@@ -177,10 +281,19 @@ pub fn spawn(
         kill_and_reap(pid);
         return Err(e);
     }
-    match recv(parent_sock.as_fd()) {
+    let mut console = None;
+    let mut reply = recv_with_fd(parent_sock.as_fd());
+    if let Ok((Some(m), fd)) = &mut reply {
+        if m.first() == Some(&MSG_CONSOLE) {
+            console = fd.take();
+            reply = recv_with_fd(parent_sock.as_fd());
+        }
+    }
+    match reply.map(|(m, _)| m) {
         Ok(Some(m)) if m.first() == Some(&MSG_READY) => Ok(InitHandle {
             pid,
             sock: parent_sock,
+            console,
         }),
         Ok(Some(m)) if m.first() == Some(&MSG_ERROR) => {
             kill_and_reap(pid);
@@ -478,6 +591,9 @@ fn init(plan: &Plan, sock: BorrowedFd<'_>) -> Result<Infallible> {
         nix::unistd::chroot(&plan.rootfs).ctx("chroot", plan.rootfs.display())?;
         nix::unistd::chdir("/").ctx("chdir", "/")?;
     }
+    if pr_terminal(plan) {
+        setup_console(sock)?;
+    }
     rootfs::finish_rootfs(&sys, plan)?;
     if !pr.cwd.exists() {
         // Like runc, create a missing working directory (as root, before
@@ -521,6 +637,10 @@ pub fn home_of(passwd: &str, uid: u32) -> String {
         .map(|f| f[5].to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "/".to_string())
+}
+
+fn pr_terminal(plan: &Plan) -> bool {
+    plan.process.terminal
 }
 
 pub(crate) fn to_cstrings(field: &str, v: &[String]) -> Result<Vec<CString>> {

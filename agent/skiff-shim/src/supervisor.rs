@@ -132,6 +132,8 @@ enum Src {
     Fifo,
     Listener,
     Sigchld,
+    Console,
+    Stdin,
 }
 
 pub struct Supervisor<'a> {
@@ -142,6 +144,11 @@ pub struct Supervisor<'a> {
     pub io: Option<LogIo>,
     /// Create mode: the init waiting for `start`, and the exec fifo.
     pub pending: Option<(InitHandle, OwnedFd)>,
+    /// Run mode with a terminal: the master side, relayed to our stdout
+    /// (or the log) and fed from our stdin.
+    pub console: Option<OwnedFd>,
+    console_split: LineSplitter,
+    stdin_open: bool,
     listener: Option<UnixListener>,
     pidfd: Option<OwnedFd>,
     /// SIGCHLD as a descriptor: orphans handed to the shim (subreaper)
@@ -167,6 +174,9 @@ impl<'a> Supervisor<'a> {
             .ok()
         });
         Supervisor {
+            console: None,
+            console_split: LineSplitter::new("stdout"),
+            stdin_open: true,
             sigchld,
             sd,
             plan,
@@ -210,6 +220,16 @@ impl<'a> Supervisor<'a> {
                         srcs.push(Src::Listener);
                         fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
                     }
+                    if let Some(c) = &self.console {
+                        srcs.push(Src::Console);
+                        fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+                        if self.stdin_open {
+                            srcs.push(Src::Stdin);
+                            // SAFETY: fd 0 outlives this poll.
+                            let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
+                            fds.push(PollFd::new(stdin, PollFlags::POLLIN));
+                        }
+                    }
                     if let Some(sfd) = &self.sigchld {
                         srcs.push(Src::Sigchld);
                         fds.push(PollFd::new(sfd.as_fd(), PollFlags::POLLIN));
@@ -249,6 +269,8 @@ impl<'a> Supervisor<'a> {
                 match s {
                     Src::Fifo => self.on_fifo(),
                     Src::Listener => self.on_connection(),
+                    Src::Console => self.on_console(&mut buf),
+                    Src::Stdin => self.on_stdin(&mut buf),
                     Src::Sigchld => {
                         if let Some(sfd) = &mut self.sigchld {
                             while let Ok(Some(_)) = sfd.read_signal() {}
@@ -269,10 +291,20 @@ impl<'a> Supervisor<'a> {
                 break;
             }
         }
+        // What the terminal still holds.
+        while self.console.is_some() {
+            let Some(c) = &self.console else { break };
+            let mut pfd = [PollFd::new(c.as_fd(), PollFlags::POLLIN)];
+            if !matches!(nix::poll::poll(&mut pfd, PollTimeout::ZERO), Ok(n) if n > 0) {
+                break;
+            }
+            self.on_console(&mut buf);
+        }
         if let Some(io) = &mut self.io {
             for (_, s) in io.pipes.iter_mut() {
                 let _ = s.finish(&mut io.log);
             }
+            let _ = self.console_split.finish(&mut io.log);
         }
         let _ = std::fs::remove_file(socket_path(self.sd));
         let mut exit = exit.unwrap_or(ExitInfo {
@@ -305,6 +337,42 @@ impl<'a> Supervisor<'a> {
                 Err(Errno::EINTR) => continue,
                 Err(_) => return,
             }
+        }
+    }
+
+    /// Terminal output: to the log as stdout, or to our stdout.
+    fn on_console(&mut self, buf: &mut [u8]) {
+        let Some(c) = &self.console else { return };
+        match nix::unistd::read(c.as_raw_fd(), buf) {
+            Ok(0) | Err(Errno::EIO) => self.console = None,
+            Ok(n) => {
+                let data = &buf[..n];
+                match &mut self.io {
+                    Some(io) => {
+                        let _ = self.console_split.feed(data, &mut io.log);
+                    }
+                    None => {
+                        let mut out = std::io::stdout().lock();
+                        let _ = out.write_all(data);
+                        let _ = out.flush();
+                    }
+                }
+            }
+            Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
+            Err(_) => self.console = None,
+        }
+    }
+
+    /// Our stdin to the terminal.
+    fn on_stdin(&mut self, buf: &mut [u8]) {
+        let Some(c) = &self.console else { return };
+        match nix::unistd::read(0, buf) {
+            Ok(0) | Err(Errno::EBADF) => self.stdin_open = false,
+            Ok(n) => {
+                let _ = nix::unistd::write(c, &buf[..n]);
+            }
+            Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
+            Err(_) => self.stdin_open = false,
         }
     }
 

@@ -825,3 +825,106 @@ fn diff_join_namespaces_by_path() {
     // The sandbox's sleep is visible: same PID namespace.
     assert_eq!(o.stdout, format!("{want}1\n"));
 }
+
+fn shell_quote(args: &[String]) -> String {
+    args.iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn diff_terminal_under_script() {
+    // runc and crun want a terminal on their stdin for terminal=true: give
+    // every runtime one with script(1), and compare what comes out.
+    let Some(env) = Env::new("tty") else { return };
+    let mut c = sh("tty; echo hi; ls -l /dev/console | cut -c1; exit 5");
+    c["process"]["terminal"] = json!(true);
+    let b = env.bundle("t", c);
+    let mut outs = Vec::new();
+    for rt in ALL {
+        let id = env.id(rt, "t");
+        let cmd = env.cmd(rt);
+        let mut argv: Vec<String> = vec![cmd.get_program().to_string_lossy().into_owned()];
+        argv.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+        argv.extend(["run".into(), "--bundle".into(), b.display().to_string(), id]);
+        let o = Env::output(std::process::Command::new("script").args([
+            "-qec",
+            &shell_quote(&argv),
+            "/dev/null",
+        ]));
+        outs.push((rt, o));
+    }
+    // script(1) echoes the end of its (empty) stdin as "^@" at a moment
+    // that depends on timing: drop it.
+    let o = assert_same(&outs, |s| s.replace("^@", "").replace('\0', ""));
+    assert_eq!(o.code, 5, "{}", o.stderr);
+    assert!(
+        o.stdout
+            .replace("^@", "")
+            .contains("/dev/pts/0\r\nhi\r\nc\r\n"),
+        "{:?}",
+        o.stdout
+    );
+}
+
+#[test]
+fn console_socket_gets_the_terminal() {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let Some(env) = Env::new("console") else {
+        return;
+    };
+    let mut c = sh("tty; echo from-console");
+    c["process"]["terminal"] = json!(true);
+    let b = env.bundle("c", c);
+    let id = env.id(Rt::Skiff, "c");
+    // Without a console socket, create refuses, naming the field.
+    let e = env.output_detached(env.cmd(Rt::Skiff).arg("create").arg("-b").arg(&b).arg(&id));
+    assert_ne!(e.code, 0);
+    assert!(e.stderr.contains("process.terminal"), "{}", e.stderr);
+    let sock = env.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let receiver = std::thread::spawn(move || -> OwnedFd {
+        let (s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = nix::sys::socket::recvmsg::<()>(
+            s.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap();
+        for c in msg.cmsgs().unwrap() {
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+                return unsafe { OwnedFd::from_raw_fd(fds[0]) };
+            }
+        }
+        panic!("no descriptor received");
+    });
+    let cr = env.output_detached(
+        env.cmd(Rt::Skiff)
+            .arg("create")
+            .arg("--console-socket")
+            .arg(&sock)
+            .arg("-b")
+            .arg(&b)
+            .arg(&id),
+    );
+    assert_eq!(cr.code, 0, "{}", cr.stderr);
+    let master = receiver.join().unwrap();
+    assert_eq!(Env::output(env.cmd(Rt::Skiff).args(["start", &id])).code, 0);
+    let mut f = std::fs::File::from(master);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) | Err(_) => break, // EIO once the container's side is closed
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text, "/dev/pts/0\r\nfrom-console\r\n");
+}
