@@ -279,3 +279,28 @@ async fn selectors_taints_and_cordon() {
     c.server.ok(&["label", "node", "cordoned", "disk=nvme"]);
     assert_eq!(c.wait_bound(&["nowhere"]).await, ["cordoned"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_affinity_keeps_replicas_apart() {
+    let c = Cluster::start().await;
+    c.add_node("a", "4", &[]).await;
+    c.add_node("b", "4", &[]).await;
+    let spec = "  affinity:\n    podAntiAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n      - topologyKey: kubernetes.io/hostname\n        labelSelector:\n          matchLabels:\n            app: db\n";
+    let meta = "  labels:\n    app: db\n";
+    for name in ["db-0", "db-1"] {
+        c.apply(&pod_yaml(name, "100m", spec, meta));
+    }
+    let nodes = c.wait_bound(&["db-0", "db-1"]).await;
+    assert_ne!(nodes[0], nodes[1]);
+    c.apply(&pod_yaml("db-2", "100m", spec, meta));
+    let events = c.wait_event("db-2", "FailedScheduling").await;
+    assert_eq!(
+        events.lines().next().unwrap(),
+        "default-scheduler|0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules. \
+         preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod."
+    );
+    // Deleting a replica frees its node (a pod deletion wakes the waiting pod).
+    c.server
+        .ok(&["delete", "pod", "db-0", "--grace-period=0", "--force"]);
+    assert_eq!(c.wait_bound(&["db-2"]).await, [nodes[0].clone()]);
+}

@@ -9,7 +9,7 @@ use rand::Rng;
 
 use super::filters::{run_filters, AntiAffinityState, Reason};
 use super::scores;
-use super::snapshot::{PodInfo, Snapshot};
+use super::snapshot::{NodeInfo, PodInfo, Snapshot};
 
 /// No node fits: per reason, how many nodes gave it (kube's FitError).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,19 +101,28 @@ pub fn schedule_with(
     if feasible.len() == 1 {
         return Ok(snapshot.nodes[feasible[0]].name.clone());
     }
-    let counts: Vec<u32> = feasible
-        .iter()
-        .map(|i| scores::owner_count(info, &snapshot.nodes[*i]))
-        .collect();
+    let nodes: Vec<&NodeInfo> = feasible.iter().map(|i| &snapshot.nodes[*i]).collect();
+    let counts: Vec<u32> = nodes.iter().map(|n| scores::owner_count(info, n)).collect();
     let spread = scores::owner_spread(&counts);
+    let soft: Vec<i64> = nodes
+        .iter()
+        .map(|n| scores::intolerable_soft_taints(pod, n))
+        .collect();
+    let soft = scores::normalize(&soft, true);
+    let preferred: Vec<i64> = nodes
+        .iter()
+        .map(|n| scores::preferred_node_affinity(pod, n))
+        .collect();
+    let preferred = scores::normalize(&preferred, false);
     let mut best = i64::MIN;
     let mut chosen = feasible[0];
     let mut ties = 0u32;
-    for (k, i) in feasible.iter().enumerate() {
-        let node = &snapshot.nodes[*i];
+    for (k, (i, node)) in feasible.iter().zip(&nodes).enumerate() {
         let total = scores::LEAST_ALLOCATED_WEIGHT * scores::least_allocated(info, node)
             + scores::BALANCED_ALLOCATION_WEIGHT * scores::balanced_allocation(info, node)
-            + scores::OWNER_SPREAD_WEIGHT * spread[k];
+            + scores::OWNER_SPREAD_WEIGHT * spread[k]
+            + scores::TAINT_TOLERATION_WEIGHT * soft[k]
+            + scores::NODE_AFFINITY_WEIGHT * preferred[k];
         if total > best {
             best = total;
             chosen = *i;

@@ -328,12 +328,14 @@ impl AntiAffinityState {
     }
 }
 
+/// The pod's own required anti-affinity first, then that of the pods already placed (kube's
+/// order, which decides the reason when both fail).
 pub fn inter_pod_anti_affinity(state: &AntiAffinityState, node: &NodeInfo) -> Result<(), Reason> {
-    if AntiAffinityState::in_domain(&state.existing, node) {
-        return Err(Reason::ExistingAntiAffinityRules);
-    }
     if AntiAffinityState::in_domain(&state.own, node) {
         return Err(Reason::AntiAffinityRules);
+    }
+    if AntiAffinityState::in_domain(&state.existing, node) {
+        return Err(Reason::ExistingAntiAffinityRules);
     }
     Ok(())
 }

@@ -51,8 +51,9 @@ const BATCH: usize = 256;
 const MAX_OUTSTANDING: usize = 1024;
 /// Concurrent binding requests.
 const BINDS_IN_FLIGHT: usize = 16;
-/// Concurrent event / status writes.
-const REPORTS_IN_FLIGHT: usize = 16;
+/// Concurrent event / status writes: fewer than bindings, so that during a burst the API
+/// server spends its time on bindings (kube's event broadcaster is asynchronous too).
+const REPORTS_IN_FLIGHT: usize = 4;
 /// A bound pod that the store has not shown bound after this long is forgotten (deleted
 /// meanwhile, or the watch lost it; a re-list brings it back).
 const ASSUME_TTL: Duration = Duration::from_secs(30);
@@ -119,9 +120,21 @@ struct Assumed {
 }
 
 enum Outcome {
-    Bound { key: PodKey },
-    BindFailed { key: PodKey, error: kube::Error },
+    Bound {
+        key: PodKey,
+        pod: Arc<Pod>,
+        node: String,
+    },
+    BindFailed {
+        key: PodKey,
+        priority: i32,
+        error: kube::Error,
+    },
     Reported,
+}
+
+fn priority(pod: &Pod) -> i32 {
+    pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
 }
 
 struct Scheduler {
@@ -200,7 +213,8 @@ impl Scheduler {
             let can_schedule = self.nodes_synced
                 && self.pods_synced
                 && self.queue.active_len() > 0
-                && self.outstanding < MAX_OUTSTANDING;
+                // Wait for room for a whole batch: a snapshot per pod would cost O(pods) each.
+                && MAX_OUTSTANDING - self.outstanding >= BATCH.min(self.queue.active_len());
             tokio::select! {
                 biased;
                 ev = node_events.next() => match ev {
@@ -278,7 +292,7 @@ impl Scheduler {
                         self.assumed.remove(&key);
                         self.bound.insert(key, info);
                     } else if wants_scheduling(&pod) && !self.assumed.contains_key(&key) {
-                        self.queue.add(&key);
+                        self.queue.add(&key, priority(&pod));
                         pending += 1;
                     }
                 }
@@ -312,7 +326,7 @@ impl Scheduler {
             }
         } else if wants_scheduling(pod) {
             if !self.assumed.contains_key(&key) {
-                self.queue.add(&key);
+                self.queue.add(&key, priority(pod));
             }
         } else {
             self.queue.forget(&key);
@@ -321,21 +335,26 @@ impl Scheduler {
 
     fn on_outcome(&mut self, outcome: Outcome) {
         match outcome {
-            Outcome::Bound { key } => {
+            Outcome::Bound { key, pod, node } => {
                 self.outstanding -= 1;
                 self.scheduled_total += 1;
                 if let Some(a) = self.assumed.get_mut(&key) {
                     a.bound_at = Some(Instant::now());
                 }
+                self.spawn_scheduled_event(pod, node);
             }
-            Outcome::BindFailed { key, error } => {
+            Outcome::BindFailed {
+                key,
+                priority,
+                error,
+            } => {
                 self.outstanding -= 1;
                 self.assumed.remove(&key);
                 let gone_or_taken =
                     matches!(&error, kube::Error::Api(s) if s.code == 404 || s.code == 409);
                 tracing::info!(pod = %key, error = %error, "scheduler: binding failed");
                 if !gone_or_taken {
-                    self.queue.unschedulable(&key, Instant::now());
+                    self.queue.unschedulable(&key, priority, Instant::now());
                 }
             }
             Outcome::Reported => {}
@@ -374,7 +393,7 @@ impl Scheduler {
         let mut snapshot = self.snapshot();
         let mut rng = rand::thread_rng();
         let (mut placed, mut failed) = (0, 0);
-        for key in keys {
+        for (key, priority) in keys {
             let Some(pod) = self.lookup(&key) else {
                 continue;
             };
@@ -398,7 +417,7 @@ impl Scheduler {
                     placed += 1;
                 }
                 Err(fit) => {
-                    self.queue.unschedulable(&key, Instant::now());
+                    self.queue.unschedulable(&key, priority, Instant::now());
                     tracing::debug!(pod = %key, reason = %fit, "scheduler: no node fits");
                     self.spawn_report(pod, fit.to_string());
                     failed += 1;
@@ -417,9 +436,7 @@ impl Scheduler {
 
     fn spawn_bind(&mut self, key: PodKey, pod: Arc<Pod>, node: String) {
         let ctx = self.ctx.clone();
-        let recorder = self.events.clone();
         let binds = self.binds.clone();
-        let reports = self.reports.clone();
         self.tasks.spawn(async move {
             let namespace = pod.namespace().unwrap_or_default();
             let name = pod.name_any();
@@ -449,21 +466,36 @@ impl Scheduler {
                 .await
             };
             match result {
-                Ok(_) => {
-                    let _permit = reports.acquire().await;
-                    let message = format!("Successfully assigned {namespace}/{name} to {node}");
-                    recorder
-                        .record(
-                            &events::reference(&*pod),
-                            EventType::Normal,
-                            "Scheduled",
-                            &message,
-                        )
-                        .await;
-                    Outcome::Bound { key }
-                }
-                Err(error) => Outcome::BindFailed { key, error },
+                Ok(_) => Outcome::Bound { key, pod, node },
+                Err(error) => Outcome::BindFailed {
+                    key,
+                    priority: priority(&pod),
+                    error,
+                },
             }
+        });
+    }
+
+    /// `Scheduled`, written after the binding so that it never holds up the next one.
+    fn spawn_scheduled_event(&mut self, pod: Arc<Pod>, node: String) {
+        let recorder = self.events.clone();
+        let reports = self.reports.clone();
+        self.tasks.spawn(async move {
+            let _permit = reports.acquire().await;
+            let message = format!(
+                "Successfully assigned {}/{} to {node}",
+                pod.namespace().unwrap_or_default(),
+                pod.name_any()
+            );
+            recorder
+                .record(
+                    &events::reference(&*pod),
+                    EventType::Normal,
+                    "Scheduled",
+                    &message,
+                )
+                .await;
+            Outcome::Reported
         });
     }
 

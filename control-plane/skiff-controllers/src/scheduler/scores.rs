@@ -1,14 +1,20 @@
 //! Scores: among the nodes that pass the filters, which is best? Each score is 0..=100.
 
+use k8s_openapi::api::core::v1::Pod;
+
+use super::filters::{term_matches, tolerates};
 use super::snapshot::{NodeInfo, PodInfo};
 
 pub const MAX_SCORE: i64 = 100;
 
-/// Weights of the scores in the total (kube: NodeResourcesFit 1, BalancedAllocation 1,
-/// PodTopologySpread 2, which is what spreading by owner stands in for).
+/// Weights of the scores in the total, kube's defaults: NodeResourcesFit 1,
+/// BalancedAllocation 1, PodTopologySpread 2 (which spreading by owner stands in for),
+/// TaintToleration 3, NodeAffinity 2.
 pub const LEAST_ALLOCATED_WEIGHT: i64 = 1;
 pub const BALANCED_ALLOCATION_WEIGHT: i64 = 1;
 pub const OWNER_SPREAD_WEIGHT: i64 = 2;
+pub const TAINT_TOLERATION_WEIGHT: i64 = 3;
+pub const NODE_AFFINITY_WEIGHT: i64 = 2;
 
 fn free_share(requested: i64, capacity: i64) -> i64 {
     if capacity <= 0 || requested > capacity {
@@ -55,20 +61,68 @@ pub fn balanced_allocation(pod: &PodInfo, node: &NodeInfo) -> i64 {
     ((1.0 - deviation) * MAX_SCORE as f64) as i64
 }
 
-/// Pods of the pod's controller owner on each candidate node → 0..=100, fewer is better:
-/// 100 × (most − here) / most, all 100 when no candidate has any.
-pub fn owner_spread(counts: &[u32]) -> Vec<i64> {
-    let most = counts.iter().copied().max().unwrap_or(0) as i64;
-    counts
-        .iter()
-        .map(|c| {
-            if most == 0 {
-                MAX_SCORE
+/// Scales raw per-node figures to 0..=100 by the largest (kube's DefaultNormalizeScore);
+/// `reverse` when less is better. All zero figures give 0 (or 100 reversed).
+pub fn normalize(raw: &[i64], reverse: bool) -> Vec<i64> {
+    let most = raw.iter().copied().max().unwrap_or(0);
+    raw.iter()
+        .map(|r| {
+            let scaled = if most > 0 { MAX_SCORE * r / most } else { 0 };
+            if reverse {
+                MAX_SCORE - scaled
             } else {
-                MAX_SCORE * (most - *c as i64) / most
+                scaled
             }
         })
         .collect()
+}
+
+/// Pods of the pod's controller owner on each candidate node → 0..=100, fewer is better:
+/// 100 × (most − here) / most, all 100 when no candidate has any.
+pub fn owner_spread(counts: &[u32]) -> Vec<i64> {
+    normalize(&counts.iter().map(|c| *c as i64).collect::<Vec<_>>(), true)
+}
+
+/// PreferNoSchedule taints of the node the pod does not tolerate (fewer is better; to be
+/// normalized reversed). Only tolerations with no effect or PreferNoSchedule count.
+pub fn intolerable_soft_taints(pod: &Pod, node: &NodeInfo) -> i64 {
+    let tolerations = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
+        .unwrap_or(&[]);
+    node.soft_taints
+        .iter()
+        .filter(|taint| {
+            !tolerations.iter().any(|t| {
+                t.effect
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == "PreferNoSchedule")
+                    && tolerates(t, taint)
+            })
+        })
+        .count() as i64
+}
+
+/// Sum of the weights of the pod's preferred node affinity terms the node matches (more is
+/// better; to be normalized).
+pub fn preferred_node_affinity(pod: &Pod, node: &NodeInfo) -> i64 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map(|terms| {
+            terms
+                .iter()
+                .filter(|t| t.weight > 0 && term_matches(&t.preference, node))
+                .map(|t| t.weight as i64)
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// How many pods with `pod`'s controller owner are on `node`.
@@ -108,6 +162,64 @@ mod tests {
         let skewed = PodInfo::new(&pod("s", "4", "0"));
         assert_eq!(balanced_allocation(&even, &s.nodes[0]), 100);
         assert_eq!(balanced_allocation(&skewed, &s.nodes[0]), 50);
+    }
+
+    #[test]
+    fn soft_taints_and_preferred_affinity() {
+        use k8s_openapi::api::core::v1::{
+            Affinity, NodeAffinity, NodeSelectorRequirement, NodeSelectorTerm,
+            PreferredSchedulingTerm, Taint, Toleration,
+        };
+        let mut soft = node("soft", "1", "1Gi");
+        soft.spec.as_mut().unwrap().taints = Some(vec![Taint {
+            key: "spot".into(),
+            value: None,
+            effect: "PreferNoSchedule".into(),
+            time_added: None,
+        }]);
+        let mut fast = node("fast", "1", "1Gi");
+        fast.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("disk".into(), "ssd".into());
+        let s = snapshot(&[fast, soft], &[]);
+        let mut p = pod("p", "", "");
+        assert_eq!(intolerable_soft_taints(&p, &s.nodes[0]), 0);
+        assert_eq!(intolerable_soft_taints(&p, &s.nodes[1]), 1);
+        assert_eq!(normalize(&[0, 1], true), vec![100, 0]);
+        p.spec.as_mut().unwrap().tolerations = Some(vec![Toleration {
+            key: Some("spot".into()),
+            operator: Some("Exists".into()),
+            ..Default::default()
+        }]);
+        assert_eq!(intolerable_soft_taints(&p, &s.nodes[1]), 0);
+
+        let term = |weight, value: &str| PreferredSchedulingTerm {
+            weight,
+            preference: NodeSelectorTerm {
+                match_expressions: Some(vec![NodeSelectorRequirement {
+                    key: "disk".into(),
+                    operator: "In".into(),
+                    values: Some(vec![value.into()]),
+                }]),
+                match_fields: None,
+            },
+        };
+        p.spec.as_mut().unwrap().affinity = Some(Affinity {
+            node_affinity: Some(NodeAffinity {
+                preferred_during_scheduling_ignored_during_execution: Some(vec![
+                    term(30, "ssd"),
+                    term(5, "hdd"),
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(preferred_node_affinity(&p, &s.nodes[0]), 30);
+        assert_eq!(preferred_node_affinity(&p, &s.nodes[1]), 0);
+        assert_eq!(normalize(&[30, 0], false), vec![100, 0]);
+        assert_eq!(normalize(&[0, 0], false), vec![0, 0]);
     }
 
     #[test]

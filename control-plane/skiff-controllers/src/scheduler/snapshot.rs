@@ -177,6 +177,8 @@ pub struct NodeInfo {
     pub unschedulable: bool,
     /// NoSchedule and NoExecute taints.
     pub taints: Vec<Taint>,
+    /// PreferNoSchedule taints (scored, not filtered).
+    pub soft_taints: Vec<Taint>,
 }
 
 impl NodeInfo {
@@ -195,15 +197,18 @@ impl NodeInfo {
             _ => Readiness::Unknown,
         };
         let spec = node.spec.as_ref();
-        let taints = spec
+        let (soft_taints, taints): (Vec<Taint>, Vec<Taint>) = spec
             .and_then(|s| s.taints.as_ref())
-            .map(|t| {
-                t.iter()
-                    .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-                    .cloned()
-                    .collect()
+            .into_iter()
+            .flatten()
+            .filter(|t| {
+                matches!(
+                    t.effect.as_str(),
+                    "NoSchedule" | "NoExecute" | "PreferNoSchedule"
+                )
             })
-            .unwrap_or_default();
+            .cloned()
+            .partition(|t| t.effect == "PreferNoSchedule");
         NodeInfo {
             name: node.metadata.name.clone().unwrap_or_default(),
             labels: node.metadata.labels.clone().unwrap_or_default(),
@@ -217,6 +222,7 @@ impl NodeInfo {
             readiness,
             unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
             taints,
+            soft_taints,
             node,
         }
     }
