@@ -241,6 +241,12 @@ pub fn run(opts: &Options, id: &str, bundle: &Path) -> Result<i32> {
     sup.io = c.io;
     let mut init = c.init;
     sup.console = init.console.take();
+    if let Some(c) = &sup.console {
+        sup.terminal = c.try_clone().ok();
+        if let Some((rows, cols)) = crate::supervisor::get_winsize(0) {
+            let _ = crate::supervisor::set_winsize(c.as_raw_fd(), rows, cols);
+        }
+    }
     let raw = sup.console.as_ref().and_then(|_| RawStdin::enter());
     let started = init.start();
     let exit = sup.run();
@@ -309,6 +315,7 @@ pub fn create(opts: &Options, id: &str, bundle: &Path, pid_file: Option<&Path>) 
             match res {
                 Ok((mut c, fifo)) => {
                     let pid = c.init.pid;
+                    let terminal = c.init.console.as_ref().and_then(|m| m.try_clone().ok());
                     if let (Some(master), Some(sock)) =
                         (c.init.console.take(), &opts.console_socket)
                     {
@@ -325,6 +332,7 @@ pub fn create(opts: &Options, id: &str, bundle: &Path, pid_file: Option<&Path>) 
                     sup.cgroup = c.cgroup;
                     sup.io = c.io;
                     sup.pending = Some((c.init, fifo));
+                    sup.terminal = terminal;
                     let _ = wr.write_all(format!("O{pid}").as_bytes());
                     drop(wr);
                     redirect_stdio_to_null();

@@ -41,6 +41,11 @@ pub enum Request {
     },
     /// Run a process in all of the container's namespaces (and cgroup),
     /// as the container's user with its capabilities; output is captured.
+    /// Set the window size of the container's terminal.
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
     Exec {
         args: Vec<String>,
         #[serde(default)]
@@ -147,6 +152,8 @@ pub struct Supervisor<'a> {
     /// Run mode with a terminal: the master side, relayed to our stdout
     /// (or the log) and fed from our stdin.
     pub console: Option<OwnedFd>,
+    /// The terminal's master kept for resize requests.
+    pub terminal: Option<OwnedFd>,
     console_split: LineSplitter,
     stdin_open: bool,
     listener: Option<UnixListener>,
@@ -175,6 +182,7 @@ impl<'a> Supervisor<'a> {
         });
         Supervisor {
             console: None,
+            terminal: None,
             console_split: LineSplitter::new("stdout"),
             stdin_open: true,
             sigchld,
@@ -452,6 +460,14 @@ impl<'a> Supervisor<'a> {
                 kill(self.pid, sig).ctx("kill", self.pid)?;
                 Ok(ok)
             }
+            Request::Resize { rows, cols } => {
+                let t = self
+                    .terminal
+                    .as_ref()
+                    .ok_or_else(|| ShimError::container(&self.sd.id, "has no terminal"))?;
+                set_winsize(t.as_raw_fd(), rows, cols)?;
+                Ok(ok)
+            }
             Request::KillAll { signal } => {
                 let sig = Signal::try_from(signal).ctx("signal", signal)?;
                 match &self.cgroup {
@@ -488,4 +504,31 @@ impl<'a> Supervisor<'a> {
             }
         }
     }
+}
+
+/// TIOCSWINSZ on a terminal descriptor.
+pub fn set_winsize(fd: i32, rows: u16, cols: u16) -> Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: a valid winsize for TIOCSWINSZ.
+    Errno::result(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) })
+        .map(|_| ())
+        .ctx("ioctl(TIOCSWINSZ)", format!("{rows}x{cols}"))
+}
+
+/// The window size of a terminal, if it is one.
+pub fn get_winsize(fd: i32) -> Option<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: a valid out pointer for TIOCGWINSZ.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+    (r == 0).then_some((ws.ws_row, ws.ws_col))
 }

@@ -875,7 +875,7 @@ fn console_socket_gets_the_terminal() {
     let Some(env) = Env::new("console") else {
         return;
     };
-    let mut c = sh("tty; echo from-console");
+    let mut c = sh("tty; echo from-console; stty size");
     c["process"]["terminal"] = json!(true);
     let b = env.bundle("c", c);
     let id = env.id(Rt::Skiff, "c");
@@ -915,6 +915,18 @@ fn console_socket_gets_the_terminal() {
     );
     assert_eq!(cr.code, 0, "{}", cr.stderr);
     let master = receiver.join().unwrap();
+    // The shim kept the terminal for resize requests.
+    let r = skiff_shim::supervisor::request(
+        &env.state_root(Rt::Skiff),
+        &id,
+        &skiff_shim::supervisor::Request::Resize {
+            rows: 40,
+            cols: 100,
+        },
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap();
+    assert!(r.ok, "{:?}", r.error);
     assert_eq!(Env::output(env.cmd(Rt::Skiff).args(["start", &id])).code, 0);
     let mut f = std::fs::File::from(master);
     let mut out = Vec::new();
@@ -926,5 +938,5 @@ fn console_socket_gets_the_terminal() {
         }
     }
     let text = String::from_utf8_lossy(&out);
-    assert_eq!(text, "/dev/pts/0\r\nfrom-console\r\n");
+    assert_eq!(text, "/dev/pts/0\r\nfrom-console\r\n40 100\r\n");
 }
