@@ -232,7 +232,7 @@ async fn tampered_blob_fails_and_leaves_nothing() {
     let proxy = Proxy::start(
         reg.port,
         ProxyMode {
-            tamper: Some(base.digest()),
+            tamper: Some(format!("/blobs/{}", base.digest())),
             ..Default::default()
         },
     );
@@ -304,7 +304,7 @@ async fn stalled_blob_body_times_out() {
     let proxy = Proxy::start(
         reg.port,
         ProxyMode {
-            stall: Some(base.digest()),
+            stall: Some(format!("/blobs/{}", base.digest())),
             ..Default::default()
         },
     );
@@ -481,4 +481,47 @@ async fn docker_schema2_and_zstd_layers() {
             .count(),
         2
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_manifest_fails_by_tag_and_by_digest() {
+    if !tools() {
+        return;
+    }
+    let reg = Registry::start();
+    let base = busybox_layer();
+    let digest = build_and_push(&reg, "busybox:m", &[&base], false);
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path()).unwrap();
+    for (path, reference) in [
+        ("/manifests/m".to_string(), "busybox:m".to_string()),
+        (format!("/manifests/{digest}"), format!("busybox@{digest}")),
+    ] {
+        let proxy = Proxy::start(
+            reg.port,
+            ProxyMode {
+                tamper: Some(path),
+                ..Default::default()
+            },
+        );
+        let e = store
+            .pull(&client(), &format!("{}/{reference}", proxy.host()), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::DigestMismatch { .. }),
+            "{reference}: {e}"
+        );
+        assert!(
+            e.to_string().contains("manifest") && e.to_string().contains(&digest),
+            "{e}"
+        );
+        assert_eq!(
+            proxy.count("/blobs/"),
+            0,
+            "nothing fetched after a bad manifest"
+        );
+    }
+    assert!(blob_files(&store).is_empty());
+    assert!(store.list().is_empty());
 }

@@ -339,9 +339,10 @@ pub fn build_and_push(
 /// What the proxy does besides forwarding.
 #[derive(Clone, Default)]
 pub struct ProxyMode {
-    /// Flip a byte in the body of this blob digest.
+    /// Flip a byte in the body of responses whose path ends with this (`/blobs/<digest>`,
+    /// `/manifests/<tag>`).
     pub tamper: Option<String>,
-    /// Send half of this blob, then stall forever.
+    /// Send half of the body of responses whose path ends with this, then stall forever.
     pub stall: Option<String>,
     /// Require a bearer token obtained from /token with these basic credentials.
     pub bearer: Option<(String, String)>,
@@ -506,10 +507,7 @@ async fn handle(
         .send_request(fwd.body(Empty::<Bytes>::new()).unwrap())
         .await?;
     let (parts, body) = resp.into_parts();
-    let is = |d: &Option<String>| {
-        d.as_ref()
-            .is_some_and(|d| path.ends_with(&format!("/blobs/{d}")))
-    };
+    let is = |suffix: &Option<String>| suffix.as_ref().is_some_and(|s| path.ends_with(s.as_str()));
     if is(&mode.tamper) && parts.status.is_success() {
         let mut b = body.collect().await?.to_bytes().to_vec();
         let mid = b.len() / 2;
