@@ -16,7 +16,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -104,7 +104,10 @@ pub async fn run(ctx: Arc<Context>) {
     let queue =
         futures::stream::select_all([svc_events.boxed(), pod_events.boxed(), ep_events.boxed()])
             .boxed();
-    let state = Arc::new(State { pods });
+    let state = Arc::new(State {
+        pods,
+        pacer: Pacer::default(),
+    });
     drive("endpoints", services, queue, ctx, move |svc, ctx| {
         let state = state.clone();
         Box::pin(async move { reconcile(svc, ctx, state).await })
@@ -114,6 +117,36 @@ pub async fn run(ctx: Arc<Context>) {
 
 struct State {
     pods: Store<Pod>,
+    pacer: Pacer,
+}
+
+/// Writes for one Service at most every `MIN_WRITE_INTERVAL`: the first change after a quiet
+/// spell is written at once; during a burst (a thousand pods becoming ready) a reconcile waits
+/// out the interval before reading the pods, so everything that happened meanwhile goes into
+/// one write (the applier holds further requests for the same Service until it returns).
+#[derive(Default)]
+pub(crate) struct Pacer {
+    last: Mutex<HashMap<(String, String), Instant>>,
+}
+
+pub(crate) const MIN_WRITE_INTERVAL: Duration = Duration::from_millis(100);
+
+impl Pacer {
+    pub(crate) async fn wait(&self, key: &(String, String)) {
+        let last = self.last.lock().expect("pacer lock").get(key).copied();
+        if let Some(wait) = last.and_then(|t| MIN_WRITE_INTERVAL.checked_sub(t.elapsed())) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    pub(crate) fn wrote(&self, key: (String, String)) {
+        let mut last = self.last.lock().expect("pacer lock");
+        // Forget quiet services now and then so the map does not grow without bound.
+        if last.len() > 10_000 {
+            last.retain(|_, t| t.elapsed() < MIN_WRITE_INTERVAL);
+        }
+        last.insert(key, Instant::now());
+    }
 }
 
 async fn reconcile(
@@ -126,6 +159,8 @@ async fn reconcile(
     if !manages(&svc) {
         return Ok(Action::await_change());
     }
+    let key = (ns.clone(), name.clone());
+    state.pacer.wait(&key).await;
     // The pod store must have been listed once, or a restart would empty every Endpoints.
     state
         .pods
@@ -162,6 +197,7 @@ async fn reconcile(
             current.metadata.labels = Some(labels);
             set_over_capacity(&mut current.metadata, truncated);
             api.replace(&name, &PostParams::default(), &current).await?;
+            state.pacer.wrote(key);
             tracing::debug!(service = %format!("{ns}/{name}"), "endpoints updated");
         }
         None => {

@@ -25,7 +25,7 @@ use kube::ResourceExt;
 
 use crate::endpoints::{
     drive, labels_match, manages, may_serve, pod_hostname, pod_ip, pod_reference, pods_to_services,
-    resolve_target_port, PortKey,
+    resolve_target_port, Pacer, PortKey,
 };
 use crate::{podutil, Context, Error};
 
@@ -81,6 +81,7 @@ pub async fn run(ctx: Arc<Context>) {
     let queue =
         futures::stream::select_all([svc_events.boxed(), pod_events.boxed(), slice_events.boxed()])
             .boxed();
+    let pacer = Arc::new(Pacer::default());
     let slices = drive(
         "endpointslice",
         services,
@@ -88,7 +89,8 @@ pub async fn run(ctx: Arc<Context>) {
         ctx.clone(),
         move |svc, ctx| {
             let pods = pods.clone();
-            Box::pin(async move { reconcile(svc, ctx, pods).await })
+            let pacer = pacer.clone();
+            Box::pin(async move { reconcile(svc, ctx, pods, pacer).await })
         },
     );
     tokio::join!(slices, run_mirroring(ctx));
@@ -277,12 +279,15 @@ async fn reconcile(
     svc: Arc<Service>,
     ctx: Arc<Context>,
     pods: Store<Pod>,
+    pacer: Arc<Pacer>,
 ) -> Result<Action, Error> {
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
     if !manages(&svc) {
         return Ok(Action::await_change());
     }
+    let key = (ns.clone(), name.clone());
+    pacer.wait(&key).await;
     pods.wait_until_ready()
         .await
         .map_err(|e| Error::Invalid(e.to_string()))?;
@@ -311,6 +316,7 @@ async fn reconcile(
         return Ok(Action::await_change());
     }
     apply_plan(&api, &plan).await?;
+    pacer.wrote(key);
     tracing::debug!(
         service = %format!("{ns}/{name}"),
         created = plan.create.len(),

@@ -1044,3 +1044,94 @@ async fn daemonset_surge_rollout_keeps_every_node_served() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sets.get("agent").await.unwrap().resource_version(), before);
 }
+
+/// Scale check, run on demand (`--ignored`): one Service over 1,000 pods that all become
+/// ready; prints how long Endpoints and EndpointSlices take to catch up after the last write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn endpoints_at_scale() {
+    let (_server, client, ctx) = setup().await;
+    tokio::spawn(endpoints::run(ctx.clone()));
+    tokio::spawn(endpointslice::run(ctx.clone()));
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
+    }))
+    .unwrap();
+    services.create(&PostParams::default(), &svc).await.unwrap();
+    let n = 1000;
+    let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = {
+        let (writes, api) = (
+            writes.clone(),
+            Api::<Endpoints>::namespaced(client.clone(), "default"),
+        );
+        tokio::spawn(async move {
+            let mut events =
+                watcher(api, watcher::Config::default().fields("metadata.name=web")).boxed();
+            while let Some(Ok(e)) = events.next().await {
+                if matches!(e, watcher::Event::Apply(_)) {
+                    writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+                let name = format!("web-{i}");
+                pods.create(&PostParams::default(), &web_pod(&name, Some(8080)))
+                    .await
+                    .unwrap();
+                let ip = format!("10.244.{}.{}", i / 200, i % 200 + 2);
+                set_pod_status(&client, "default", &name, &ip, true).await;
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let written = started.elapsed();
+    let eps: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    wait_for("1000 addresses", || {
+        let eps = eps.clone();
+        async move {
+            let ep = eps.get_opt("web").await.ok().flatten()?;
+            let count: usize = ep
+                .subsets
+                .iter()
+                .flatten()
+                .map(|s| s.addresses.as_ref().map_or(0, Vec::len))
+                .sum();
+            (count == n).then_some(())
+        }
+    })
+    .await;
+    let endpoints_done = started.elapsed();
+    wait_for("1000 ready slice endpoints", || {
+        let client = client.clone();
+        async move {
+            Some(slice_view(&client, "web").await)
+                .filter(|v| v.len() == n && v.values().all(|e| e.0))
+        }
+    })
+    .await;
+    let slices_done = started.elapsed();
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let count = api
+        .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+        .await
+        .unwrap()
+        .items
+        .len();
+    counter.abort();
+    println!(
+        "{n} pods created and made ready in {written:?}; endpoints complete at {endpoints_done:?} \
+         after {} writes, {count} slices complete at {slices_done:?}",
+        writes.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    assert_eq!(count, 10);
+}
