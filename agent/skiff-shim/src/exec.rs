@@ -24,7 +24,8 @@ use crate::cgroup::Cgroup;
 use crate::error::{Result, ShimError, SysContext};
 use crate::plan::Plan;
 use crate::process::{
-    apply_user_and_caps, find_executable, home_of, prctl, reset_signals, to_cstrings,
+    apply_user_and_caps, cloexec_from_3, find_executable, home_of, prctl, reset_signals,
+    to_cstrings,
 };
 use crate::supervisor::ExecResult;
 
@@ -108,6 +109,7 @@ fn exec_in_container(
     let cargs = to_cstrings("exec.args", args)?;
     let cenv = to_cstrings("exec.env", &env)?;
     reset_signals();
+    cloexec_from_3();
     let e = nix::unistd::execve(&cexe, &cargs, &cenv).unwrap_err();
     Err(ShimError::sys("execve", exe.display(), e))
 }

@@ -477,6 +477,30 @@ pub(crate) fn apply_user_and_caps(plan: &Plan) -> Result<()> {
 /// Give the new program default signal dispositions and an empty mask:
 /// ignored signals (the Rust runtime ignores SIGPIPE) and the shim's
 /// blocked SIGCHLD would otherwise survive execve.
+/// Mark every descriptor above stderr close-on-exec, so that nothing the
+/// shim's caller leaked reaches the container (runc does the same).
+pub(crate) fn cloexec_from_3() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes descriptor flags here.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if r != 0 {
+        // Older kernels: walk /proc/self/fd.
+        if let Ok(rd) = std::fs::read_dir("/proc/self/fd") {
+            let fds: Vec<i32> = rd
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|fd| *fd > 2)
+                .collect();
+            for fd in fds {
+                // SAFETY: setting FD_CLOEXEC on a descriptor number.
+                unsafe {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+        }
+    }
+}
+
 pub(crate) fn reset_signals() {
     // The kernel's struct sigaction; the raw call also reaches the two
     // real-time signals glibc reserves for itself.
@@ -591,7 +615,7 @@ fn init(plan: &Plan, sock: BorrowedFd<'_>) -> Result<Infallible> {
         nix::unistd::chroot(&plan.rootfs).ctx("chroot", plan.rootfs.display())?;
         nix::unistd::chdir("/").ctx("chdir", "/")?;
     }
-    if pr_terminal(plan) {
+    if plan.process.terminal {
         setup_console(sock)?;
     }
     rootfs::finish_rootfs(&sys, plan)?;
@@ -624,6 +648,7 @@ fn init(plan: &Plan, sock: BorrowedFd<'_>) -> Result<Infallible> {
     send(sock, &[MSG_READY])?;
     wait_for(sock, MSG_START)?;
     reset_signals();
+    cloexec_from_3();
     let e = nix::unistd::execve(&cexe, &args, &env).unwrap_err();
     Err(ShimError::sys("execve", exe.display(), e))
 }
@@ -637,10 +662,6 @@ pub fn home_of(passwd: &str, uid: u32) -> String {
         .map(|f| f[5].to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "/".to_string())
-}
-
-fn pr_terminal(plan: &Plan) -> bool {
-    plan.process.terminal
 }
 
 pub(crate) fn to_cstrings(field: &str, v: &[String]) -> Result<Vec<CString>> {

@@ -940,3 +940,33 @@ fn console_socket_gets_the_terminal() {
     let text = String::from_utf8_lossy(&out);
     assert_eq!(text, "/dev/pts/0\r\nfrom-console\r\n40 100\r\n");
 }
+
+#[test]
+fn diff_open_descriptors() {
+    // Only stdio (and ls's own directory descriptor) in the container,
+    // even when the runtime's caller leaks a descriptor (fd 7 here).
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let Some(env) = Env::new("fds") else { return };
+    let b = env.bundle("f", sh("ls /proc/self/fd | tr '\\n' ' '"));
+    let leak = std::fs::File::open("/dev/null").unwrap();
+    let leak_fd = leak.as_raw_fd();
+    let mut outs = Vec::new();
+    for rt in ALL {
+        let id = env.id(rt, "f");
+        let mut cmd = env.cmd(rt);
+        cmd.arg("run").arg("--bundle").arg(&b).arg(&id);
+        // SAFETY: dup2 is async-signal-safe; the new fd 7 is not CLOEXEC.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(leak_fd, 7) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        outs.push((rt, Env::output(&mut cmd)));
+    }
+    let o = same_ok(&outs, ident);
+    assert_eq!(o.stdout, "0 1 2 3 ");
+}
