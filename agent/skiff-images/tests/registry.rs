@@ -116,7 +116,14 @@ async fn concurrent_pulls_share_one_download_and_layers_are_shared() {
     let extra = files_layer(&[("etc/motd", b"second image\n".to_vec())]);
     build_and_push(&reg, "busybox:one", &[&base], false);
     build_and_push(&reg, "app:two", &[&base, &extra], false);
-    let proxy = Proxy::start(reg.port, ProxyMode::default());
+    // Blob responses are delayed so that both pulls are waiting for the base layer at once.
+    let proxy = Proxy::start(
+        reg.port,
+        ProxyMode {
+            delay: Some(("/blobs/".to_string(), Duration::from_millis(300))),
+            ..Default::default()
+        },
+    );
     let dir = tempfile::tempdir().unwrap();
     let store = ImageStore::open(dir.path()).unwrap();
     let c = Arc::new(client());

@@ -344,6 +344,8 @@ pub struct ProxyMode {
     pub tamper: Option<String>,
     /// Send half of the body of responses whose path ends with this, then stall forever.
     pub stall: Option<String>,
+    /// Wait this long before forwarding requests whose path ends with the string.
+    pub delay: Option<(String, Duration)>,
     /// Require a bearer token obtained from /token with these basic credentials.
     pub bearer: Option<(String, String)>,
     /// Require these basic credentials.
@@ -484,6 +486,11 @@ async fn handle(
                 .header("www-authenticate", "Basic realm=\"test\"")
                 .body(full("unauthorized"))
                 .unwrap());
+        }
+    }
+    if let Some((suffix, d)) = &mode.delay {
+        if path.ends_with(suffix.as_str()) {
+            tokio::time::sleep(*d).await;
         }
     }
     // Forward.
