@@ -970,3 +970,23 @@ fn diff_open_descriptors() {
     let o = same_ok(&outs, ident);
     assert_eq!(o.stdout, "0 1 2 3 ");
 }
+
+#[test]
+fn diff_sysctl_domainname_umask_nonroot_cwd() {
+    let Some(env) = Env::new("sysctl") else {
+        return;
+    };
+    let mut c = sh("cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/domainname; umask; pwd; touch f 2>/dev/null; echo $?");
+    c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+    c["domainname"] = json!("example.test");
+    c["process"]["user"] = json!({"uid": 1000, "gid": 1000, "umask": 63});
+    c["process"]["cwd"] = json!("/tmp");
+    // runc 1.1 predates the spec's domainname: compare it with crun only.
+    let outs: Vec<(Rt, Out)> = env
+        .run_all("s", c)
+        .into_iter()
+        .filter(|(rt, _)| *rt != Rt::Runc)
+        .collect();
+    let o = same_ok(&outs, ident);
+    assert_eq!(o.stdout, "1\nexample.test\n0077\n/tmp\n1\n");
+}
