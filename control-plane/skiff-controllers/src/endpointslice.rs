@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::controller::Action;
@@ -82,6 +82,13 @@ pub async fn run(ctx: Arc<Context>) {
         futures::stream::select_all([svc_events.boxed(), pod_events.boxed(), slice_events.boxed()])
             .boxed();
     let pacer = Arc::new(Pacer::default());
+    // Nodes only for each endpoint's zone (their label `topology.kubernetes.io/zone`).
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let node_feed = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(node_writer)
+        .for_each(|_| async {});
+    let zones = Arc::new(Zones { nodes });
     let slices = drive(
         "endpointslice",
         services,
@@ -90,10 +97,11 @@ pub async fn run(ctx: Arc<Context>) {
         move |svc, ctx| {
             let pods = pods.clone();
             let pacer = pacer.clone();
-            Box::pin(async move { reconcile(svc, ctx, pods, pacer).await })
+            let zones = zones.clone();
+            Box::pin(async move { reconcile(svc, ctx, pods, pacer, zones).await })
         },
     );
-    tokio::join!(slices, run_mirroring(ctx));
+    tokio::join!(slices, run_mirroring(ctx), node_feed);
 }
 
 // ---- mirroring: selector-less services with hand-written Endpoints ----
@@ -280,6 +288,7 @@ async fn reconcile(
     ctx: Arc<Context>,
     pods: Store<Pod>,
     pacer: Arc<Pacer>,
+    zones: Arc<Zones>,
 ) -> Result<Action, Error> {
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
@@ -304,7 +313,7 @@ async fn reconcile(
         })
         .collect();
     let refs: Vec<&Pod> = selected.iter().map(|p| p.as_ref()).collect();
-    let groups = desired_endpoints(&svc, &refs);
+    let groups = desired_endpoints_in_zones(&svc, &refs, &zones.map().await);
 
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
     let lp = ListParams::default().labels(&format!(
@@ -345,11 +354,43 @@ async fn apply_plan(api: &Api<EndpointSlice>, plan: &SlicePlan) -> Result<(), Er
     Ok(())
 }
 
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+struct Zones {
+    nodes: Store<Node>,
+}
+
+impl Zones {
+    /// node name → zone, for nodes that have one.
+    async fn map(&self) -> BTreeMap<String, String> {
+        // Give the first node list a moment; without it endpoints merely lack their zone.
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            self.nodes.wait_until_ready(),
+        )
+        .await;
+        self.nodes
+            .state()
+            .iter()
+            .filter_map(|n| Some((n.name_any(), n.labels().get(ZONE_LABEL)?.clone())))
+            .collect()
+    }
+}
+
 /// The endpoints a service should have, grouped by the set of ports they resolve to (ports
 /// belong to a slice, not an endpoint). Each group's endpoints are sorted by pod name.
 pub fn desired_endpoints(
     svc: &Service,
     pods: &[&Pod],
+) -> BTreeMap<BTreeSet<PortKey>, Vec<Endpoint>> {
+    desired_endpoints_in_zones(svc, pods, &BTreeMap::new())
+}
+
+/// `desired_endpoints` with each endpoint's zone taken from its node (`zones`: node → zone).
+pub fn desired_endpoints_in_zones(
+    svc: &Service,
+    pods: &[&Pod],
+    zones: &BTreeMap<String, String>,
 ) -> BTreeMap<BTreeSet<PortKey>, Vec<Endpoint>> {
     let spec = svc.spec.clone().unwrap_or_default();
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
@@ -377,6 +418,11 @@ pub fn desired_endpoints(
                 })
             })
             .collect();
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty());
         let endpoint = Endpoint {
             addresses: vec![ip.to_string()],
             conditions: Some(EndpointConditions {
@@ -385,11 +431,8 @@ pub fn desired_endpoints(
                 terminating: Some(terminating),
             }),
             hostname: pod_hostname(pod, svc),
-            node_name: pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .filter(|n| !n.is_empty()),
+            node_name: node.clone(),
+            zone: node.as_ref().and_then(|n| zones.get(n).cloned()),
             target_ref: Some(pod_reference(pod)),
             ..Default::default()
         };
@@ -672,6 +715,12 @@ mod tests {
             (Some(false), Some(true), Some(true))
         );
         assert_eq!(eps[0].node_name.as_deref(), Some("n1"));
+        let zones = BTreeMap::from([("n1".to_string(), "zone-a".to_string())]);
+        let zoned = desired_endpoints_in_zones(&svc, &[&ready], &zones);
+        assert_eq!(
+            zoned.values().next().unwrap()[0].zone.as_deref(),
+            Some("zone-a")
+        );
         assert_eq!(
             eps[0].target_ref.as_ref().unwrap().kind.as_deref(),
             Some("Pod")

@@ -61,7 +61,7 @@ where
 async fn register_node(client: &kube::Client, name: &str, taints: Value) {
     let nodes: Api<Node> = Api::all(client.clone());
     let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "topology.kubernetes.io/zone": "zone-a"}},
         "spec": {"taints": taints}
     }))
     .unwrap();
@@ -246,6 +246,7 @@ async fn endpoints_and_slices_follow_pod_readiness() {
         );
         assert_eq!(item["metadata"]["ownerReferences"][0]["kind"], "Service");
         assert_eq!(item["metadata"]["ownerReferences"][0]["name"], "web");
+        assert_eq!(item["endpoints"][0]["zone"], "zone-a", "{item}");
     }
 
     // Readiness flips are reflected after that one pod event (no resync exists to help).
