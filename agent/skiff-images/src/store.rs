@@ -579,6 +579,7 @@ impl ImageStore {
     ) -> Result<Image> {
         let r = Reference::parse(reference)?;
         let _shared = self.inner.exclusive.read().await;
+        let started = std::time::Instant::now();
         let resolved = client.resolve(&r, creds).await?;
         let key = r.to_string();
         if let Some(existing) = self.get(&key) {
@@ -602,6 +603,13 @@ impl ImageStore {
             .iter()
             .map(|l| self.ensure_layer(client, &r, l, creds));
         futures_util::future::try_join_all(jobs).await?;
+        tracing::info!(
+            image = %key,
+            manifest = %resolved.digest,
+            layers = layers.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "image pulled"
+        );
         let t = now();
         self.inner.commit(Image {
             reference: key,
@@ -735,6 +743,16 @@ impl ImageStore {
             return Ok(());
         }
         let tmp = tmp_path(&self.inner.root, "blob");
+        // Removes the partial file when the pull is cancelled (the future dropped) mid-way.
+        struct RemoveOnDrop<'a>(&'a Path, bool);
+        impl Drop for RemoveOnDrop<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    let _ = fs::remove_file(self.0);
+                }
+            }
+        }
+        let mut cleanup = RemoveOnDrop(&tmp, true);
         let desc = Descriptor {
             media_type: layer.media_type.clone(),
             digest: layer.digest.clone(),
@@ -782,9 +800,8 @@ impl ImageStore {
             Ok(())
         }
         .await;
-        if res.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
+        cleanup.1 = res.is_err();
+        drop(cleanup);
         res
     }
 

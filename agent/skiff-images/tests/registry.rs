@@ -321,6 +321,21 @@ async fn stalled_blob_body_times_out() {
         stall_timeout: Duration::from_secs(1),
         ..Default::default()
     });
+    // A pull cancelled mid-download (its future dropped) leaves no partial file.
+    let patient = RegistryClient::new(ClientConfig {
+        stall_timeout: Duration::from_secs(30),
+        ..Default::default()
+    });
+    let r = format!("{}/busybox:s", proxy.host());
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(700), store.pull(&patient, &r, None)).await;
+    assert!(cancelled.is_err(), "the pull should still be waiting");
+    assert_eq!(
+        proxy.count(&format!("/blobs/{}", base.digest())),
+        1,
+        "the download had started"
+    );
+    assert!(tmp_is_empty(&store));
     let t = Instant::now();
     let e = store
         .pull(&c, &format!("{}/busybox:s", proxy.host()), None)
