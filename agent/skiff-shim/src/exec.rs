@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -62,12 +62,31 @@ fn open_namespaces(init: Pid) -> Result<Vec<(File, CloneFlags)>> {
     Ok(out)
 }
 
-fn exec_in_container(
-    plan: &Plan,
-    args: &[String],
-    env: Option<&[String]>,
-    cwd: Option<&Path>,
-) -> Result<Infallible> {
+/// What to run, for [`spawn_exec`] and [`exec_captured`].
+#[derive(Debug, Clone, Copy)]
+pub struct ExecSpec<'a> {
+    pub args: &'a [String],
+    /// Environment; the container's when `None`.
+    pub env: Option<&'a [String]>,
+    /// Working directory; the container's when `None`.
+    pub cwd: Option<&'a Path>,
+    /// stdin is a terminal: make it the controlling one of a new session.
+    pub tty: bool,
+}
+
+fn exec_in_container(plan: &Plan, spec: &ExecSpec<'_>) -> Result<Infallible> {
+    let ExecSpec {
+        args,
+        env,
+        cwd,
+        tty,
+    } = *spec;
+    if tty {
+        nix::unistd::setsid().ctx("setsid", "exec")?;
+        // SAFETY: TIOCSCTTY on our stdin.
+        Errno::result(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) })
+            .ctx("ioctl(TIOCSCTTY)", "stdin")?;
+    }
     let pr = &plan.process;
     if let Some(adj) = pr.oom_score_adj {
         let _ = std::fs::write("/proc/self/oom_score_adj", adj.to_string());
@@ -114,16 +133,13 @@ fn exec_in_container(
     Err(ShimError::sys("execve", exe.display(), e))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn child_side(
     init: Pid,
     ns: &[(File, CloneFlags)],
     cgroup: Option<&Cgroup>,
     stdio: [i32; 3],
     plan: &Plan,
-    args: &[String],
-    env: Option<&[String]>,
-    cwd: Option<&Path>,
+    spec: &ExecSpec<'_>,
 ) -> Result<i32> {
     for (target, fd) in stdio.iter().enumerate() {
         // SAFETY: dup2 of our descriptors onto 0, 1, 2.
@@ -135,11 +151,17 @@ fn child_side(
     for (f, flag) in ns {
         nix::sched::setns(f.as_fd(), *flag).ctx("setns", format!("{flag:?} of pid {init}"))?;
     }
+    // The helper only waits: keep nothing but stdio, or it would hold
+    // the shim's copies of pipes (a stdin that never reaches EOF).
+    // SAFETY: closes descriptors this process no longer uses.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    }
     // The PID namespace applies to children: fork once more.
     // SAFETY: single-threaded process.
     match unsafe { nix::unistd::fork() }.ctx("fork", "exec")? {
         ForkResult::Child => {
-            let e = match exec_in_container(plan, args, env, cwd) {
+            let e = match exec_in_container(plan, spec) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -158,27 +180,25 @@ fn child_side(
     }
 }
 
-/// Run `args` in the container of `init` and collect its output until it
-/// exits or `deadline` passes (then it is killed).
-#[allow(clippy::too_many_arguments)]
-pub fn exec_captured(
+/// Fork the exec helper: it joins the container and forks the process
+/// that execs, waits for it and exits with its code (128 + signal when
+/// killed). `stdio` becomes the process's 0, 1 and 2. Returns the
+/// helper's pid.
+pub fn spawn_exec(
     init: Pid,
     plan: &Plan,
     cgroup: Option<&Cgroup>,
-    args: &[String],
-    env: Option<&[String]>,
-    cwd: Option<&Path>,
-    deadline: Instant,
-) -> Result<ExecResult> {
+    spec: &ExecSpec<'_>,
+    stdio: [RawFd; 3],
+) -> Result<Pid> {
+    if spec.args.is_empty() {
+        return Err(ShimError::spec("exec.args", "empty"));
+    }
     let ns = open_namespaces(init)?;
-    let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ctx("pipe2", "exec stdout")?;
-    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ctx("pipe2", "exec stderr")?;
-    let null = File::open("/dev/null").map_err(|e| ShimError::io("open", "/dev/null", e))?;
     // SAFETY: the shim is single-threaded.
-    let child = match unsafe { nix::unistd::fork() }.ctx("fork", "exec")? {
+    match unsafe { nix::unistd::fork() }.ctx("fork", "exec")? {
         ForkResult::Child => {
-            let stdio = [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
-            let code = match child_side(init, &ns, cgroup, stdio, plan, args, env, cwd) {
+            let code = match child_side(init, &ns, cgroup, stdio, plan, spec) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("skiff-shim exec: {e}");
@@ -188,9 +208,25 @@ pub fn exec_captured(
             // SAFETY: leave the forked child.
             unsafe { libc::_exit(code) }
         }
-        ForkResult::Parent { child } => child,
-    };
-    drop((out_w, err_w, null, ns));
+        ForkResult::Parent { child } => Ok(child),
+    }
+}
+
+/// Run a process in the container of `init` and collect its output until
+/// it exits or `deadline` passes (then it is killed).
+pub fn exec_captured(
+    init: Pid,
+    plan: &Plan,
+    cgroup: Option<&Cgroup>,
+    spec: &ExecSpec<'_>,
+    deadline: Instant,
+) -> Result<ExecResult> {
+    let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ctx("pipe2", "exec stdout")?;
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ctx("pipe2", "exec stderr")?;
+    let null = File::open("/dev/null").map_err(|e| ShimError::io("open", "/dev/null", e))?;
+    let stdio = [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+    let child = spawn_exec(init, plan, cgroup, spec, stdio)?;
+    drop((out_w, err_w, null));
 
     let mut res = ExecResult::default();
     let mut open: Vec<(OwnedFd, Vec<u8>)> = vec![(out_r, Vec::new()), (err_r, Vec::new())];

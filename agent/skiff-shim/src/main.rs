@@ -15,7 +15,9 @@ commands:
   state  ID
   kill   [--all|-a] ID [SIGNAL]     (default SIGTERM)
   delete [--force|-f] ID
-  exec   [--timeout SECS] ID CMD [ARG...]   run CMD in the container (via the shim's socket)
+  exec   [-i] [-t] [--timeout SECS] ID CMD [ARG...]
+                                   run CMD in the container (via the shim's socket);
+                                   -i streams stdin, -t gives it a terminal
 LOG: --log-path FILE [--log-max-size BYTES] [--log-max-files N]
      container stdout/stderr to FILE in CRI format (default: inherited stdio)";
 
@@ -190,8 +192,21 @@ fn real_main() -> anyhow::Result<i32> {
             // exec [--timeout SECS] ID CMD [ARG…]: through the shim's control socket.
             let mut rest = a.rest.into_iter().peekable();
             let mut timeout = 10u64;
+            let (mut interactive, mut tty) = (false, false);
             while let Some(f) = rest.peek() {
                 match f.as_str() {
+                    "-i" | "--interactive" => {
+                        interactive = true;
+                        rest.next();
+                    }
+                    "-t" | "--tty" => {
+                        tty = true;
+                        rest.next();
+                    }
+                    "-it" | "-ti" => {
+                        (interactive, tty) = (true, true);
+                        rest.next();
+                    }
                     "--timeout" => {
                         rest.next();
                         let v = rest.next().context("--timeout needs a value")?;
@@ -208,11 +223,26 @@ fn real_main() -> anyhow::Result<i32> {
             if args.is_empty() {
                 bail!("exec needs a command");
             }
+            if interactive || tty {
+                let req = skiff_shim::supervisor::Request::Exec {
+                    args,
+                    env: None,
+                    cwd: None,
+                    timeout_ms: None,
+                    stream: true,
+                    tty,
+                };
+                let mut st = skiff_shim::supervisor::exec_stream(&o.root, &id, &req)?;
+                relay(std::mem::take(&mut st.fds), tty, interactive)?;
+                return Ok(st.wait()?);
+            }
             let req = skiff_shim::supervisor::Request::Exec {
                 args,
                 env: None,
                 cwd: None,
                 timeout_ms: Some(timeout * 1000),
+                stream: false,
+                tty: false,
             };
             let r = skiff_shim::supervisor::request(
                 &o.root,
@@ -233,6 +263,84 @@ fn real_main() -> anyhow::Result<i32> {
         }
         other => bail!("unknown command {other}\n{USAGE}"),
     }
+}
+
+/// Copy our stdin to the process and its output to our stdout/stderr
+/// until its output ends. `fds` is [stdin, stdout, stderr] or, with a
+/// terminal, [master].
+fn relay(mut fds: Vec<std::os::fd::OwnedFd>, tty: bool, interactive: bool) -> anyhow::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::io::Write;
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+    if fds.is_empty() || (!tty && fds.len() < 3) {
+        bail!("shim passed {} descriptors", fds.len());
+    }
+    // outputs: (fd, is_stderr); input: where our stdin goes.
+    let (mut input, outputs): (Option<OwnedFd>, Vec<(OwnedFd, bool)>) = if tty {
+        let m = fds.remove(0);
+        let dup = m.try_clone()?;
+        (interactive.then_some(dup), vec![(m, false)])
+    } else {
+        let err = fds.remove(2);
+        let out = fds.remove(1);
+        let inp = fds.remove(0);
+        // Not interactive: the process sees EOF on stdin at once.
+        (interactive.then_some(inp), vec![(out, false), (err, true)])
+    };
+    let mut open = outputs;
+    let mut buf = vec![0u8; 32 * 1024];
+    // SAFETY: fd 0 lives for the whole program.
+    let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+    while !open.is_empty() {
+        let mut pfds: Vec<PollFd> = open
+            .iter()
+            .map(|(f, _)| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+            .collect();
+        if input.is_some() {
+            pfds.push(PollFd::new(stdin, PollFlags::POLLIN));
+        }
+        match poll(&mut pfds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => bail!("poll: {e}"),
+            Ok(_) => {}
+        }
+        let ready: Vec<bool> = pfds
+            .iter()
+            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(pfds);
+        if input.is_some() && ready.get(open.len()).copied().unwrap_or(false) {
+            match nix::unistd::read(0, &mut buf) {
+                // EOF: close the process's stdin (a terminal stays open).
+                Ok(0) | Err(_) => input = None,
+                Ok(n) => {
+                    if let Some(i) = &input {
+                        let _ = nix::unistd::write(i, &buf[..n]);
+                    }
+                }
+            }
+        }
+        for i in (0..open.len()).rev() {
+            if !ready[i] {
+                continue;
+            }
+            match nix::unistd::read(open[i].0.as_raw_fd(), &mut buf) {
+                Ok(0) | Err(_) => {
+                    open.remove(i);
+                }
+                Ok(n) => {
+                    if open[i].1 {
+                        let _ = std::io::stderr().write_all(&buf[..n]);
+                    } else {
+                        let mut out = std::io::stdout().lock();
+                        let _ = out.write_all(&buf[..n]);
+                        let _ = out.flush();
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -54,11 +54,20 @@ pub enum Request {
         cwd: Option<PathBuf>,
         #[serde(default)]
         timeout_ms: Option<u64>,
+        /// Instead of capturing: answer at once with the process's stdin,
+        /// stdout and stderr (or, with `tty`, one terminal) passed over the
+        /// socket (SCM_RIGHTS), then send the exit code when it ends.
+        #[serde(default)]
+        stream: bool,
+        #[serde(default)]
+        tty: bool,
     },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ExecResult {
+    #[serde(default)]
+    pub pid: i32,
     pub exit_code: i32,
     pub stdout: String,
     pub stderr: String,
@@ -97,6 +106,83 @@ pub fn request(root: &Path, id: &str, req: &Request, timeout: Duration) -> Resul
         .map_err(|e| ShimError::io("read", &p, e))?;
     serde_json::from_str(&resp)
         .map_err(|e| ShimError::container(id, format!("bad reply from shim: {e}")))
+}
+
+/// A streaming exec seen from the client: the process's stdin, stdout,
+/// stderr (or its one terminal), and the connection that will carry its
+/// exit code.
+pub struct ExecStream {
+    pub pid: i32,
+    pub fds: Vec<OwnedFd>,
+    sock: UnixStream,
+    rest: Vec<u8>,
+}
+
+impl ExecStream {
+    /// Wait for the exit code.
+    pub fn wait(self) -> Result<i32> {
+        let mut data = self.rest;
+        let mut r = BufReader::new(self.sock);
+        let mut line = String::new();
+        if !data.contains(&b'\n') {
+            r.read_line(&mut line)
+                .map_err(|e| ShimError::io("read", "exec stream", e))?;
+            data.extend_from_slice(line.as_bytes());
+        }
+        let resp: Response =
+            serde_json::from_slice(data.split(|b| *b == b'\n').next().unwrap_or(&[]))
+                .map_err(|e| ShimError::Init(format!("bad exec reply: {e}")))?;
+        match resp.exec {
+            Some(e) if resp.ok => Ok(e.exit_code),
+            _ => Err(ShimError::Init(
+                resp.error.unwrap_or_else(|| "exec lost".into()),
+            )),
+        }
+    }
+}
+
+/// Start a streaming exec (`req` must be an Exec with `stream: true`).
+pub fn exec_stream(root: &Path, id: &str, req: &Request) -> Result<ExecStream> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let sd = StateDir::new(root, id)?;
+    let p = socket_path(&sd);
+    let s = UnixStream::connect(&p).map_err(|e| ShimError::io("connect", &p, e))?;
+    let mut line = serde_json::to_vec(req).expect("serialisable");
+    line.push(b'\n');
+    (&s).write_all(&line)
+        .map_err(|e| ShimError::io("write", &p, e))?;
+    let mut buf = vec![0u8; 4096];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 3]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        s.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ctx("recvmsg", p.display())?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().ctx("recvmsg", "cmsgs")? {
+        if let ControlMessageOwned::ScmRights(v) = c {
+            // SAFETY: descriptors just received.
+            fds.extend(v.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+        }
+    }
+    let n = msg.bytes;
+    buf.truncate(n);
+    let end = buf.iter().position(|b| *b == b'\n').unwrap_or(buf.len());
+    let resp: Response = serde_json::from_slice(&buf[..end])
+        .map_err(|e| ShimError::container(id, format!("bad reply from shim: {e}")))?;
+    if !resp.ok {
+        return Err(ShimError::container(id, resp.error.unwrap_or_default()));
+    }
+    let rest = buf.get(end + 1..).map(<[u8]>::to_vec).unwrap_or_default();
+    Ok(ExecStream {
+        pid: resp.exec.map(|e| e.pid).unwrap_or(0),
+        fds,
+        sock: s,
+        rest,
+    })
 }
 
 /// The read ends of the container's stdout/stderr pipes and the log.
@@ -156,6 +242,8 @@ pub struct Supervisor<'a> {
     pub terminal: Option<OwnedFd>,
     console_split: LineSplitter,
     stdin_open: bool,
+    /// Streaming execs: helper pid and the connection to answer on exit.
+    streams: Vec<(Pid, UnixStream)>,
     listener: Option<UnixListener>,
     pidfd: Option<OwnedFd>,
     /// SIGCHLD as a descriptor: orphans handed to the shim (subreaper)
@@ -185,6 +273,7 @@ impl<'a> Supervisor<'a> {
             terminal: None,
             console_split: LineSplitter::new("stdout"),
             stdin_open: true,
+            streams: Vec::new(),
             sigchld,
             sd,
             plan,
@@ -291,7 +380,7 @@ impl<'a> Supervisor<'a> {
             while let Ok(ws) = waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
                 match exit_info(ws) {
                     Some((p, info)) if p == self.pid => exit = Some(info),
-                    Some(_) => {}
+                    Some((p, info)) => self.stream_done(p, Some(info.exit_code)),
                     None => break,
                 }
             }
@@ -315,6 +404,9 @@ impl<'a> Supervisor<'a> {
             let _ = self.console_split.finish(&mut io.log);
         }
         let _ = std::fs::remove_file(socket_path(self.sd));
+        for (p, _) in std::mem::take(&mut self.streams) {
+            let _ = kill(p, Signal::SIGKILL);
+        }
         let mut exit = exit.unwrap_or(ExitInfo {
             exit_code: 255,
             signal: None,
@@ -421,6 +513,116 @@ impl<'a> Supervisor<'a> {
         }
     }
 
+    /// Tell a streaming exec's client how its process ended.
+    fn stream_done(&mut self, helper: Pid, code: Option<i32>) {
+        if let Some(i) = self.streams.iter().position(|(p, _)| *p == helper) {
+            let (_, s) = self.streams.remove(i);
+            let resp = Response {
+                ok: code.is_some(),
+                exec: code.map(|c| ExecResult {
+                    pid: helper.as_raw(),
+                    exit_code: c,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let mut out = serde_json::to_vec(&resp).expect("serialisable");
+            out.push(b'\n');
+            let _ = (&s).write_all(&out);
+        }
+    }
+
+    /// Start a streaming exec: answer with the client's ends of its stdio.
+    fn exec_stream(
+        &mut self,
+        stream: &UnixStream,
+        spec: &crate::exec::ExecSpec<'_>,
+    ) -> Result<Pid> {
+        if self.pending.is_some() {
+            return Err(ShimError::container(&self.sd.id, "exec before start"));
+        }
+        let (theirs, ours): (Vec<OwnedFd>, Vec<OwnedFd>) = if spec.tty {
+            // A terminal from the container's own devpts (reached through
+            // the init's root), so that it is /dev/pts/N in there too.
+            let root = format!("/proc/{}/root", self.pid);
+            let ptmx = format!("{root}/dev/ptmx");
+            let m = nix::fcntl::open(
+                ptmx.as_str(),
+                nix::fcntl::OFlag::O_RDWR
+                    | nix::fcntl::OFlag::O_NOCTTY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .ctx("open", &ptmx)?;
+            // SAFETY: fresh descriptor.
+            let m = unsafe { OwnedFd::from_raw_fd(m) };
+            let unlock: libc::c_int = 0;
+            let mut n: libc::c_uint = 0;
+            // SAFETY: TIOCSPTLCK and TIOCGPTN with valid int pointers.
+            unsafe {
+                Errno::result(libc::ioctl(m.as_raw_fd(), libc::TIOCSPTLCK, &unlock))
+                    .ctx("ioctl(TIOCSPTLCK)", &ptmx)?;
+                Errno::result(libc::ioctl(m.as_raw_fd(), libc::TIOCGPTN, &mut n))
+                    .ctx("ioctl(TIOCGPTN)", &ptmx)?;
+            }
+            let slave_path = format!("{root}/dev/pts/{n}");
+            let slave = nix::fcntl::open(
+                slave_path.as_str(),
+                nix::fcntl::OFlag::O_RDWR
+                    | nix::fcntl::OFlag::O_NOCTTY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .ctx("open", &slave_path)?;
+            // SAFETY: fresh descriptor.
+            let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+            (vec![slave], vec![m])
+        } else {
+            let (in_r, in_w) =
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx("pipe2", "exec stdin")?;
+            let (out_r, out_w) =
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx("pipe2", "exec stdout")?;
+            let (err_r, err_w) =
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx("pipe2", "exec stderr")?;
+            (vec![in_r, out_w, err_w], vec![in_w, out_r, err_r])
+        };
+        let stdio = if spec.tty {
+            [theirs[0].as_raw_fd(); 3]
+        } else {
+            [
+                theirs[0].as_raw_fd(),
+                theirs[1].as_raw_fd(),
+                theirs[2].as_raw_fd(),
+            ]
+        };
+        let helper =
+            crate::exec::spawn_exec(self.pid, self.plan, self.cgroup.as_ref(), spec, stdio)?;
+        drop(theirs);
+        let resp = Response {
+            ok: true,
+            exec: Some(ExecResult {
+                pid: helper.as_raw(),
+                exit_code: -1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut line = serde_json::to_vec(&resp).expect("serialisable");
+        line.push(b'\n');
+        let fds: Vec<i32> = ours.iter().map(|f| f.as_raw_fd()).collect();
+        let iov = [std::io::IoSlice::new(&line)];
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        nix::sys::socket::sendmsg::<()>(
+            stream.as_raw_fd(),
+            &iov,
+            &cmsg,
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        )
+        .ctx("sendmsg", "exec stdio")?;
+        Ok(helper)
+    }
+
     fn on_connection(&mut self) {
         let Some(l) = &self.listener else { return };
         let Ok((stream, _)) = l.accept() else { return };
@@ -428,13 +630,46 @@ impl<'a> Supervisor<'a> {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
         let mut line = String::new();
         let mut reader = BufReader::new(&stream);
-        let resp = match reader.read_line(&mut line) {
-            Ok(_) => match serde_json::from_str::<Request>(&line) {
-                Ok(req) => self.handle(req),
-                Err(e) => Err(ShimError::spec("request", e.to_string())),
-            },
+        let req = match reader.read_line(&mut line) {
+            Ok(_) => serde_json::from_str::<Request>(&line)
+                .map_err(|e| ShimError::spec("request", e.to_string())),
             Err(e) => Err(ShimError::io("read", "control socket", e)),
         };
+        if let Ok(Request::Exec {
+            args,
+            env,
+            cwd,
+            stream: true,
+            tty,
+            ..
+        }) = &req
+        {
+            let spec = crate::exec::ExecSpec {
+                args,
+                env: env.as_deref(),
+                cwd: cwd.as_deref(),
+                tty: *tty,
+            };
+            match self.exec_stream(&stream, &spec) {
+                Ok(helper) => {
+                    let _ = stream.set_read_timeout(None);
+                    self.streams.push((helper, stream));
+                    return;
+                }
+                Err(e) => {
+                    let resp = Response {
+                        ok: false,
+                        error: Some(e.to_string()),
+                        ..Default::default()
+                    };
+                    let mut out = serde_json::to_vec(&resp).expect("serialisable");
+                    out.push(b'\n');
+                    let _ = (&stream).write_all(&out);
+                    return;
+                }
+            }
+        }
+        let resp = req.and_then(|r| self.handle(r));
         let resp = resp.unwrap_or_else(|e| Response {
             ok: false,
             error: Some(e.to_string()),
@@ -481,20 +716,26 @@ impl<'a> Supervisor<'a> {
                 env,
                 cwd,
                 timeout_ms,
+                tty,
+                ..
             } => {
                 if self.pending.is_some() {
                     return Err(ShimError::container(&self.sd.id, "exec before start"));
                 }
-                if args.is_empty() {
-                    return Err(ShimError::spec("exec.args", "empty"));
+                let spec = crate::exec::ExecSpec {
+                    args: &args,
+                    env: env.as_deref(),
+                    cwd: cwd.as_deref(),
+                    tty,
+                };
+                if tty {
+                    return Err(ShimError::spec("exec.tty", "needs stream=true"));
                 }
                 let r = crate::exec::exec_captured(
                     self.pid,
                     self.plan,
                     self.cgroup.as_ref(),
-                    &args,
-                    env.as_deref(),
-                    cwd.as_deref(),
+                    &spec,
                     Instant::now() + Duration::from_millis(timeout_ms.unwrap_or(10_000)),
                 )?;
                 Ok(Response {

@@ -678,6 +678,8 @@ fn control_socket_state_exec_signal_kill_all() {
                 env: None,
                 cwd: None,
                 timeout_ms: None,
+                stream: false,
+                tty: false,
             },
             t,
         )
@@ -697,6 +699,8 @@ fn control_socket_state_exec_signal_kill_all() {
                 env: None,
                 cwd: None,
                 timeout_ms: Some(5000),
+                stream: false,
+                tty: false,
             },
             t,
         )
@@ -724,6 +728,8 @@ fn control_socket_state_exec_signal_kill_all() {
                 env: None,
                 cwd: None,
                 timeout_ms: Some(200),
+                stream: false,
+                tty: false,
             },
             t,
         )
@@ -989,4 +995,83 @@ fn diff_sysctl_domainname_umask_nonroot_cwd() {
         .collect();
     let o = same_ok(&outs, ident);
     assert_eq!(o.stdout, "1\nexample.test\n0077\n/tmp\n1\n");
+}
+
+#[test]
+fn streaming_exec_with_stdin_and_terminal() {
+    use skiff_shim::supervisor::{exec_stream, Request};
+    use std::io::{Read, Write};
+    let Some(env) = Env::new("stream") else {
+        return;
+    };
+    let b = env.bundle("s", base_config(&["sleep", "30"]));
+    let id = env.id(Rt::Skiff, "s");
+    let root = env.state_root(Rt::Skiff);
+    let cr = env.output_detached(env.cmd(Rt::Skiff).arg("create").arg("-b").arg(&b).arg(&id));
+    assert_eq!(cr.code, 0, "{}", cr.stderr);
+    assert_eq!(Env::output(env.cmd(Rt::Skiff).args(["start", &id])).code, 0);
+    let exec = |args: &[&str], tty: bool| Request::Exec {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: None,
+        cwd: None,
+        timeout_ms: None,
+        stream: true,
+        tty,
+    };
+    // Pipes: stdin → cat → stdout; stderr apart; exit code at the end.
+    let mut st = exec_stream(
+        &root,
+        &id,
+        &exec(&["sh", "-c", "cat; echo err >&2; exit 3"], false),
+    )
+    .unwrap();
+    assert_eq!(st.fds.len(), 3);
+    let mut fds = std::mem::take(&mut st.fds).into_iter();
+    let (stdin, stdout, stderr) = (
+        fds.next().unwrap(),
+        fds.next().unwrap(),
+        fds.next().unwrap(),
+    );
+    let mut stdin = std::fs::File::from(stdin);
+    stdin.write_all(b"line one\nline two\n").unwrap();
+    drop(stdin);
+    let mut out = String::new();
+    std::fs::File::from(stdout)
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    std::fs::File::from(stderr)
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(
+        (out.as_str(), err.as_str()),
+        ("line one\nline two\n", "err\n")
+    );
+    assert_eq!(st.wait().unwrap(), 3);
+    // A terminal from the container's devpts.
+    let mut st = exec_stream(&root, &id, &exec(&["sh", "-c", "tty; exit 4"], true)).unwrap();
+    assert_eq!(st.fds.len(), 1);
+    let mut m = std::fs::File::from(st.fds.remove(0));
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match m.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&out), "/dev/pts/0\r\n");
+    assert_eq!(st.wait().unwrap(), 4);
+    // The CLI: exec -i.
+    let mut child = env
+        .cmd(Rt::Skiff)
+        .args(["exec", "-i", &id, "sh", "-c", "read x; echo got $x"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"word\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "got word\n");
+    assert_eq!(o.status.code(), Some(0));
 }
