@@ -872,3 +872,34 @@ fn oom_kills_from_memory_events() {
     std::fs::write(cg.path.join("memory.events"), ev).unwrap();
     assert_eq!(cg.oom_kills(), 2);
 }
+
+#[test]
+fn control_protocol_json() {
+    use crate::supervisor::{Request, Response};
+    let r: Request = serde_json::from_str(r#"{"op":"exec","args":["ls","-l"]}"#).unwrap();
+    assert_eq!(
+        r,
+        Request::Exec {
+            args: vec!["ls".into(), "-l".into()],
+            env: None,
+            cwd: None,
+            timeout_ms: None,
+            stream: false,
+            tty: false
+        }
+    );
+    let r: Request = serde_json::from_str(r#"{"op":"kill-all","signal":9}"#).unwrap();
+    assert_eq!(r, Request::KillAll { signal: 9 });
+    let r: Request = serde_json::from_str(r#"{"op":"resize","rows":24,"cols":80}"#).unwrap();
+    assert_eq!(r, Request::Resize { rows: 24, cols: 80 });
+    assert_eq!(
+        serde_json::to_string(&Request::State).unwrap(),
+        r#"{"op":"state"}"#
+    );
+    assert!(serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).is_err());
+    let ok = Response {
+        ok: true,
+        ..Default::default()
+    };
+    assert_eq!(serde_json::to_string(&ok).unwrap(), r#"{"ok":true}"#);
+}
