@@ -77,7 +77,7 @@ impl Registry {
                 .stderr(log)
                 .spawn()
                 .expect("start docker-registry");
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
