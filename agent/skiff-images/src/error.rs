@@ -84,6 +84,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("image {reference} is not present and the pull policy is Never")]
+    NeverPull { reference: String },
+
     #[error("image {reference} not found in the store")]
     NotFound { reference: String },
 

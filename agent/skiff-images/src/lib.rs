@@ -19,5 +19,5 @@ pub use error::{Error, Result};
 pub use merge::{merge_config, ContainerOverrides, ProcessSpec};
 pub use reference::Reference;
 pub use registry::{ClientConfig, RegistryClient};
-pub use store::{GcPolicy, GcReport, Image, ImageStore, LayerRef};
+pub use store::{GcPolicy, GcReport, Image, ImageStore, LayerRef, PullPolicy};
 pub use unpack::{unpack_layer, UnpackOptions, UnpackStats, WhiteoutMode};

@@ -73,6 +73,28 @@ struct IndexFile {
     layers: BTreeMap<Digest, LayerInfo>,
 }
 
+/// Kubernetes' `imagePullPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Ask the registry every time (a pull only downloads what changed).
+    Always,
+    /// Pull only when the store has no image under that reference.
+    IfNotPresent,
+    /// Never contact the registry.
+    Never,
+}
+
+impl PullPolicy {
+    /// The kubelet's default: `Always` for `:latest` or untagged references, else
+    /// `IfNotPresent`.
+    pub fn default_for(reference: &str) -> PullPolicy {
+        match Reference::parse(reference) {
+            Ok(r) if r.digest.is_none() && r.tag.as_deref() == Some("latest") => PullPolicy::Always,
+            _ => PullPolicy::IfNotPresent,
+        }
+    }
+}
+
 /// When to collect garbage (bytes of store usage, as in the kubelet's high/low thresholds).
 #[derive(Debug, Clone, Copy)]
 pub struct GcPolicy {
@@ -623,6 +645,28 @@ impl ImageStore {
         })
     }
 
+    /// Makes an image available according to a pull policy (what the kubelet does before
+    /// creating a container).
+    pub async fn ensure(
+        &self,
+        client: &RegistryClient,
+        reference: &str,
+        policy: PullPolicy,
+        creds: Option<&Credentials>,
+    ) -> Result<Image> {
+        let present = self
+            .get(reference)
+            .filter(|i| self.layer_dirs(i).iter().all(|d| d.is_dir()));
+        match (policy, present) {
+            (PullPolicy::Always, _) => self.pull(client, reference, creds).await,
+            (_, Some(img)) => Ok(img),
+            (PullPolicy::IfNotPresent, None) => self.pull(client, reference, creds).await,
+            (PullPolicy::Never, None) => Err(Error::NeverPull {
+                reference: reference.to_string(),
+            }),
+        }
+    }
+
     /// Pairs the manifest's layers with the config's DiffIDs.
     pub(crate) fn layer_refs(
         &self,
@@ -1055,6 +1099,53 @@ mod tests {
             ImageStore::default_root(Path::new("/x")),
             Path::new("/x/var/lib/skiff/images")
         );
+    }
+
+    #[tokio::test]
+    async fn pull_policies() {
+        assert_eq!(PullPolicy::default_for("busybox"), PullPolicy::Always);
+        assert_eq!(
+            PullPolicy::default_for("busybox:latest"),
+            PullPolicy::Always
+        );
+        assert_eq!(
+            PullPolicy::default_for("busybox:1.36"),
+            PullPolicy::IfNotPresent
+        );
+        let d = format!("busybox@sha256:{}", "0".repeat(64));
+        assert_eq!(PullPolicy::default_for(&d), PullPolicy::IfNotPresent);
+        let (_t, s) = store();
+        // Port 9 on loopback: nothing listens; Never and a present image must not connect.
+        let c = RegistryClient::new(Default::default());
+        let e = s
+            .ensure(&c, "127.0.0.1:9/a:1", PullPolicy::Never, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::NeverPull { .. }), "{e}");
+        let e = s
+            .ensure(&c, "127.0.0.1:9/a:1", PullPolicy::IfNotPresent, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Connect { .. }), "{e}");
+        let img = Image {
+            reference: "127.0.0.1:9/a:1".into(),
+            manifest_digest: Digest::of(b"m"),
+            manifest_size: 1,
+            config_digest: Digest::of(b"c"),
+            config_size: 1,
+            layers: vec![],
+            pulled_at: 0,
+            last_used: 0,
+        };
+        s.inner.commit(img.clone()).unwrap();
+        for p in [PullPolicy::Never, PullPolicy::IfNotPresent] {
+            assert_eq!(s.ensure(&c, "127.0.0.1:9/a:1", p, None).await.unwrap(), img);
+        }
+        let e = s
+            .ensure(&c, "127.0.0.1:9/a:1", PullPolicy::Always, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Connect { .. }), "{e}");
     }
 
     #[tokio::test]
