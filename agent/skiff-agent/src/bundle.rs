@@ -529,7 +529,7 @@ pub fn config(input: &BundleInput<'_>) -> Result<Value, BundleError> {
     let allow_escalation = sc
         .and_then(|s| s.allow_privilege_escalation)
         .unwrap_or(true);
-    Ok(json!({
+    let mut config = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": c.tty.unwrap_or(false),
@@ -538,7 +538,6 @@ pub fn config(input: &BundleInput<'_>) -> Result<Value, BundleError> {
             "env": env,
             "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}],
             "noNewPrivileges": !allow_escalation && !privileged,
             "oomScoreAdj": input.oom_score_adj,
         },
@@ -546,7 +545,15 @@ pub fn config(input: &BundleInput<'_>) -> Result<Value, BundleError> {
         "hostname": hostname,
         "mounts": mounts,
         "linux": linux,
-    }))
+    });
+    // A container joining the sandbox's UTS namespace inherits the hostname the sandbox
+    // set; runtimes refuse to set one in a namespace they did not create.
+    if input.sandbox.utsns.is_some() {
+        if let Some(o) = config.as_object_mut() {
+            o.remove("hostname");
+        }
+    }
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -745,7 +752,11 @@ mod tests {
         .unwrap();
         let spec: oci_spec::runtime::Spec =
             serde_json::from_value(cfg.clone()).expect("a valid OCI runtime spec");
-        assert_eq!(spec.hostname().as_deref(), Some("web-1"));
+        assert_eq!(
+            spec.hostname().as_deref(),
+            None,
+            "the sandbox's UTS namespace already has the name"
+        );
         assert_eq!(
             cfg["process"]["args"],
             json!(["/bin/busybox", "httpd", "-f"])

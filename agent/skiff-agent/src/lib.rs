@@ -4,5 +4,6 @@
 pub mod bundle;
 pub mod cni;
 pub mod node;
+pub mod pods;
 pub mod preflight;
 pub mod sandbox;

@@ -34,6 +34,27 @@ struct Args {
     /// Reserved for the system: `cpu=500m,memory=1Gi`.
     #[arg(long, default_value = "")]
     system_reserved: String,
+    /// The container runtime shim (default: `skiff-shim` next to this binary).
+    #[arg(long)]
+    shim: Option<PathBuf>,
+    /// cgroup v2 directory under which containers get their cgroups.
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// CNI network configuration; without a configuration pods only get loopback.
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+    /// Where CNI plugin binaries are looked up.
+    #[arg(long, value_delimiter = ',', default_value = "/usr/libexec/skiff/cni")]
+    cni_bin_dir: Vec<PathBuf>,
+    /// Container logs (CRI format), `<dir>/<ns>_<pod>_<uid>/<container>/0.log`.
+    #[arg(long, default_value = "/var/log/pods")]
+    pod_logs_dir: PathBuf,
+    /// The cluster DNS service address written into pods' resolv.conf.
+    #[arg(long, default_value = "10.96.0.10")]
+    cluster_dns: String,
+    /// Registries reached over plain HTTP (loopback ones always are).
+    #[arg(long, value_delimiter = ',')]
+    insecure_registry: Vec<String>,
 }
 
 fn parse_reserved(s: &str) -> anyhow::Result<(u64, u64)> {
@@ -120,6 +141,47 @@ async fn agent_main() -> anyhow::Result<()> {
         system_reserved: parse_reserved(&args.system_reserved)?,
         limits_enforced: enforced,
     };
+    let facts = node::facts_from(
+        std::path::Path::new("/proc"),
+        std::path::Path::new("/etc"),
+        &args.root_dir,
+    );
+    let agent_binary = std::env::current_exe()?;
+    let shim = args
+        .shim
+        .clone()
+        .unwrap_or_else(|| agent_binary.with_file_name("skiff-shim"));
+    let images = skiff_images::ImageStore::open(args.root_dir.join("images"))?;
+    let registry = skiff_images::RegistryClient::new(skiff_images::ClientConfig {
+        insecure_registries: args.insecure_registry.clone(),
+        ..Default::default()
+    });
+    let cni = args
+        .cni_conf_dir
+        .clone()
+        .map(|conf_dir| skiff_agent::cni::Runtime {
+            conf_dir,
+            bin_dirs: args.cni_bin_dir.clone(),
+            cache_dir: args.root_dir.join("cni-cache"),
+            timeout: std::time::Duration::from_secs(30),
+        });
+    let manager = std::sync::Arc::new(skiff_agent::pods::PodManager {
+        client: client.clone(),
+        node: cfg.name.clone(),
+        node_ip: cfg.ip.clone(),
+        root: args.root_dir.clone(),
+        images,
+        registry,
+        shim,
+        shim_cgroup_root: args.cgroup_root.clone(),
+        agent_binary,
+        cni,
+        cluster_dns: args.cluster_dns.clone(),
+        cluster_domain: "cluster.local".into(),
+        logs_dir: args.pod_logs_dir.clone(),
+        node_memory: facts.memory_bytes,
+    });
+    tokio::spawn(skiff_agent::pods::run(manager));
     node::register_and_heartbeat(client, cfg).await?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! test command builds them first.
 
 pub mod fake_kubelet;
+pub mod registry;
 
 use std::io::Write;
 use std::net::TcpListener;
