@@ -100,7 +100,10 @@ try:
                                    capture_output=True).stdout)
     ppid = [l.split()[1] for l in open(f"/proc/{st['pid']}/status") if l.startswith("PPid:")][0]
     rss = [l.split()[1] for l in open(f"/proc/{ppid}/status") if l.startswith("VmRSS:")][0]
-    print(f"skiff-shim monitor resident memory with a running container: {int(rss)} kB (target <= 2048 kB)")
+    roll = {l.split(":")[0]: int(l.split()[1]) for l in open(f"/proc/{ppid}/smaps_rollup")
+            if l.split(":")[0] in ("Pss", "Anonymous")}
+    print(f"skiff-shim monitor memory with a running container: RSS {int(rss)} kB "
+          f"(target <= 2048 kB), PSS {roll.get('Pss')} kB, private anonymous {roll.get('Anonymous')} kB")
 finally:
     subprocess.run(base + ["delete", "--force", "rss"], check=True)
 EOF

@@ -336,6 +336,11 @@ pub fn create(opts: &Options, id: &str, bundle: &Path, pid_file: Option<&Path>) 
                     let _ = wr.write_all(format!("O{pid}").as_bytes());
                     drop(wr);
                     redirect_stdio_to_null();
+                    // Give back the heap used while setting up.
+                    // SAFETY: plain libc call.
+                    unsafe {
+                        libc::malloc_trim(0);
+                    }
                     monitor(&sd, sup)
                 }
                 Err(e) => {
