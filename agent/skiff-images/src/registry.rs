@@ -34,6 +34,10 @@ pub struct ClientConfig {
     /// Registries (`host` or `host:port`) reached over plain HTTP. Loopback registries
     /// (127.0.0.0/8, ::1, localhost) always are.
     pub insecure_registries: Vec<String>,
+    /// Registries reached over HTTPS even on loopback.
+    pub tls_registries: Vec<String>,
+    /// Extra trusted CA certificates (PEM), besides the system's.
+    pub extra_ca_pem: Vec<u8>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub stall_timeout: Duration,
@@ -47,6 +51,8 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             insecure_registries: Vec::new(),
+            tls_registries: Vec::new(),
+            extra_ca_pem: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(30),
@@ -164,10 +170,17 @@ impl RegistryClient {
     fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>> {
         self.tls
             .get_or_init(|| {
+                use rustls_pki_types::pem::PemObject;
                 let mut roots = rustls::RootCertStore::empty();
                 let found = rustls_native_certs::load_native_certs();
                 for c in found.certs {
                     let _ = roots.add(c);
+                }
+                for c in rustls_pki_types::CertificateDer::pem_slice_iter(&self.cfg.extra_ca_pem) {
+                    let c = c.map_err(|e| format!("extra CA certificates: {e}"))?;
+                    roots
+                        .add(c)
+                        .map_err(|e| format!("extra CA certificate: {e}"))?;
                 }
                 if roots.is_empty() {
                     return Err(format!("no CA certificates found: {:?}", found.errors));
@@ -184,6 +197,9 @@ impl RegistryClient {
 
     /// `http` or `https` for a registry.
     pub fn scheme_for(&self, registry: &str) -> &'static str {
+        if self.cfg.tls_registries.iter().any(|r| r == registry) {
+            return "https";
+        }
         let insecure =
             is_loopback(registry)
                 || self.cfg.insecure_registries.iter().any(|r| {

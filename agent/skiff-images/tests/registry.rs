@@ -560,3 +560,68 @@ async fn tampered_manifest_fails_by_tag_and_by_digest() {
     assert!(blob_files(&store).is_empty());
     assert!(store.list().is_empty());
 }
+
+/// A CA and a server certificate for 127.0.0.1: (ca_pem, cert_pem, key_pem).
+fn test_pki() -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "skiff test registry CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca, &ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    server
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "registry");
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = server.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_over_https_with_a_private_ca() {
+    if !tools() {
+        return;
+    }
+    let (ca, cert, key) = test_pki();
+    let reg = Registry::start_tls(&cert, &key);
+    let base = busybox_layer();
+    build_and_push(&reg, "busybox:tls", &[&base], false);
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path()).unwrap();
+    let r = format!("{}/busybox:tls", reg.host());
+    let tls_client = |extra_ca_pem: Vec<u8>| {
+        RegistryClient::new(ClientConfig {
+            tls_registries: vec![reg.host()],
+            extra_ca_pem,
+            connect_timeout: Duration::from_secs(5),
+            ..Default::default()
+        })
+    };
+    // Without the CA: the certificate is refused, clearly.
+    let e = store
+        .pull(&tls_client(Vec::new()), &r, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Connect { .. }), "{e}");
+    assert!(e.to_string().contains("https://127.0.0.1"), "{e}");
+    // With it: a normal pull over TLS.
+    let img = store
+        .pull(&tls_client(ca.into_bytes()), &r, None)
+        .await
+        .unwrap();
+    assert!(store.layer_dirs(&img)[0].join("bin/busybox").is_file());
+    // Plain HTTP (the loopback default) to a TLS registry fails with the registry's answer.
+    let e = store.pull(&client(), &r, None).await.unwrap_err();
+    assert!(matches!(e, Error::Status { status: 400, .. }), "{e}");
+}

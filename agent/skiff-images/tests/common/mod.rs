@@ -60,11 +60,33 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
+        Self::start_with(None)
+    }
+
+    /// A registry serving HTTPS with this certificate and key (PEM).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Registry {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
+        let tls_cfg = match tls {
+            Some((cert, key)) => {
+                let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+                std::fs::write(&c, cert).unwrap();
+                std::fs::write(&k, key).unwrap();
+                format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    c.display(),
+                    k.display()
+                )
+            }
+            None => String::new(),
+        };
         for _ in 0..5 {
             let port = free_port();
             let config = format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls_cfg}",
                 dir.path().join("data").display()
             );
             let cfg = dir.path().join("config.yml");
@@ -82,7 +104,13 @@ impl Registry {
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
                 }
-                if http_get_status(port, "/v2/") == Some(200) {
+                // A TLS registry answers a plain HTTP request with 400: it is up.
+                let up = match http_get_status(port, "/v2/") {
+                    Some(200) => true,
+                    Some(_) => tls.is_some(),
+                    None => false,
+                };
+                if up {
                     return Registry {
                         port,
                         child,
