@@ -1075,3 +1075,28 @@ fn streaming_exec_with_stdin_and_terminal() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "got word\n");
     assert_eq!(o.status.code(), Some(0));
 }
+
+#[test]
+fn diff_cgroup_namespace() {
+    // runc puts containers into cgroup v1 hierarchies on this hybrid host,
+    // so the unified line is compared with crun (no cgroup manager) only.
+    let Some(env) = Env::new("cgns") else { return };
+    let mut c = sh("grep '^0::' /proc/self/cgroup; readlink /proc/self/ns/cgroup");
+    c["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "cgroup"}));
+    let outs: Vec<(Rt, Out)> = env
+        .run_all("c", c)
+        .into_iter()
+        .filter(|(rt, _)| *rt != Rt::Runc)
+        .collect();
+    // Namespace inodes differ per container: compare the cgroup line.
+    let o = same_ok(&outs, |s| s.lines().next().unwrap_or("").to_string());
+    let mut lines = o.stdout.lines();
+    assert_eq!(lines.next(), Some("0::/"));
+    let own = std::fs::read_link("/proc/self/ns/cgroup").unwrap();
+    let theirs = lines.next().unwrap();
+    assert!(theirs.starts_with("cgroup:["), "{theirs}");
+    assert_ne!(theirs, own.display().to_string(), "no new cgroup namespace");
+}
