@@ -1100,3 +1100,41 @@ fn diff_cgroup_namespace() {
     assert!(theirs.starts_with("cgroup:["), "{theirs}");
     assert_ne!(theirs, own.display().to_string(), "no new cgroup namespace");
 }
+
+#[test]
+fn diff_exec_against_runc_exec() {
+    // The same container under skiff-shim and runc; `exec` into each must
+    // give the process the same user, groups, capabilities, limits, cwd
+    // and environment.
+    let Some(env) = Env::new("execdiff") else {
+        return;
+    };
+    let mut c = base_config(&["sleep", "30"]);
+    c["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [2000]});
+    c["process"]["cwd"] = json!("/home/app");
+    c["process"]["env"] = json!(["PATH=/bin", "MARK=x"]);
+    c["process"]["oomScoreAdj"] = json!(50);
+    let b = env.bundle("e", c);
+    let script =
+        "id; grep -E '^(Cap|NoNewPrivs)' /proc/self/status; cat /proc/self/oom_score_adj; \
+                  ulimit -n; pwd; env | sort; hostname; cat /proc/1/comm";
+    let mut outs = Vec::new();
+    for rt in [Rt::Skiff, Rt::Runc] {
+        let id = env.id(rt, "e");
+        let cr = env.output_detached(env.cmd(rt).arg("create").arg("--bundle").arg(&b).arg(&id));
+        assert_eq!(cr.code, 0, "{rt:?}: {}", cr.stderr);
+        assert_eq!(Env::output(env.cmd(rt).args(["start", &id])).code, 0);
+        let o = Env::output(env.cmd(rt).args(["exec", &id, "sh", "-c", script]));
+        outs.push((rt, o));
+        let _ = Env::output(env.cmd(rt).args(["delete", "--force", &id]));
+    }
+    let o = same_ok(&outs, ident);
+    assert!(
+        o.stdout
+            .starts_with("uid=1000(app) gid=1000(app) groups=2000(extra)\n"),
+        "{}",
+        o.stdout
+    );
+    assert!(o.stdout.contains("/home/app\n"), "{}", o.stdout);
+    assert!(o.stdout.ends_with("skiff-test\nsleep\n"), "{}", o.stdout);
+}
