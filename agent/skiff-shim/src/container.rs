@@ -468,6 +468,24 @@ pub fn start(opts: &Options, id: &str) -> Result<()> {
     }
 }
 
+/// Every container under `--root` (how a restarted agent finds its shims).
+pub fn list(opts: &Options) -> Result<Vec<Report>> {
+    let rd = match std::fs::read_dir(&opts.root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ShimError::io("read", &opts.root, e)),
+    };
+    let mut out: Vec<Report> = rd
+        .flatten()
+        .filter_map(|e| {
+            let id = e.file_name().to_str()?.to_string();
+            StateDir::new(&opts.root, &id).ok()?.report().ok()
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
 pub fn state(opts: &Options, id: &str) -> Result<Report> {
     StateDir::new(&opts.root, id)?.report()
 }

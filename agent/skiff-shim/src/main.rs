@@ -13,6 +13,7 @@ commands:
   create [--bundle|-b DIR] [--pid-file FILE] [--console-socket SOCK] [LOG] ID
   start  ID
   state  ID
+  list                               all containers under --root, as JSON
   kill   [--all|-a] ID [SIGNAL]     (default SIGTERM)
   delete [--force|-f] ID
   exec   [-i] [-t] [--timeout SECS] ID CMD [ARG...]
@@ -164,6 +165,14 @@ fn real_main() -> anyhow::Result<i32> {
         "start" => {
             let (_, _, p) = parse_cmd(a.rest, &[], &[])?;
             container::start(o, one_id(&p)?)?;
+            Ok(0)
+        }
+        "list" => {
+            let (_, _, p) = parse_cmd(a.rest, &[], &[])?;
+            if !p.is_empty() {
+                bail!("list takes no arguments");
+            }
+            println!("{}", serde_json::to_string_pretty(&container::list(o)?)?);
             Ok(0)
         }
         "state" => {

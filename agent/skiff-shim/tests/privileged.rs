@@ -362,6 +362,13 @@ fn created_container_can_be_deleted_and_leaves_nothing() {
             .unwrap();
     let pid = v["pid"].as_i64().unwrap() as i32;
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let l: serde_json::Value =
+        serde_json::from_str(&Env::output(env.cmd(Rt::Skiff).arg("list")).stdout).unwrap();
+    assert_eq!(l.as_array().unwrap().len(), 1, "{l}");
+    assert_eq!(
+        (l[0]["id"].as_str(), l[0]["status"].as_str()),
+        (Some(id.as_str()), Some("created"))
+    );
     let running = Env::output(env.cmd(Rt::Skiff).arg("delete").arg(&id));
     assert_eq!(running.code, 0, "{}", running.stderr);
     assert!(!env.state_root(Rt::Skiff).join(&id).exists());
