@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -89,11 +90,28 @@ pub fn socket_path(sd: &StateDir) -> PathBuf {
     sd.dir.join("shim.sock")
 }
 
+/// sun_path holds 108 bytes: a longer socket path is reached through an
+/// O_PATH descriptor of its directory (`/proc/self/fd/N/shim.sock`).
+fn with_short_path<T>(p: &Path, f: impl FnOnce(&Path) -> std::io::Result<T>) -> Result<T> {
+    if p.as_os_str().len() < 100 {
+        return f(p).map_err(|e| ShimError::io("socket", p, e));
+    }
+    let dir = p.parent().unwrap_or(Path::new("/"));
+    let d = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(|e| ShimError::io("open", dir, e))?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}", d.as_raw_fd()))
+        .join(p.file_name().unwrap_or_default());
+    f(&short).map_err(|e| ShimError::io("socket", p, e))
+}
+
 /// Send one request to the shim of container `id` under `root`.
 pub fn request(root: &Path, id: &str, req: &Request, timeout: Duration) -> Result<Response> {
     let sd = StateDir::new(root, id)?;
     let p = socket_path(&sd);
-    let mut s = UnixStream::connect(&p).map_err(|e| ShimError::io("connect", &p, e))?;
+    let mut s = with_short_path(&p, |q| UnixStream::connect(q))?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| ShimError::io("timeout", &p, e))?;
     let mut line = serde_json::to_vec(req).expect("serialisable");
@@ -146,7 +164,7 @@ pub fn exec_stream(root: &Path, id: &str, req: &Request) -> Result<ExecStream> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let sd = StateDir::new(root, id)?;
     let p = socket_path(&sd);
-    let s = UnixStream::connect(&p).map_err(|e| ShimError::io("connect", &p, e))?;
+    let s = with_short_path(&p, |q| UnixStream::connect(q))?;
     let mut line = serde_json::to_vec(req).expect("serialisable");
     line.push(b'\n');
     (&s).write_all(&line)
@@ -254,7 +272,7 @@ pub struct Supervisor<'a> {
 
 impl<'a> Supervisor<'a> {
     pub fn new(sd: &'a StateDir, plan: &'a Plan, pid: Pid) -> Self {
-        let listener = UnixListener::bind(socket_path(sd)).ok();
+        let listener = with_short_path(&socket_path(sd), |q| UnixListener::bind(q)).ok();
         if let Some(l) = &listener {
             let _ = l.set_nonblocking(true);
         }

@@ -1145,3 +1145,38 @@ fn diff_exec_against_runc_exec() {
     assert!(o.stdout.contains("/home/app\n"), "{}", o.stdout);
     assert!(o.stdout.ends_with("skiff-test\nsleep\n"), "{}", o.stdout);
 }
+
+#[test]
+fn control_socket_under_a_long_root() {
+    // Longer than a unix socket path may be: still reachable.
+    let Some(env) = Env::new("longroot") else {
+        return;
+    };
+    let b = env.bundle("l", base_config(&["sleep", "30"]));
+    let root = env.path().join("r".repeat(60)).join("s".repeat(40));
+    let id = "c".repeat(64);
+    let mut cmd = std::process::Command::new(SHIM);
+    cmd.arg("--root")
+        .arg(&root)
+        .arg("create")
+        .arg("-b")
+        .arg(&b)
+        .arg(&id);
+    let cr = env.output_detached(&mut cmd);
+    assert_eq!(cr.code, 0, "{}", cr.stderr);
+    let st = skiff_shim::supervisor::request(
+        &root,
+        &id,
+        &skiff_shim::supervisor::Request::State,
+        std::time::Duration::from_secs(5),
+    );
+    let del = Env::output(
+        std::process::Command::new(SHIM)
+            .arg("--root")
+            .arg(&root)
+            .args(["delete", "--force", &id]),
+    );
+    assert_eq!(del.code, 0, "{}", del.stderr);
+    let st = st.unwrap();
+    assert!(st.ok && st.state.unwrap().status == skiff_shim::state::Status::Created);
+}
