@@ -30,18 +30,27 @@ impl EventType {
     }
 }
 
+/// An object as JSON bytes with its resourceVersion already in place: kept as bytes because
+/// a parsed `serde_json::Value` costs about ten times the memory, and a list without
+/// selectors can be answered by copying bytes.
+pub type Encoded = Arc<[u8]>;
+
+pub fn decode(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or(Value::Null)
+}
+
 #[derive(Debug)]
 pub struct CacheEvent {
     pub revision: Revision,
     pub kind: EventType,
     pub key: String,
     /// The object after the change (for a deletion: the last state, at the deletion's RV).
-    pub object: Arc<Value>,
-    pub prev: Option<Arc<Value>>,
+    pub object: Encoded,
+    pub prev: Option<Encoded>,
 }
 
 struct Inner {
-    objects: BTreeMap<String, Arc<Value>>,
+    objects: BTreeMap<String, Encoded>,
     history: VecDeque<Arc<CacheEvent>>,
     /// A watch from a resourceVersion below this can no longer be served: 410 Gone.
     oldest: Revision,
@@ -61,10 +70,10 @@ pub struct TooOld {
     pub oldest: Revision,
 }
 
-fn with_resource_version(raw: &[u8], revision: Revision) -> Value {
+fn with_resource_version(raw: &[u8], revision: Revision) -> Encoded {
     let mut value: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
     set_resource_version(&mut value, revision);
-    value
+    Arc::from(serde_json::to_vec(&value).unwrap_or_default())
 }
 
 pub fn set_resource_version(value: &mut Value, revision: Revision) {
@@ -130,7 +139,7 @@ impl Cache {
             .into_iter()
             .map(|kv| {
                 let value = with_resource_version(&kv.value, kv.mod_revision);
-                (kv.key, Arc::new(value))
+                (kv.key, value)
             })
             .collect();
         // Watchers that were between revisions must start over.
@@ -147,7 +156,7 @@ impl Cache {
         let mut inner = self.inner.write().expect("cache lock");
         let cache_event = match event {
             Event::Put { kv, prev } => {
-                let object = Arc::new(with_resource_version(&kv.value, kv.mod_revision));
+                let object = with_resource_version(&kv.value, kv.mod_revision);
                 let old = inner.objects.insert(kv.key.clone(), object.clone());
                 CacheEvent {
                     revision,
@@ -163,7 +172,7 @@ impl Cache {
             }
             Event::Delete { prev, revision } => {
                 let old = inner.objects.remove(&prev.key);
-                let object = Arc::new(with_resource_version(&prev.value, revision));
+                let object = with_resource_version(&prev.value, revision);
                 CacheEvent {
                     revision,
                     kind: EventType::Deleted,
@@ -198,20 +207,22 @@ impl Cache {
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Value>> {
-        self.inner
+        let bytes = self
+            .inner
             .read()
             .expect("cache lock")
             .objects
             .get(key)
-            .cloned()
+            .cloned()?;
+        Some(Arc::new(decode(&bytes)))
     }
 
-    /// Objects whose key starts with `prefix`, in key order, starting after `after_key`.
-    pub fn list(
+    /// Objects under `prefix` as stored (JSON bytes), in key order, after `after_key`.
+    pub fn list_encoded(
         &self,
         prefix: &str,
         after_key: Option<&str>,
-    ) -> (Vec<(String, Arc<Value>)>, Revision) {
+    ) -> (Vec<(String, Encoded)>, Revision) {
         let inner = self.inner.read().expect("cache lock");
         let start = match after_key {
             Some(k) => std::ops::Bound::Excluded(k.to_string()),
@@ -224,6 +235,22 @@ impl Cache {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         (items, inner.revision)
+    }
+
+    /// Objects whose key starts with `prefix`, in key order, starting after `after_key`.
+    pub fn list(
+        &self,
+        prefix: &str,
+        after_key: Option<&str>,
+    ) -> (Vec<(String, Arc<Value>)>, Revision) {
+        let (items, revision) = self.list_encoded(prefix, after_key);
+        (
+            items
+                .into_iter()
+                .map(|(k, v)| (k, Arc::new(decode(&v))))
+                .collect(),
+            revision,
+        )
     }
 
     /// Events after `after` that are still in memory, and a receiver for everything newer.
@@ -257,7 +284,7 @@ impl Cache {
             .objects
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| Arc::new(decode(v)))
             .collect();
         (items, inner.revision, self.events.subscribe())
     }

@@ -2,7 +2,6 @@
 //! status, scale, binding, eviction and finalize subresources.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use base64::Engine;
 use serde_json::{json, Map, Value};
@@ -219,6 +218,10 @@ impl Selectors {
 
     pub fn matches(&self, rt: &ResourceType, obj: &Value) -> bool {
         self.labels.matches_object(obj) && self.fields.matches(rt.kind, obj)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
     }
 }
 
@@ -693,33 +696,30 @@ impl ApiServer {
         let prefix = t.rt.key_prefix(t.namespace.as_deref());
         let (items, revision) = self
             .cache
-            .list(&prefix, after.as_ref().map(|c| c.start_after.as_str()));
-        let mut selected: Vec<&Arc<Value>> = Vec::new();
+            .list_encoded(&prefix, after.as_ref().map(|c| c.start_after.as_str()));
+        // Objects are parsed only when something needs their fields.
+        let parse = !selectors.is_empty() || ctx.wants_table();
+        let mut selected: Vec<(&crate::cache::Encoded, Option<Value>)> = Vec::new();
         let mut next = None;
-        for (key, obj) in &items {
-            if !selectors.matches(t.rt, obj) {
-                continue;
+        let mut last_key: Option<&str> = None;
+        for (key, bytes) in &items {
+            let value = parse.then(|| crate::cache::decode(bytes));
+            if let Some(v) = &value {
+                if !selectors.matches(t.rt, v) {
+                    continue;
+                }
             }
             if limit > 0 && selected.len() == limit {
-                next = Some(encode_continue(
-                    &selected.last().map(|_| key.clone()).unwrap_or_default(),
-                    revision,
-                ));
+                // The token names the last returned key: the next page starts after it.
+                next = last_key.map(|k| encode_continue(k, revision));
                 break;
             }
-            selected.push(obj);
-        }
-        // The token names the last returned key: continue after it.
-        if next.is_some() {
-            let last = items
-                .iter()
-                .find(|(_, o)| Arc::ptr_eq(o, selected.last().expect("limit > 0")))
-                .map(|(k, _)| k.clone());
-            next = last.map(|k| encode_continue(&k, revision));
+            selected.push((bytes, value));
+            last_key = Some(key);
         }
         let rv = revision.to_string();
         if ctx.wants_table() {
-            let refs: Vec<&Value> = selected.iter().map(|o| o.as_ref()).collect();
+            let refs: Vec<&Value> = selected.iter().filter_map(|(_, v)| v.as_ref()).collect();
             let include = IncludeObject::parse(ctx.query.get("includeObject"));
             return Ok(json_response(
                 200,
@@ -730,13 +730,21 @@ impl ApiServer {
         if let Some(token) = next {
             metadata["continue"] = json!(token);
         }
-        let list = json!({
-            "kind": format!("{}List", t.rt.kind),
-            "apiVersion": t.rt.api_version(),
-            "metadata": metadata,
-            "items": selected.iter().map(|o| o.as_ref()).collect::<Vec<_>>(),
-        });
-        Ok(json_response(200, &list))
+        // The stored bytes are the items: copy them into the response, no re-encoding.
+        let head = json!({"kind": format!("{}List", t.rt.kind), "apiVersion": t.rt.api_version(), "metadata": metadata});
+        let mut body = serde_json::to_vec(&head).expect("JSON");
+        body.pop();
+        body.extend_from_slice(b",\"items\":[");
+        let total: usize = selected.iter().map(|(b, _)| b.len() + 1).sum();
+        body.reserve(total + 2);
+        for (i, (bytes, _)) in selected.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(bytes);
+        }
+        body.extend_from_slice(b"]}");
+        Ok(super::bytes_response(200, "application/json", body))
     }
 
     pub async fn create(

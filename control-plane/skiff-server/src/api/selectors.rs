@@ -102,6 +102,10 @@ impl LabelSelector {
         Ok(Self(reqs))
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn matches(&self, labels: Option<&serde_json::Map<String, Value>>) -> bool {
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
         self.0.iter().all(|req| match req {
@@ -203,6 +207,10 @@ impl FieldSelector {
             terms.push((field.to_string(), negate, value.trim().to_string()));
         }
         Ok(Self(terms))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     pub fn matches(&self, kind: &str, object: &Value) -> bool {

@@ -79,16 +79,17 @@ fn visible(
     selectors: &Selectors,
     prefix: &str,
     event: &CacheEvent,
-) -> Option<&'static str> {
+) -> Option<(&'static str, Value)> {
     if !event.key.starts_with(prefix) {
         return None;
     }
-    let now = selectors.matches(rt, &event.object);
+    let object = crate::cache::decode(&event.object);
+    let now = selectors.matches(rt, &object);
     let before = event
         .prev
         .as_ref()
-        .is_some_and(|p| selectors.matches(rt, p));
-    match event.kind {
+        .is_some_and(|p| selectors.matches(rt, &crate::cache::decode(p)));
+    let kind = match event.kind {
         EventType::Added => now.then_some("ADDED"),
         EventType::Deleted => (before || now).then_some("DELETED"),
         EventType::Modified => match (before, now) {
@@ -97,7 +98,8 @@ fn visible(
             (true, false) => Some("DELETED"),
             (false, false) => None,
         },
-    }
+    }?;
+    Some((kind, object))
 }
 
 impl ApiServer {
@@ -190,8 +192,8 @@ impl ApiServer {
             }
             let mut last = start;
             for event in backlog {
-                if let Some(kind) = visible(rt, &selectors, &prefix, &event) {
-                    if tx.send(encoder.event(kind, &event.object)).await.is_err() {
+                if let Some((kind, object)) = visible(rt, &selectors, &prefix, &event) {
+                    if tx.send(encoder.event(kind, &object)).await.is_err() {
                         return;
                     }
                 }
@@ -210,8 +212,8 @@ impl ApiServer {
                         Ok(event) => {
                             if event.revision <= last { continue; }
                             last = event.revision;
-                            if let Some(kind) = visible(rt, &selectors, &prefix, &event) {
-                                if tx.send(encoder.event(kind, &event.object)).await.is_err() { return; }
+                            if let Some((kind, object)) = visible(rt, &selectors, &prefix, &event) {
+                                if tx.send(encoder.event(kind, &object)).await.is_err() { return; }
                             }
                         }
                         Err(RecvError::Lagged(_)) => {
