@@ -749,6 +749,49 @@ pub fn build_plan(bundle: &Path, spec: &Spec) -> Result<Plan> {
         .into_iter()
         .collect();
     sysctl.sort();
+    // Like runc: a sysctl is only written when its namespace is the
+    // container's own, never the host's.
+    let own = |f: CloneFlags| ns.creates(f) || ns.joins(f).is_some();
+    for (k, _) in &sysctl {
+        let needs = if k.starts_with("net.") {
+            CloneFlags::CLONE_NEWNET
+        } else if k.starts_with("fs.mqueue.")
+            || [
+                "kernel.msgmax",
+                "kernel.msgmnb",
+                "kernel.msgmni",
+                "kernel.sem",
+                "kernel.shmall",
+                "kernel.shmmax",
+                "kernel.shmmni",
+                "kernel.shm_rmid_forced",
+            ]
+            .contains(&k.as_str())
+        {
+            CloneFlags::CLONE_NEWIPC
+        } else if k == "kernel.hostname" || k == "kernel.domainname" {
+            CloneFlags::CLONE_NEWUTS
+        } else {
+            return Err(ShimError::spec(
+                format!("linux.sysctl.{k}"),
+                "not a namespaced sysctl",
+            ));
+        };
+        if !own(needs) {
+            return Err(ShimError::spec(
+                format!("linux.sysctl.{k}"),
+                format!("needs the container's own {needs:?} namespace"),
+            ));
+        }
+    }
+    // Without its own mount namespace the container would mount over the
+    // host's /proc, /dev … (masked paths, read-only paths, devices).
+    if !ns.has_mount_ns() {
+        return Err(ShimError::spec(
+            "linux.namespaces",
+            "a mount namespace is required",
+        ));
+    }
 
     Ok(Plan {
         bundle: bundle.to_path_buf(),

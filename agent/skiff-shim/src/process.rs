@@ -609,12 +609,8 @@ fn init(plan: &Plan, sock: BorrowedFd<'_>) -> Result<Infallible> {
     }
 
     let sys = LinuxSyscall;
-    if ns.has_mount_ns() {
-        rootfs::prepare_rootfs(&sys, plan, in_userns)?;
-    } else {
-        nix::unistd::chroot(&plan.rootfs).ctx("chroot", plan.rootfs.display())?;
-        nix::unistd::chdir("/").ctx("chdir", "/")?;
-    }
+    // The plan guarantees a mount namespace of the container's own.
+    rootfs::prepare_rootfs(&sys, plan, in_userns)?;
     if plan.process.terminal {
         setup_console(sock)?;
     }

@@ -903,3 +903,27 @@ fn control_protocol_json() {
     };
     assert_eq!(serde_json::to_string(&ok).unwrap(), r#"{"ok":true}"#);
 }
+
+#[test]
+fn host_state_is_never_touched_without_namespaces() {
+    let mut c = runc_like();
+    c["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}, {"type": "uts"}]);
+    let e = err_text(plan_of(c));
+    assert!(e.contains("mount namespace is required"), "{e}");
+    let mut c = runc_like();
+    c["linux"]["sysctl"] = serde_json::json!({"vm.swappiness": "10"});
+    assert!(err_text(plan_of(c)).contains("linux.sysctl.vm.swappiness"));
+    let mut c = runc_like();
+    c["linux"]["namespaces"] = serde_json::json!([{"type": "mount"}, {"type": "uts"}]);
+    c["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"});
+    let e = err_text(plan_of(c.clone()));
+    assert!(
+        e.contains("linux.sysctl.net.ipv4.ip_forward") && e.contains("NEWNET"),
+        "{e}"
+    );
+    c["linux"]["sysctl"] = serde_json::json!({"kernel.shmmax": "1000", "kernel.domainname": "x"});
+    assert!(err_text(plan_of(c.clone())).contains("kernel.shmmax"));
+    c["linux"]["namespaces"] =
+        serde_json::json!([{"type": "mount"}, {"type": "uts"}, {"type": "ipc"}]);
+    assert_eq!(plan_of(c).unwrap().sysctl.len(), 2);
+}
