@@ -742,6 +742,12 @@ pub fn build_plan(bundle: &Path, spec: &Spec) -> Result<Plan> {
         ));
     }
     let domainname = spec.domainname().clone().filter(|h| !h.is_empty());
+    if domainname.is_some() && !ns.creates(CloneFlags::CLONE_NEWUTS) {
+        return Err(ShimError::spec(
+            "domainname",
+            "setting a domainname needs a new uts namespace",
+        ));
+    }
     let mut sysctl: Vec<(String, String)> = linux
         .sysctl()
         .clone()

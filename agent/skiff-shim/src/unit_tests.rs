@@ -284,7 +284,10 @@ fn namespace_errors() {
     assert!(err_text(plan_of(c.clone())).contains("twice"));
     c["linux"]["namespaces"] = serde_json::json!([{"type": "mount"}]);
     c["hostname"] = serde_json::json!("x");
-    assert!(err_text(plan_of(c)).contains("uts"));
+    assert!(err_text(plan_of(c.clone())).contains("uts"));
+    c.as_object_mut().unwrap().remove("hostname");
+    c["domainname"] = serde_json::json!("example");
+    assert!(err_text(plan_of(c)).contains("domainname"));
 }
 
 #[test]
