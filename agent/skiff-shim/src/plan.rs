@@ -486,6 +486,25 @@ pub fn build_plan(bundle: &Path, spec: &Spec) -> Result<Plan> {
         });
     }
 
+    if let Some(h) = spec.hooks() {
+        let any = [
+            h.prestart().as_ref().map(Vec::len),
+            h.create_runtime().as_ref().map(Vec::len),
+            h.create_container().as_ref().map(Vec::len),
+            h.start_container().as_ref().map(Vec::len),
+            h.poststart().as_ref().map(Vec::len),
+            h.poststop().as_ref().map(Vec::len),
+        ]
+        .iter()
+        .any(|n| n.unwrap_or(0) > 0);
+        if any {
+            // Refused rather than silently skipped.
+            return Err(ShimError::spec(
+                "hooks",
+                "OCI hooks are not supported by skiff-shim yet",
+            ));
+        }
+    }
     let linux = spec.linux().clone().unwrap_or_default();
     let overlay = overlay_from(bundle, &spec.annotations().clone().unwrap_or_default())?;
 

@@ -930,3 +930,12 @@ fn host_state_is_never_touched_without_namespaces() {
         serde_json::json!([{"type": "mount"}, {"type": "uts"}, {"type": "ipc"}]);
     assert_eq!(plan_of(c).unwrap().sysctl.len(), 2);
 }
+
+#[test]
+fn hooks_are_refused_not_ignored() {
+    let mut c = runc_like();
+    c["hooks"] = serde_json::json!({"poststart": [{"path": "/bin/true"}]});
+    assert!(err_text(plan_of(c.clone())).contains("hooks"));
+    c["hooks"] = serde_json::json!({});
+    assert!(plan_of(c).is_ok());
+}
