@@ -662,9 +662,13 @@ mod tests {
         assert_eq!(resolve(Some(&IntOrString::Int(2)), 10, false, 25), 2);
         assert_eq!(resolve(None, 4, true, 25), 1);
         assert_eq!(resolve(None, 1, false, 25), 0);
-        let mut d = Deployment::default();
-        d.spec = Some(Default::default());
-        d.spec.as_mut().unwrap().replicas = Some(1);
+        let d = Deployment {
+            spec: Some(k8s_openapi::api::apps::v1::DeploymentSpec {
+                replicas: Some(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         assert_eq!(surge_and_unavailable(&d), (1, 0));
     }
 }
