@@ -506,6 +506,14 @@ pub fn build_plan(bundle: &Path, spec: &Spec) -> Result<Plan> {
         }
     }
     let linux = spec.linux().clone().unwrap_or_default();
+    if linux.seccomp().is_some() {
+        // A filter that is asked for and not applied would be a silent
+        // security hole: refuse.
+        return Err(ShimError::spec(
+            "linux.seccomp",
+            "seccomp filters are not supported by skiff-shim yet",
+        ));
+    }
     let overlay = overlay_from(bundle, &spec.annotations().clone().unwrap_or_default())?;
 
     // Namespaces.

@@ -937,5 +937,7 @@ fn hooks_are_refused_not_ignored() {
     c["hooks"] = serde_json::json!({"poststart": [{"path": "/bin/true"}]});
     assert!(err_text(plan_of(c.clone())).contains("hooks"));
     c["hooks"] = serde_json::json!({});
-    assert!(plan_of(c).is_ok());
+    assert!(plan_of(c.clone()).is_ok());
+    c["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW"});
+    assert!(err_text(plan_of(c)).contains("linux.seccomp"));
 }
