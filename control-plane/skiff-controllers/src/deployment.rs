@@ -109,11 +109,52 @@ fn spec_replicas(rs: &ReplicaSet) -> i32 {
     rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
 }
 
-fn available(rs: &ReplicaSet) -> i32 {
-    rs.status
+/// Available pods per ReplicaSet (by uid), counted from the pods themselves: ReplicaSet
+/// status lags behind scale-downs, and trusting it could let a rollout dip below
+/// maxUnavailable.
+type Availability = std::collections::HashMap<String, i32>;
+
+async fn count_available(
+    ctx: &Context,
+    d: &Deployment,
+    sets: &[&ReplicaSet],
+) -> Result<Availability, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &d.namespace().unwrap_or_default());
+    let selector = d.spec.as_ref().map(|s| &s.selector);
+    let min_ready = d
+        .spec
         .as_ref()
-        .and_then(|s| s.available_replicas)
-        .unwrap_or(0)
+        .and_then(|s| s.min_ready_seconds)
+        .unwrap_or(0);
+    let now = jiff::Timestamp::now();
+    let listed = pods
+        .list(&ListParams::default().labels(&podutil::selector_query(selector)))
+        .await?;
+    let mut counts = Availability::new();
+    for pod in listed.items {
+        if podutil::is_terminating(&pod) || !podutil::is_available(&pod, min_ready, now) {
+            continue;
+        }
+        if let Some(owner) = sets.iter().find(|rs| is_controlled_by(&pod, **rs)) {
+            *counts
+                .entry(owner.metadata.uid.clone().unwrap_or_default())
+                .or_default() += 1;
+        }
+    }
+    Ok(counts)
+}
+
+/// A ReplicaSet's available pods, at most its replicas: pods beyond them are about to be
+/// deleted by its controller and must not pay for another scale-down.
+fn available_now(rs: &ReplicaSet, counts: &Availability) -> i32 {
+    let counted = rs
+        .metadata
+        .uid
+        .as_ref()
+        .and_then(|u| counts.get(u))
+        .copied()
+        .unwrap_or(0);
+    counted.min(spec_replicas(rs))
 }
 
 fn condition(d: &Deployment, kind: &str) -> Option<DeploymentCondition> {
@@ -611,6 +652,11 @@ async fn rolling_update(
     }
 
     // Scale down old ReplicaSets.
+    let counts = {
+        let all: Vec<&ReplicaSet> = std::iter::once(&*new_rs).chain(old.iter()).collect();
+        count_available(sync.ctx, d, &all).await?
+    };
+    let available = |rs: &ReplicaSet| available_now(rs, &counts);
     let min_available = replicas - max_unavailable;
     let new_unavailable = spec_replicas(new_rs) - available(new_rs);
     let mut budget = all_spec(new_rs, old) - min_available - new_unavailable;
@@ -629,7 +675,7 @@ async fn rolling_update(
         budget -= by;
     }
     // Then healthy ones, as long as enough stay available overall.
-    let available_total: i32 = available(new_rs) + old.iter().map(available).sum::<i32>();
+    let available_total: i32 = available(new_rs) + old.iter().map(&available).sum::<i32>();
     let mut can_remove = available_total - min_available;
     for rs in old.iter_mut() {
         if can_remove <= 0 {

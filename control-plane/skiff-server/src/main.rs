@@ -170,7 +170,9 @@ async fn main() -> anyhow::Result<()> {
         };
         Arc::new(skiff_store::EtcdStore::connect(&args.datastore_endpoint, tls).await?)
     };
+    tracing::info!("store open");
     let cache = Cache::start(store.clone()).await?;
+    tracing::info!(revision = cache.revision(), "watch cache loaded");
     let tokens = match &args.token_auth_file {
         Some(p) => TokenFile::load(p)?,
         None => TokenFile::default(),
@@ -188,7 +190,13 @@ async fn main() -> anyhow::Result<()> {
         myself: std::sync::OnceLock::new(),
     });
     let _ = api.myself.set(Arc::downgrade(&api));
-    lifecycle::bootstrap(&api, &args.advertise_address.to_string(), args.secure_port).await?;
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        lifecycle::bootstrap(&api, &args.advertise_address.to_string(), args.secure_port),
+    )
+    .await
+    .context("creating the system namespaces and the kubernetes Service took over 60 s: the store does not deliver its writes back through its watch")??;
+    tracing::info!("system objects in place");
 
     let tls = serve::tls_config(&pki)?;
     let addr = SocketAddr::new(args.bind_address, args.secure_port);

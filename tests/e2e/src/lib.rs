@@ -165,7 +165,8 @@ impl Server {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Generous: CI machines are small and busy.
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
