@@ -430,6 +430,8 @@ impl Scheduler {
             elapsed_ms = started.elapsed().as_millis() as u64,
             queued = self.queue.active_len(),
             waiting = self.queue.waiting_len(),
+            outstanding = self.outstanding,
+            scheduled_total = self.scheduled_total,
             "scheduler: batch"
         );
     }
