@@ -74,6 +74,24 @@ impl Etcd {
             assert!(Instant::now() < deadline, "etcd did not start listening");
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Listening is not serving: wait until the member has elected itself and answers.
+        loop {
+            let health = Command::new("etcdctl")
+                .args([
+                    "--endpoints",
+                    &client_url,
+                    "--command-timeout=2s",
+                    "endpoint",
+                    "health",
+                ])
+                .env("ETCDCTL_API", "3")
+                .output();
+            if health.is_ok_and(|o| o.status.success()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Etcd {
             client_url,
             child,
@@ -107,7 +125,9 @@ impl Server {
     pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let etcd = use_etcd().then(Etcd::start);
+        // A test that brings its own store (e.g. one etcd shared by two servers) keeps it.
+        let own_store = extra_args.iter().any(|a| a == "--datastore-endpoint");
+        let etcd = (use_etcd() && !own_store).then(Etcd::start);
         if let Some(e) = &etcd {
             extra_args.extend(["--datastore-endpoint".to_string(), e.client_url.clone()]);
         }
