@@ -1051,6 +1051,16 @@ impl ApiServer {
             let mut merged = old.clone();
             merged["status"] = input.get("status").cloned().unwrap_or(json!({}));
             input = merged;
+        } else if t.subresource.as_deref() == Some("binding") {
+            // A binding sets the node and the PodScheduled condition in one write; nothing
+            // else of the pod changes.
+            let mut merged = old.clone();
+            merged["spec"]["nodeName"] = input
+                .pointer("/spec/nodeName")
+                .cloned()
+                .unwrap_or(Value::Null);
+            merged["status"] = input.get("status").cloned().unwrap_or(json!({}));
+            input = merged;
         } else if t.subresource.as_deref() == Some("finalize") {
             let mut merged = old.clone();
             merged["spec"]["finalizers"] = input
@@ -1553,71 +1563,48 @@ impl ApiServer {
                 vec![FieldError::required("target.name")],
             ));
         }
-        let inner = Target {
-            rt: t.rt,
-            namespace: t.namespace.clone(),
-            name: t.name.clone(),
-            subresource: None,
-        };
         let key = t.rt.key(t.namespace.as_deref(), &name);
         let current = self
             .cache
             .get(&key)
             .ok_or_else(|| ApiError::not_found("pods", &name))?;
-        if current
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .is_some_and(|n| !n.is_empty())
-        {
+        let assigned = |pod: &Value| {
+            pod.pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+        };
+        if let Some(existing) = assigned(&current) {
             return Err(ApiError::conflict(
                 "pods",
                 &name,
-                &format!(
-                    "pod {name} is already assigned to node {:?}",
-                    current
-                        .pointer("/spec/nodeName")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                ),
+                &format!("pod {name} is already assigned to node {existing:?}"),
             ));
         }
-        let (obj, _) = self
-            .write_update(&inner, ctx, &name, None, "Update", |old| {
-                let mut doc = (*old).clone();
-                if doc
-                    .pointer("/spec/nodeName")
-                    .and_then(Value::as_str)
-                    .is_some_and(|n| !n.is_empty())
-                {
-                    return Err(ApiError::conflict(
-                        "pods",
-                        &name,
-                        "pod is already assigned to a node",
-                    ));
-                }
-                doc["spec"]["nodeName"] = json!(node);
-                Ok(doc)
-            })
-            .await?;
-        // The PodScheduled condition belongs to status, written after the spec change.
-        let status_target = Target {
+        let binding_target = Target {
             rt: t.rt,
             namespace: t.namespace.clone(),
             name: t.name.clone(),
-            subresource: Some("status".into()),
+            subresource: Some("binding".into()),
         };
-        let _ = self
-            .write_update(&status_target, ctx, &name, None, "Update", |old| {
-                let mut doc = (*old).clone();
-                let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()});
-                let conds = doc["status"]["conditions"].as_array().cloned().unwrap_or_default();
-                let mut conds: Vec<Value> = conds.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
-                conds.push(cond);
-                doc["status"]["conditions"] = json!(conds);
-                Ok(doc)
-            })
-            .await;
-        let _ = obj;
+        self.write_update(&binding_target, ctx, &name, None, "Update", |old| {
+            if let Some(existing) = assigned(old) {
+                return Err(ApiError::conflict(
+                    "pods",
+                    &name,
+                    &format!("pod {name} is already assigned to node {existing:?}"),
+                ));
+            }
+            let mut doc = (*old).clone();
+            doc["spec"]["nodeName"] = json!(node);
+            let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()});
+            let conds = doc["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            let mut conds: Vec<Value> = conds.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
+            conds.push(cond);
+            doc["status"]["conditions"] = json!(conds);
+            Ok(doc)
+        })
+        .await?;
         Ok(json_response(
             201,
             &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
