@@ -10,6 +10,58 @@ use skiff_e2e::{bin_dir, Server};
 
 struct Agent(Child);
 
+/// Leaves nothing behind even when an assertion fails: first the normal way (delete the pod,
+/// the agent tears it down), then by force (sandbox processes recorded by the agent, mounts
+/// under its root).
+struct Cleanup<'a> {
+    server: &'a Server,
+    root: std::path::PathBuf,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let _ = self.server.kubectl(&[
+            "delete",
+            "pod",
+            "--all",
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline
+            && std::fs::read_dir(self.root.join("sandboxes")).is_ok_and(|mut d| d.next().is_some())
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for entry in std::fs::read_dir(self.root.join("sandboxes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let state: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(entry.path()).unwrap_or_default())
+                    .unwrap_or_default();
+            if let Some(pid) = state["pid"].as_i64() {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+        let root = self.root.display().to_string();
+        for line in std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Some(target) = line
+                .split_whitespace()
+                .nth(1)
+                .filter(|t| t.starts_with(&root))
+            {
+                let _ = Command::new("umount").args(["-l", target]).status();
+            }
+        }
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -61,6 +113,11 @@ fn a_pod_runs_from_a_registry_image_and_is_cleaned_up() {
             .spawn()
             .unwrap(),
     );
+    // Declared after the agent, so it runs first on drop, while the agent still works.
+    let _cleanup = Cleanup {
+        server: &s,
+        root: root.clone(),
+    };
     eventually("node-1 registered", Duration::from_secs(30), || {
         s.kubectl(&["get", "node", "node-1"]).status.success()
     });
