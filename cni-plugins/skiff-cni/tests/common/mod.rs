@@ -236,6 +236,16 @@ impl Lab {
                 )
             })
         };
+        // A failure that printed nothing on stdout is a crash: keep what it said instead.
+        let raw = if !out.status.success() && raw.trim().is_empty() {
+            format!(
+                "(no stdout; {}; stderr: {})",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        } else {
+            raw
+        };
         Reply {
             ok: out.status.success(),
             json,
