@@ -135,6 +135,12 @@ const READONLY_PATHS: &[&str] = &[
 /// Kubernetes' `$(VAR)` expansion: known variables are replaced, `$$` escapes, unknown
 /// references stay as written.
 pub fn expand(input: &str, env: &BTreeMap<String, String>) -> String {
+    expand_with(input, |name| env.get(name).cloned())
+}
+
+/// `expand` with the variables looked up by `lookup`, so that callers can layer several
+/// sources or notice references that have no value (as `subPathExpr` must).
+pub fn expand_with(input: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(pos) = rest.find('$') {
@@ -147,8 +153,8 @@ pub fn expand(input: &str, env: &BTreeMap<String, String>) -> String {
             match body.find(')') {
                 Some(end) => {
                     let name = &body[..end];
-                    match env.get(name) {
-                        Some(v) => out.push_str(v),
+                    match lookup(name) {
+                        Some(v) => out.push_str(&v),
                         None => {
                             out.push_str("$(");
                             out.push_str(name);
@@ -171,8 +177,10 @@ pub fn expand(input: &str, env: &BTreeMap<String, String>) -> String {
     out
 }
 
-/// The container's environment: the image's, then the pod's (which wins), in order, with
-/// each pod value expanded against what precedes it.
+/// The container's environment: the image's, then the pod's (which wins), in order. The pod's
+/// values come from `env::resolve`, which already did kubelet's `$(VAR)` expansion; expanding
+/// them again would undo `$$` escapes and expand references inside ConfigMap and Secret values,
+/// which kubelet never does.
 pub fn environment(
     image: &ImageConfig,
     resolved: &[(String, String)],
@@ -200,8 +208,7 @@ pub fn environment(
     }
     set("HOSTNAME".into(), hostname.into(), &mut map, &mut order);
     for (k, v) in resolved {
-        let value = expand(v, &map);
-        set(k.clone(), value, &mut map, &mut order);
+        set(k.clone(), v.clone(), &mut map, &mut order);
     }
     let list = order.iter().map(|k| format!("{k}={}", map[k])).collect();
     (list, map)
@@ -610,7 +617,7 @@ mod tests {
     }
 
     #[test]
-    fn env_order_override_and_expansion() {
+    fn env_order_override_and_no_second_expansion() {
         let image = ImageConfig {
             env: vec!["PATH=/bin".into(), "A=image".into()],
             ..Default::default()
@@ -621,8 +628,11 @@ mod tests {
             "h",
         );
         assert_eq!(map["A"], "pod");
-        assert_eq!(map["B"], "pod-b");
-        assert_eq!(list, ["PATH=/bin", "A=pod", "HOSTNAME=h", "B=pod-b"]);
+        assert_eq!(
+            map["B"], "$(A)-b",
+            "resolved values are final: a literal $(A) left by env::resolve stays"
+        );
+        assert_eq!(list, ["PATH=/bin", "A=pod", "HOSTNAME=h", "B=$(A)-b"]);
     }
 
     #[test]

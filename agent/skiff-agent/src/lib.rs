@@ -3,7 +3,9 @@
 
 pub mod bundle;
 pub mod cni;
+pub mod env;
 pub mod node;
 pub mod pods;
 pub mod preflight;
+pub mod quantity;
 pub mod sandbox;
