@@ -9,3 +9,4 @@ pub mod pods;
 pub mod preflight;
 pub mod quantity;
 pub mod sandbox;
+pub mod volumes;

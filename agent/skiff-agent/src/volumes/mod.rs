@@ -1,0 +1,754 @@
+//! Pod volumes on the node, laid out as kubelet lays them out:
+//! `<pod_dir>/volumes/<plugin>/<volume name>` with plugin `kubernetes.io~empty-dir`,
+//! `kubernetes.io~configmap`, `kubernetes.io~secret`, `kubernetes.io~downward-api` or
+//! `kubernetes.io~projected`. hostPath volumes are the host path itself.
+//!
+//! API for the pod worker:
+//! - `prepare(&client, &pod, &pod_dir, &facts).await` before creating any container: sets up
+//!   every volume of the pod (creating dirs, tmpfs mounts, type checks, files) and returns one
+//!   `PreparedVolume` per volume. Safe to call again. Every volume is attempted; the first
+//!   failure is returned. On `Err(e)`: a Warning event with reason `e.reason()` (`FailedMount`)
+//!   and message `e.message()` (`MountVolume.SetUp failed for volume "v" : configmap "x" not
+//!   found`); the pod stays Pending with its containers waiting in `ContainerCreating`; retry
+//!   on the next sync.
+//! - `refresh(&client, &pod, &pod_dir, &facts).await` for a running pod, at least every 60 s:
+//!   rewrites configMap, secret, downwardAPI and projected content that changed (atomically,
+//!   see `atomic`) and touches nothing else. Errors as for `prepare` (FailedMount events).
+//! - `mounts_for(&container, &prepared, &resolved_env.vars)` per container: its volumeMounts as
+//!   `bundle::VolumeMount`s, `subPath`/`subPathExpr` resolved without leaving the volume. On
+//!   `Err(e)`: waiting reason `e.reason()` (`CreateContainerConfigError`), message
+//!   `e.message()`, and a Warning event `Failed` with `Error: {message}`; `e.detail()` is for
+//!   the log only (kubelet hides host paths from users).
+//! - `teardown(&pod_dir)` after every container of the pod is gone: unmounts what is mounted
+//!   under `<pod_dir>/volumes` and removes it, never following a symlink and never deleting
+//!   through a mount point (hostPath sources are never touched). Safe to repeat.
+//!
+//! configMap, secret, downwardAPI and projected volumes are always mounted read-only, as
+//! kubelet does. Secrets and projected volumes live on tmpfs, as does emptyDir with
+//! `medium: Memory` (size = `sizeLimit`). Not supported (clear FailedMount error): projected
+//! serviceAccountToken (no TokenRequest API here yet), clusterTrustBundle, and volume types
+//! other than those above (persistentVolumeClaim, nfs, csi…).
+
+pub mod atomic;
+pub mod mount;
+pub mod subpath;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, Volume,
+};
+
+use crate::bundle::{self, VolumeMount};
+use crate::env::{self, ContainerConfigError, NodeFacts, ObjectSource, SourceError};
+use crate::quantity::{Quantity, QuantityError};
+use atomic::FileProjection;
+use mount::{Mounter, SysMounter};
+
+pub const EMPTY_DIR: &str = "kubernetes.io~empty-dir";
+pub const CONFIG_MAP: &str = "kubernetes.io~configmap";
+pub const SECRET: &str = "kubernetes.io~secret";
+pub const DOWNWARD_API: &str = "kubernetes.io~downward-api";
+pub const PROJECTED: &str = "kubernetes.io~projected";
+pub const HOST_PATH: &str = "kubernetes.io~host-path";
+
+/// kubelet's default file mode for API-data volumes (0644).
+const DEFAULT_MODE: i32 = 0o644;
+
+/// A volume ready on the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedVolume {
+    pub name: String,
+    /// One of the plugin constants above.
+    pub plugin: &'static str,
+    /// What a container's mount binds: the volume dir, or the host path.
+    pub path: PathBuf,
+    /// Content the API owns is mounted read-only whatever the volumeMount says.
+    pub read_only: bool,
+}
+
+/// Why a volume could not be set up; the text follows kubelet's.
+#[derive(Debug, thiserror::Error)]
+pub enum SetUpError {
+    #[error("configmap \"{0}\" not found")]
+    ConfigMapNotFound(String),
+    #[error("secret \"{0}\" not found")]
+    SecretNotFound(String),
+    #[error("configmap references non-existent config key: {0}")]
+    ConfigMapKeyMissing(String),
+    #[error("references non-existent secret key: {0}")]
+    SecretKeyMissing(String),
+    #[error("hostPath type check failed: {path} is not a {what}")]
+    HostPathType { path: String, what: &'static str },
+    #[error("{0} is an invalid volume type")]
+    InvalidHostPathType(String),
+    #[error("hostPath {0:?} must be an absolute path without '..'")]
+    HostPathNotAbsolute(String),
+    #[error("invalid volume name {0:?}")]
+    BadName(String),
+    #[error("emptyDir sizeLimit: {0}")]
+    SizeLimit(QuantityError),
+    #[error("{0}")]
+    Downward(#[from] ContainerConfigError),
+    #[error("{0}")]
+    Write(#[from] atomic::WriteError),
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} is not supported by this node")]
+    Unsupported { what: String },
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SetUpError + 'a {
+    move |source| SetUpError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A volume failure, at pod level (`FailedMount`) or for one container
+/// (`CreateContainerConfigError`).
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("MountVolume.SetUp failed for volume \"{volume}\" : {cause}")]
+    SetUp { volume: String, cause: SetUpError },
+    #[error("cannot find volume \"{volume}\" to mount into container \"{container}\"")]
+    NoSuchVolume { volume: String, container: String },
+    #[error("error SubPath `{sub_path}` must not be an absolute path")]
+    SubPathAbsolute { sub_path: String },
+    #[error("unable to provision SubPath `{sub_path}`: must not contain '..'")]
+    SubPathBacksteps { sub_path: String },
+    #[error("missing value for {names}")]
+    SubPathExprMissing { names: String },
+    #[error("failed to create subPath directory for volumeMount \"{volume}\" of container \"{container}\"")]
+    SubPathCreate {
+        volume: String,
+        container: String,
+        detail: String,
+    },
+    #[error("failed to prepare subPath for volumeMount \"{volume}\" of container \"{container}\"")]
+    SubPathPrepare {
+        volume: String,
+        container: String,
+        detail: String,
+    },
+}
+
+impl VolumeError {
+    /// The event reason (pod level) or the container's waiting reason (container level).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VolumeError::SetUp { .. } => "FailedMount",
+            _ => "CreateContainerConfigError",
+        }
+    }
+
+    /// What kubelet shows: the event message, or the container's waiting message.
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
+
+    /// Host-side detail for the agent's log; empty when the message says it all.
+    pub fn detail(&self) -> &str {
+        match self {
+            VolumeError::SubPathCreate { detail, .. }
+            | VolumeError::SubPathPrepare { detail, .. } => detail,
+            _ => "",
+        }
+    }
+
+    /// True for failures of the pod's volumes (the pod waits in ContainerCreating).
+    pub fn is_pod_level(&self) -> bool {
+        matches!(self, VolumeError::SetUp { .. })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TeardownError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("still mounted after unmounting, not removing: {0:?}")]
+    StillMounted(Vec<PathBuf>),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// First setup: everything.
+    SetUp,
+    /// A running pod: only the content that comes from the API.
+    Refresh,
+}
+
+/// Sets up every volume of `pod` under `pod_dir`. See the module documentation.
+pub async fn prepare(
+    source: &dyn ObjectSource,
+    pod: &Pod,
+    pod_dir: &Path,
+    node: &NodeFacts,
+) -> Result<Vec<PreparedVolume>, VolumeError> {
+    prepare_with(&SysMounter, source, pod, pod_dir, node).await
+}
+
+/// Updates the API-sourced content of a running pod's volumes. See the module documentation.
+pub async fn refresh(
+    source: &dyn ObjectSource,
+    pod: &Pod,
+    pod_dir: &Path,
+    node: &NodeFacts,
+) -> Result<Vec<PreparedVolume>, VolumeError> {
+    refresh_with(&SysMounter, source, pod, pod_dir, node).await
+}
+
+/// `prepare` with a chosen `Mounter` (tests use a fake).
+pub async fn prepare_with(
+    mounter: &dyn Mounter,
+    source: &dyn ObjectSource,
+    pod: &Pod,
+    pod_dir: &Path,
+    node: &NodeFacts,
+) -> Result<Vec<PreparedVolume>, VolumeError> {
+    run(mounter, source, pod, pod_dir, node, Pass::SetUp).await
+}
+
+/// `refresh` with a chosen `Mounter`.
+pub async fn refresh_with(
+    mounter: &dyn Mounter,
+    source: &dyn ObjectSource,
+    pod: &Pod,
+    pod_dir: &Path,
+    node: &NodeFacts,
+) -> Result<Vec<PreparedVolume>, VolumeError> {
+    run(mounter, source, pod, pod_dir, node, Pass::Refresh).await
+}
+
+async fn run(
+    mounter: &dyn Mounter,
+    source: &dyn ObjectSource,
+    pod: &Pod,
+    pod_dir: &Path,
+    node: &NodeFacts,
+    pass: Pass,
+) -> Result<Vec<PreparedVolume>, VolumeError> {
+    let volumes = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default();
+    let mut prepared = Vec::new();
+    let mut first_error = None;
+    for v in &volumes {
+        match set_up(mounter, source, pod, pod_dir, node, v, pass).await {
+            Ok(p) => prepared.push(p),
+            Err(cause) => {
+                tracing::warn!(volume = %v.name, error = %cause, "volume setup failed");
+                if first_error.is_none() {
+                    first_error = Some(VolumeError::SetUp {
+                        volume: v.name.clone(),
+                        cause,
+                    });
+                }
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(prepared),
+    }
+}
+
+fn volume_dir(pod_dir: &Path, plugin: &str, name: &str) -> Result<PathBuf, SetUpError> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(SetUpError::BadName(name.to_string()));
+    }
+    Ok(pod_dir.join("volumes").join(plugin).join(name))
+}
+
+fn make_dir(dir: &Path) -> Result<(), SetUpError> {
+    std::fs::create_dir_all(dir).map_err(io("mkdir", dir))
+}
+
+/// A tmpfs on `dir`, unless one is there already (a second call, or an agent restart).
+fn ensure_tmpfs(mounter: &dyn Mounter, dir: &Path, size: Option<u64>) -> Result<(), SetUpError> {
+    make_dir(dir)?;
+    let real = dir.canonicalize().map_err(io("resolve", dir))?;
+    if !mounter
+        .is_mount_point(&real)
+        .map_err(io("read mounts", dir))?
+    {
+        mounter
+            .mount_tmpfs(&real, size)
+            .map_err(io("mount tmpfs on", dir))?;
+    }
+    Ok(())
+}
+
+fn mode_bits(mode: Option<i32>, default: Option<i32>) -> u32 {
+    (mode.or(default).unwrap_or(DEFAULT_MODE) as u32) & 0o777
+}
+
+fn unsupported_kind(v: &Volume) -> String {
+    let kind = serde_json::to_value(v)
+        .ok()
+        .and_then(|j| {
+            j.as_object()
+                .and_then(|o| o.keys().find(|k| *k != "name").cloned())
+        })
+        .unwrap_or_else(|| "a volume without a source".into());
+    format!("volume type {kind}")
+}
+
+async fn set_up(
+    mounter: &dyn Mounter,
+    source: &dyn ObjectSource,
+    pod: &Pod,
+    pod_dir: &Path,
+    node: &NodeFacts,
+    v: &Volume,
+    pass: Pass,
+) -> Result<PreparedVolume, SetUpError> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let done = |plugin: &'static str, path: PathBuf, read_only: bool| PreparedVolume {
+        name: v.name.clone(),
+        plugin,
+        path,
+        read_only,
+    };
+    if let Some(e) = &v.empty_dir {
+        let dir = volume_dir(pod_dir, EMPTY_DIR, &v.name)?;
+        if pass == Pass::Refresh {
+            return Ok(done(EMPTY_DIR, dir, false));
+        }
+        match e.medium.as_deref().unwrap_or("") {
+            "" => {
+                make_dir(&dir)?;
+                // World-writable like kubelet's, so that a non-root container can write.
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+                    .map_err(io("chmod", &dir))?;
+            }
+            "Memory" => {
+                let size = match &e.size_limit {
+                    Some(q) => Quantity::parse(&q.0)
+                        .map_err(SetUpError::SizeLimit)?
+                        .value()
+                        .filter(|b| *b > 0)
+                        .and_then(|b| u64::try_from(b).ok()),
+                    None => None,
+                };
+                ensure_tmpfs(mounter, &dir, size)?;
+            }
+            other => {
+                return Err(SetUpError::Unsupported {
+                    what: format!("emptyDir medium {other:?}"),
+                })
+            }
+        }
+        return Ok(done(EMPTY_DIR, dir, false));
+    }
+    if let Some(h) = &v.host_path {
+        let path = PathBuf::from(&h.path);
+        if pass == Pass::SetUp {
+            check_host_path(&h.path, h.type_.as_deref().unwrap_or(""))?;
+        }
+        return Ok(done(HOST_PATH, path, false));
+    }
+    if let Some(c) = &v.config_map {
+        let dir = volume_dir(pod_dir, CONFIG_MAP, &v.name)?;
+        make_dir(&dir)?;
+        let optional = c.optional == Some(true);
+        let cm = match source.config_map(ns, &c.name).await? {
+            Some(cm) => cm,
+            None if optional => ConfigMap::default(),
+            None => return Err(SetUpError::ConfigMapNotFound(c.name.clone())),
+        };
+        let payload = config_map_payload(&cm, c.items.as_deref(), c.default_mode, optional)?;
+        atomic::write(&dir, &payload)?;
+        return Ok(done(CONFIG_MAP, dir, true));
+    }
+    if let Some(s) = &v.secret {
+        let dir = volume_dir(pod_dir, SECRET, &v.name)?;
+        ensure_tmpfs(mounter, &dir, None)?;
+        let optional = s.optional == Some(true);
+        let name = s.secret_name.clone().unwrap_or_default();
+        let secret = match source.secret(ns, &name).await? {
+            Some(s) => s,
+            None if optional => Secret::default(),
+            None => return Err(SetUpError::SecretNotFound(name)),
+        };
+        let payload = secret_payload(&secret, s.items.as_deref(), s.default_mode, optional)?;
+        atomic::write(&dir, &payload)?;
+        return Ok(done(SECRET, dir, true));
+    }
+    if let Some(d) = &v.downward_api {
+        let dir = volume_dir(pod_dir, DOWNWARD_API, &v.name)?;
+        make_dir(&dir)?;
+        let payload = downward_payload(
+            pod,
+            node,
+            d.items.as_deref().unwrap_or_default(),
+            d.default_mode,
+        )?;
+        atomic::write(&dir, &payload)?;
+        return Ok(done(DOWNWARD_API, dir, true));
+    }
+    if let Some(p) = &v.projected {
+        let dir = volume_dir(pod_dir, PROJECTED, &v.name)?;
+        let mut payload = BTreeMap::new();
+        for src in p.sources.iter().flatten() {
+            if let Some(c) = &src.config_map {
+                let optional = c.optional == Some(true);
+                let cm = match source.config_map(ns, &c.name).await? {
+                    Some(cm) => cm,
+                    None if optional => ConfigMap::default(),
+                    None => return Err(SetUpError::ConfigMapNotFound(c.name.clone())),
+                };
+                payload.extend(config_map_payload(
+                    &cm,
+                    c.items.as_deref(),
+                    p.default_mode,
+                    optional,
+                )?);
+            } else if let Some(s) = &src.secret {
+                let optional = s.optional == Some(true);
+                let secret = match source.secret(ns, &s.name).await? {
+                    Some(s) => s,
+                    None if optional => Secret::default(),
+                    None => return Err(SetUpError::SecretNotFound(s.name.clone())),
+                };
+                payload.extend(secret_payload(
+                    &secret,
+                    s.items.as_deref(),
+                    p.default_mode,
+                    optional,
+                )?);
+            } else if let Some(d) = &src.downward_api {
+                payload.extend(downward_payload(
+                    pod,
+                    node,
+                    d.items.as_deref().unwrap_or_default(),
+                    p.default_mode,
+                )?);
+            } else if src.service_account_token.is_some() {
+                return Err(SetUpError::Unsupported {
+                    what: "projected serviceAccountToken (no TokenRequest API)".into(),
+                });
+            } else {
+                return Err(SetUpError::Unsupported {
+                    what: "this projected volume source".into(),
+                });
+            }
+        }
+        // Only now, so that an unsupported source leaves no tmpfs behind.
+        ensure_tmpfs(mounter, &dir, None)?;
+        atomic::write(&dir, &payload)?;
+        return Ok(done(PROJECTED, dir, true));
+    }
+    Err(SetUpError::Unsupported {
+        what: unsupported_kind(v),
+    })
+}
+
+/// kubelet's hostPath `type` checks; the `…OrCreate` kinds create what is missing.
+pub fn check_host_path(path: &str, kind: &str) -> Result<(), SetUpError> {
+    let p = Path::new(path);
+    if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(SetUpError::HostPathNotAbsolute(path.to_string()));
+    }
+    let meta = std::fs::metadata(p).ok();
+    let fail = |what| {
+        Err(SetUpError::HostPathType {
+            path: path.to_string(),
+            what,
+        })
+    };
+    match kind {
+        // No check; a missing path becomes a directory, as containerd's CRI makes it.
+        "" if meta.is_none() => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(p)
+            .map_err(io("mkdir", p)),
+        "" => Ok(()),
+        "DirectoryOrCreate" if meta.is_none() => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(p)
+            .map_err(io("mkdir", p)),
+        "DirectoryOrCreate" | "Directory" => match meta {
+            Some(m) if m.is_dir() => Ok(()),
+            _ => fail("directory"),
+        },
+        "FileOrCreate" if meta.is_none() => std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(p)
+            .map(drop)
+            .map_err(io("create", p)),
+        "FileOrCreate" | "File" => match meta {
+            Some(m) if m.is_file() => Ok(()),
+            _ => fail("file"),
+        },
+        "Socket" => match meta {
+            Some(m) if m.file_type().is_socket() => Ok(()),
+            _ => fail("socket file"),
+        },
+        "CharDevice" => match meta {
+            Some(m) if m.file_type().is_char_device() => Ok(()),
+            _ => fail("character device"),
+        },
+        "BlockDevice" => match meta {
+            Some(m) if m.file_type().is_block_device() => Ok(()),
+            _ => fail("block device"),
+        },
+        other => Err(SetUpError::InvalidHostPathType(other.to_string())),
+    }
+}
+
+/// The files of a configMap volume (or projection): every key, or the listed `items`.
+pub fn config_map_payload(
+    cm: &ConfigMap,
+    items: Option<&[KeyToPath]>,
+    default_mode: Option<i32>,
+    optional: bool,
+) -> Result<BTreeMap<String, FileProjection>, SetUpError> {
+    let mut all: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (k, v) in cm.data.iter().flatten() {
+        all.insert(k.clone(), v.clone().into_bytes());
+    }
+    for (k, v) in cm.binary_data.iter().flatten() {
+        all.entry(k.clone()).or_insert_with(|| v.0.clone());
+    }
+    select(
+        all,
+        items,
+        default_mode,
+        optional,
+        SetUpError::ConfigMapKeyMissing,
+    )
+}
+
+/// The files of a secret volume (or projection).
+pub fn secret_payload(
+    secret: &Secret,
+    items: Option<&[KeyToPath]>,
+    default_mode: Option<i32>,
+    optional: bool,
+) -> Result<BTreeMap<String, FileProjection>, SetUpError> {
+    let mut all: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (k, v) in secret.string_data.iter().flatten() {
+        all.insert(k.clone(), v.clone().into_bytes());
+    }
+    for (k, v) in secret.data.iter().flatten() {
+        all.insert(k.clone(), v.0.clone());
+    }
+    select(
+        all,
+        items,
+        default_mode,
+        optional,
+        SetUpError::SecretKeyMissing,
+    )
+}
+
+fn select(
+    mut all: BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    default_mode: Option<i32>,
+    optional: bool,
+    missing: fn(String) -> SetUpError,
+) -> Result<BTreeMap<String, FileProjection>, SetUpError> {
+    let mut out = BTreeMap::new();
+    match items.filter(|i| !i.is_empty()) {
+        None => {
+            for (k, data) in all {
+                let mode = mode_bits(None, default_mode);
+                out.insert(k, FileProjection { data, mode });
+            }
+        }
+        Some(items) => {
+            for item in items {
+                let data = match all.remove(&item.key) {
+                    Some(d) => d,
+                    None if optional => continue,
+                    None => return Err(missing(item.key.clone())),
+                };
+                let mode = mode_bits(item.mode, default_mode);
+                out.insert(item.path.clone(), FileProjection { data, mode });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The files of a downwardAPI volume (or projection).
+pub fn downward_payload(
+    pod: &Pod,
+    node: &NodeFacts,
+    items: &[DownwardAPIVolumeFile],
+    default_mode: Option<i32>,
+) -> Result<BTreeMap<String, FileProjection>, SetUpError> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let value = if let Some(f) = &item.field_ref {
+            env::pod_field(pod, &f.field_path, node)?
+        } else if let Some(r) = &item.resource_field_ref {
+            env::container_resource(pod, None, r, node)?
+        } else {
+            String::new()
+        };
+        out.insert(
+            item.path.clone(),
+            FileProjection {
+                data: value.into_bytes(),
+                mode: mode_bits(item.mode, default_mode),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// `$(VAR)` in `subPathExpr`, where, unlike in commands, a reference without a value is an
+/// error.
+fn expand_sub_path_expr(expr: &str, env: &[(String, String)]) -> Result<String, VolumeError> {
+    let vars: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut missing = BTreeSet::new();
+    let out = bundle::expand_with(expr, |name| match vars.get(name) {
+        Some(v) if !v.is_empty() => Some(v.to_string()),
+        _ => {
+            missing.insert(name.to_string());
+            Some(String::new())
+        }
+    });
+    if missing.is_empty() {
+        Ok(out)
+    } else {
+        Err(VolumeError::SubPathExprMissing {
+            names: missing.into_iter().collect::<Vec<_>>().join(", "),
+        })
+    }
+}
+
+/// The container's volumeMounts as bind mounts. `env` is the container's resolved
+/// environment (for `subPathExpr`). See the module documentation.
+pub fn mounts_for(
+    container: &Container,
+    prepared: &[PreparedVolume],
+    env: &[(String, String)],
+) -> Result<Vec<VolumeMount>, VolumeError> {
+    let mut out = Vec::new();
+    for m in container.volume_mounts.iter().flatten() {
+        let vol = prepared.iter().find(|p| p.name == m.name).ok_or_else(|| {
+            VolumeError::NoSuchVolume {
+                volume: m.name.clone(),
+                container: container.name.clone(),
+            }
+        })?;
+        let sub_path = match m.sub_path_expr.as_deref().filter(|e| !e.is_empty()) {
+            Some(expr) => expand_sub_path_expr(expr, env)?,
+            None => m.sub_path.clone().unwrap_or_default(),
+        };
+        let source = if sub_path.is_empty() {
+            vol.path.clone()
+        } else {
+            if sub_path.starts_with('/') {
+                return Err(VolumeError::SubPathAbsolute { sub_path });
+            }
+            if sub_path.split('/').any(|c| c == "..") {
+                return Err(VolumeError::SubPathBacksteps { sub_path });
+            }
+            subpath::resolve(&vol.path, &sub_path).map_err(|f| match f {
+                subpath::Failure::Create(detail) => VolumeError::SubPathCreate {
+                    volume: m.name.clone(),
+                    container: container.name.clone(),
+                    detail,
+                },
+                subpath::Failure::Prepare(detail) => VolumeError::SubPathPrepare {
+                    volume: m.name.clone(),
+                    container: container.name.clone(),
+                    detail,
+                },
+            })?
+        };
+        out.push(VolumeMount {
+            source,
+            destination: m.mount_path.clone(),
+            read_only: m.read_only.unwrap_or(false) || vol.read_only,
+        });
+    }
+    Ok(out)
+}
+
+/// Removes the pod's volumes. See the module documentation.
+pub fn teardown(pod_dir: &Path) -> Result<(), TeardownError> {
+    teardown_with(&SysMounter, pod_dir)
+}
+
+/// `teardown` with a chosen `Mounter`.
+pub fn teardown_with(mounter: &dyn Mounter, pod_dir: &Path) -> Result<(), TeardownError> {
+    let base = pod_dir.join("volumes");
+    let meta = match std::fs::symlink_metadata(&base) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(TeardownError::Io {
+                op: "stat",
+                path: base,
+                source: e,
+            })
+        }
+    };
+    if !meta.is_dir() {
+        // A symlink (or file) in place of the volumes dir is removed itself, never followed.
+        return std::fs::remove_file(&base).map_err(|source| TeardownError::Io {
+            op: "remove",
+            path: base,
+            source,
+        });
+    }
+    let real = base.canonicalize().map_err(|source| TeardownError::Io {
+        op: "resolve",
+        path: base.clone(),
+        source,
+    })?;
+    let read_mounts = |m: &dyn Mounter| {
+        m.mounts_under(&real).map_err(|source| TeardownError::Io {
+            op: "read mounts under",
+            path: real.clone(),
+            source,
+        })
+    };
+    let mut mounts = read_mounts(mounter)?;
+    // Deepest first; a path mounted several times is listed once per mount.
+    mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for m in &mounts {
+        if let Err(e) = mounter.unmount(m) {
+            tracing::warn!(path = %m.display(), error = %e, "unmount failed");
+        }
+    }
+    let left = read_mounts(mounter)?;
+    if !left.is_empty() {
+        return Err(TeardownError::StillMounted(left));
+    }
+    // remove_dir_all unlinks symlinks without following them, and no mount is left below.
+    std::fs::remove_dir_all(&base).map_err(|source| TeardownError::Io {
+        op: "remove",
+        path: base,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests;
