@@ -1,0 +1,399 @@
+//! Running the pods bound to this node, like kubelet: one worker per pod
+//! ([`worker`]) walks it through its lifecycle — sandbox and network, init containers in
+//! order, containers with restarts and CrashLoopBackOff, probes and hooks, graceful
+//! termination — and reports the status kubelet would ([`status`]). This module holds
+//! what the workers share and the dispatcher that feeds them from a watch on the API.
+
+pub mod backoff;
+pub mod dial;
+pub mod events;
+pub mod probe;
+pub mod runtime;
+pub mod status;
+pub mod worker;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::api::Api;
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use skiff_images::{ImageStore, RegistryClient};
+
+use crate::bundle::{self, BundleInput, ImageConfig};
+use crate::{cni, sandbox};
+use runtime::{container_id, Runtime};
+
+pub struct PodManager {
+    pub client: kube::Client,
+    pub node: String,
+    pub node_ip: String,
+    pub root: PathBuf,
+    pub images: ImageStore,
+    pub registry: RegistryClient,
+    pub shim: PathBuf,
+    pub shim_cgroup_root: Option<PathBuf>,
+    pub agent_binary: PathBuf,
+    pub cni: Option<cni::Runtime>,
+    pub cluster_dns: String,
+    pub cluster_domain: String,
+    pub logs_dir: PathBuf,
+    pub node_memory: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("{0}")]
+    Sandbox(#[from] sandbox::SandboxError),
+    #[error("{0}")]
+    Network(#[from] cni::CniError),
+    #[error("{0}")]
+    Bundle(#[from] bundle::BundleError),
+    #[error("{0}")]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error("{what}: {message}")]
+    Mount { what: String, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PodError + '_ {
+    move |source| PodError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The pod's sandbox as its containers need it, and its IP.
+#[derive(Clone, Debug)]
+pub struct PodNetwork {
+    pub sandbox: bundle::Sandbox,
+    pub pod_ip: String,
+}
+
+impl PodManager {
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.root.join("pods").join(uid)
+    }
+
+    pub fn runtime(&self) -> Runtime {
+        Runtime {
+            shim: self.shim.clone(),
+            root: self.root.join("shim"),
+            cgroup_root: self.shim_cgroup_root.clone(),
+        }
+    }
+
+    /// `<logs>/<ns>_<name>_<uid>`, kubelet's layout.
+    pub fn pod_logs_dir(&self, pod: &Pod) -> PathBuf {
+        self.logs_dir.join(format!(
+            "{}_{}_{}",
+            pod.namespace().unwrap_or_default(),
+            pod.name_any(),
+            pod.uid().unwrap_or_default()
+        ))
+    }
+
+    /// The sandbox (namespaces held by a pause process), its network through CNI, and the
+    /// files every container mounts. Reuses what a previous run of the agent set up.
+    pub fn setup(&self, pod: &Pod) -> Result<PodNetwork, PodError> {
+        let uid = pod.uid().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let dir = self.pod_dir(&uid);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let hostname = spec.hostname.clone().unwrap_or_else(|| pod.name_any());
+        let existing = sandbox::find(&self.root, &uid)?;
+        let ip_file = dir.join("pod-ip");
+        let (sb, pod_ip) = match (existing, std::fs::read_to_string(&ip_file)) {
+            (Some(sb), Ok(ip)) => (sb, ip),
+            (existing, _) => {
+                let sb = match existing {
+                    Some(sb) => sb,
+                    None => sandbox::start(&self.root, &self.agent_binary, &uid, &hostname)?,
+                };
+                let mut pod_ip = String::new();
+                if let Some(cni_rt) = &self.cni {
+                    let net = cni_rt.load()?;
+                    let result = cni_rt.add(&net, &self.attachment(pod, &sb))?;
+                    pod_ip = result["ips"][0]["address"]
+                        .as_str()
+                        .unwrap_or("")
+                        .split('/')
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                }
+                std::fs::write(&ip_file, &pod_ip).map_err(io(&ip_file))?;
+                (sb, pod_ip)
+            }
+        };
+        let files = [
+            (
+                "etc-hosts",
+                bundle::hosts_file(
+                    pod,
+                    if pod_ip.is_empty() {
+                        "127.0.0.1"
+                    } else {
+                        &pod_ip
+                    },
+                    &self.cluster_domain,
+                ),
+            ),
+            ("etc-hostname", format!("{hostname}\n")),
+            (
+                "resolv.conf",
+                bundle::resolv_conf(
+                    pod,
+                    &self.cluster_dns,
+                    &self.cluster_domain,
+                    &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                ),
+            ),
+        ];
+        for (name, content) in &files {
+            std::fs::write(dir.join(name), content).map_err(io(&dir.join(name)))?;
+        }
+        Ok(PodNetwork {
+            sandbox: bundle::Sandbox {
+                netns: sb.netns(),
+                ipcns: Some(sb.ipcns()),
+                utsns: Some(sb.utsns()),
+                hosts: dir.join("etc-hosts"),
+                hostname: dir.join("etc-hostname"),
+                resolv_conf: dir.join("resolv.conf"),
+                cgroup_parent: format!("skiff/pod{uid}"),
+            },
+            pod_ip,
+        })
+    }
+
+    fn attachment(&self, pod: &Pod, sb: &sandbox::Sandbox) -> cni::Attachment {
+        let uid = pod.uid().unwrap_or_default();
+        cni::Attachment {
+            container_id: uid.clone(),
+            netns: sb.netns(),
+            ifname: "eth0".into(),
+            pod_namespace: pod.namespace().unwrap_or_default(),
+            pod_name: pod.name_any(),
+            pod_uid: uid,
+            capabilities: BTreeMap::new(),
+        }
+    }
+
+    /// Writes the container's bundle on an overlay of its image and starts it, its
+    /// output going to `<restart>.log`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_container(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        image: &skiff_images::Image,
+        image_cfg: &ImageConfig,
+        net: &PodNetwork,
+        env: &[(String, String)],
+        volumes: &[bundle::VolumeMount],
+        restart_count: u32,
+    ) -> Result<(), PodError> {
+        let uid = pod.uid().unwrap_or_default();
+        let id = container_id(&uid, &c.name);
+        let rt = self.runtime();
+        // The previous run's process state goes before its rootfs is reused.
+        if rt.exists(&id) {
+            rt.remove(&id)?;
+        }
+        let bundle_dir = self.pod_dir(&uid).join("containers").join(&c.name);
+        let rootfs = bundle_dir.join("rootfs");
+        if is_mountpoint(&rootfs) {
+            nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+                PodError::Mount {
+                    what: format!("unmounting {}", rootfs.display()),
+                    message: e.to_string(),
+                }
+            })?;
+        }
+        // A restarted container starts from its image again, as with any CRI runtime.
+        let _ = std::fs::remove_dir_all(&bundle_dir);
+        for d in [
+            bundle_dir.join("upper"),
+            bundle_dir.join("work"),
+            rootfs.clone(),
+        ] {
+            std::fs::create_dir_all(&d).map_err(io(&d))?;
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.images.lowerdir(image),
+            bundle_dir.join("upper").display(),
+            bundle_dir.join("work").display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .map_err(|e| PodError::Mount {
+            what: format!("mount overlay at {}", rootfs.display()),
+            message: e.to_string(),
+        })?;
+        let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+        let qos = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.qos_class.clone())
+            .unwrap_or_else(|| "BestEffort".into());
+        let memory_request = 0;
+        let config = bundle::config(&BundleInput {
+            pod,
+            container: c,
+            image: image_cfg,
+            image_passwd: &passwd,
+            env,
+            rootfs: rootfs.clone(),
+            sandbox: &net.sandbox,
+            volumes,
+            oom_score_adj: bundle::oom_score_adj(&qos, memory_request, self.node_memory),
+        })?;
+        let config_path = bundle_dir.join("config.json");
+        std::fs::write(&config_path, config.to_string()).map_err(io(&config_path))?;
+        let log_dir = self.pod_logs_dir(pod).join(&c.name);
+        std::fs::create_dir_all(&log_dir).map_err(io(&log_dir))?;
+        let log = log_dir.join(format!("{restart_count}.log"));
+        rt.create_and_start(&id, &bundle_dir, &log)?;
+        Ok(())
+    }
+
+    /// Stops and removes everything the pod had on this node. Safe to repeat.
+    pub fn teardown(&self, uid: &str, namespace: &str, name: &str) {
+        let rt = self.runtime();
+        let containers_dir = self.pod_dir(uid).join("containers");
+        let names: Vec<String> = std::fs::read_dir(&containers_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for c in &names {
+            let id = container_id(uid, c);
+            rt.signal(&id, nix::sys::signal::Signal::SIGKILL, true);
+            if let Err(e) = rt.remove(&id) {
+                if rt.exists(&id) {
+                    tracing::warn!(id, error = %e, "removing a container failed");
+                }
+            }
+            let rootfs = containers_dir.join(c).join("rootfs");
+            if is_mountpoint(&rootfs) {
+                if let Err(e) = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
+                    tracing::warn!(path = %rootfs.display(), error = %e, "unmounting a container rootfs failed");
+                }
+            }
+        }
+        if let (Some(cni_rt), Ok(Some(sb))) = (&self.cni, sandbox::find(&self.root, uid)) {
+            if let Ok(net) = cni_rt.load() {
+                let attachment = cni::Attachment {
+                    container_id: uid.into(),
+                    netns: sb.netns(),
+                    ifname: "eth0".into(),
+                    pod_namespace: namespace.into(),
+                    pod_name: name.into(),
+                    pod_uid: uid.into(),
+                    capabilities: BTreeMap::new(),
+                };
+                if let Err(e) = cni_rt.del(&net, &attachment) {
+                    tracing::warn!(uid, error = %e, "CNI DEL failed");
+                }
+            }
+        }
+        if let Err(e) = sandbox::stop(&self.root, uid) {
+            tracing::warn!(uid, error = %e, "stopping the sandbox failed");
+        }
+        let _ = std::fs::remove_dir_all(self.pod_dir(uid));
+    }
+}
+
+pub fn is_mountpoint(path: &Path) -> bool {
+    let target = match path.canonicalize() {
+        Ok(p) => p,
+        Err(_) => return false,
+    };
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            l.split_whitespace()
+                .nth(4)
+                .is_some_and(|m| Path::new(m) == target)
+        })
+}
+
+/// Feeds every pod bound to this node to its worker, starting workers for new pods and
+/// telling workers when their pod is gone; cleans up after pods deleted while the agent
+/// was not running.
+pub async fn run(mgr: Arc<PodManager>) {
+    let pods: Api<Pod> = Api::all(mgr.client.clone());
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={}", mgr.node));
+    let mut stream = watcher::watcher(pods, config).boxed();
+    let mut workers: HashMap<String, tokio::sync::watch::Sender<Option<Pod>>> = HashMap::new();
+    let mut listing: HashSet<String> = HashSet::new();
+    let mut first_listing = true;
+    while let Some(event) = stream.next().await {
+        workers.retain(|_, tx| !tx.is_closed());
+        match event {
+            Ok(watcher::Event::Apply(pod)) | Ok(watcher::Event::InitApply(pod)) => {
+                let uid = pod.uid().unwrap_or_default();
+                listing.insert(uid.clone());
+                match workers.get(&uid) {
+                    Some(tx) => {
+                        let _ = tx.send(Some(pod));
+                    }
+                    None => {
+                        let (tx, rx) = tokio::sync::watch::channel(Some(pod));
+                        workers.insert(uid.clone(), tx);
+                        tokio::spawn(worker::run(mgr.clone(), uid, rx));
+                    }
+                }
+            }
+            Ok(watcher::Event::Delete(pod)) => {
+                let uid = pod.uid().unwrap_or_default();
+                if let Some(tx) = workers.remove(&uid) {
+                    let _ = tx.send(None);
+                }
+            }
+            Ok(watcher::Event::Init) => listing.clear(),
+            Ok(watcher::Event::InitDone) => {
+                // Pods that vanished while the watch was down.
+                for (uid, tx) in workers.iter() {
+                    if !listing.contains(uid) {
+                        let _ = tx.send(None);
+                    }
+                }
+                if first_listing {
+                    first_listing = false;
+                    for uid in sandbox::recorded(&mgr.root) {
+                        if !listing.contains(&uid) {
+                            tracing::info!(
+                                uid,
+                                "cleaning up a pod deleted while the agent was away"
+                            );
+                            let m = mgr.clone();
+                            let _ =
+                                tokio::task::spawn_blocking(move || m.teardown(&uid, "", "")).await;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "watching this node's pods failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
