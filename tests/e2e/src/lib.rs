@@ -3,6 +3,7 @@
 //! Binaries are taken from `SKIFF_BIN_DIR`, or the workspace's `target/debug`; the README's
 //! test command builds them first.
 
+pub mod agent;
 pub mod fake_kubelet;
 pub mod registry;
 

@@ -116,7 +116,8 @@ pub fn populate_busybox(rootfs: &Path) {
     std::fs::copy("/usr/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
     for applet in [
         "sh", "echo", "cat", "sleep", "hostname", "httpd", "ls", "id", "env", "wget", "nslookup",
-        "true", "false", "ps",
+        "true", "false", "ps", "test", "[", "touch", "rm", "mkdir", "grep", "mv", "ln", "nc", "wc",
+        "head", "tail", "sed", "date", "pwd", "stat", "readlink", "uname", "kill", "ip",
     ] {
         let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
     }
