@@ -315,6 +315,12 @@ impl PodManager {
         if let Err(e) = sandbox::stop(&self.root, uid) {
             tracing::warn!(uid, error = %e, "stopping the sandbox failed");
         }
+        // Volume mounts go first; a pod dir with something still mounted is left alone so
+        // that nothing is deleted through a mount.
+        if let Err(e) = crate::volumes::teardown(&self.pod_dir(uid)) {
+            tracing::warn!(uid, error = %e, "tearing down the pod's volumes failed; keeping its directory");
+            return;
+        }
         let _ = std::fs::remove_dir_all(self.pod_dir(uid));
     }
 }

@@ -23,6 +23,12 @@ use super::runtime::container_id;
 use super::status::{self, ContainerRecord, ContainerView, Current, PodView};
 use super::{PodManager, PodNetwork};
 use crate::bundle::ImageConfig;
+use crate::env::{self, NodeFacts};
+use crate::volumes::{self, PreparedVolume};
+
+/// How often configMap, secret and downwardAPI volumes are rewritten from the API, so that
+/// an update shows in running pods well within kubelet's minute.
+const VOLUME_REFRESH: Duration = Duration::from_secs(20);
 
 /// What must survive an agent restart, in `<pod dir>/state.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -46,6 +52,10 @@ struct Worker {
     state: Persisted,
     net: Option<PodNetwork>,
     sandbox_error: Option<String>,
+    volumes: Option<Vec<PreparedVolume>>,
+    volumes_refreshed: Instant,
+    volume_error: Option<String>,
+    allocatable: Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
     probers: HashMap<String, Probers>,
     events: Recorder,
     last_status: Option<Value>,
@@ -112,6 +122,10 @@ pub async fn run(mgr: Arc<PodManager>, uid: String, mut rx: watch::Receiver<Opti
         state,
         net: None,
         sandbox_error: None,
+        volumes: None,
+        volumes_refreshed: Instant::now(),
+        volume_error: None,
+        allocatable: None,
         probers: HashMap::new(),
         last_status: None,
         initialized: false,
@@ -211,6 +225,12 @@ impl Worker {
         if self.failed.is_some() {
             return;
         }
+        // Without init containers a pod is initialised from the start, as kubelet reports.
+        self.initialized = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .is_none_or(|ics| ics.is_empty());
         if self.net.is_none() {
             let mgr = self.mgr.clone();
             let p = pod.clone();
@@ -235,6 +255,9 @@ impl Worker {
                     return;
                 }
             }
+        }
+        if !self.sync_volumes(pod).await {
+            return;
         }
         self.refresh(pod);
         let policy = restart_policy(pod);
@@ -326,12 +349,37 @@ impl Worker {
             Some(pulled) => pulled,
             None => return,
         };
-        let env: Vec<(String, String)> = c
-            .env
-            .iter()
-            .flatten()
-            .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v)))
-            .collect();
+        let facts = self.facts().await;
+        let env = match env::resolve(&self.mgr.client, pod, c, &facts).await {
+            Ok(resolved) => {
+                for w in &resolved.warnings {
+                    self.events
+                        .record(pod, Some(&c.name), Kind::Warning, w.reason, &w.message)
+                        .await;
+                }
+                resolved.vars
+            }
+            Err(e) => {
+                self.config_error(pod, c, e.reason(), &e.to_string()).await;
+                return;
+            }
+        };
+        let mounts = match volumes::mounts_for(c, self.volumes.as_deref().unwrap_or_default(), &env)
+        {
+            Ok(m) => m,
+            Err(e) => {
+                if !e.detail().is_empty() {
+                    tracing::warn!(
+                        pod = pod.name_any(),
+                        container = c.name,
+                        detail = e.detail(),
+                        "volume mount failed"
+                    );
+                }
+                self.config_error(pod, c, e.reason(), &e.message()).await;
+                return;
+            }
+        };
         let rec = self.state.containers.entry(c.name.clone()).or_default();
         // A run that ended becomes the last state; the new run counts as a restart.
         if let Current::Exited(t) = std::mem::take(&mut rec.current) {
@@ -342,7 +390,16 @@ impl Worker {
         let mgr = self.mgr.clone();
         let (p, cc, img) = (pod.clone(), c.clone(), image.clone());
         let result = tokio::task::spawn_blocking(move || {
-            mgr.start_container(&p, &cc, &img, &image_cfg, &net, &env, &[], restart_count)
+            mgr.start_container(
+                &p,
+                &cc,
+                &img,
+                &image_cfg,
+                &net,
+                &env,
+                &mounts,
+                restart_count,
+            )
         })
         .await;
         let rec = self.state.containers.entry(c.name.clone()).or_default();
@@ -555,6 +612,80 @@ impl Worker {
                 let message = format!("reading the configuration of image \"{image_ref}\": {e}");
                 self.set_waiting(&c.name, "CreateContainerError", &message);
                 None
+            }
+        }
+    }
+
+    /// The container cannot be configured (a missing ConfigMap key, a subPath that leaves
+    /// its volume …): it waits with kubelet's reason, and the worker tries again later.
+    async fn config_error(&mut self, pod: &Pod, c: &Container, reason: &str, message: &str) {
+        self.set_waiting(&c.name, reason, message);
+        let rec = self.state.containers.entry(c.name.clone()).or_default();
+        let now = unix_now();
+        if !rec.backoff.waiting(now) {
+            rec.backoff.crashed(now, now);
+        }
+        self.events
+            .record(
+                pod,
+                Some(&c.name),
+                Kind::Warning,
+                "Failed",
+                &format!("Error: {message}"),
+            )
+            .await;
+    }
+
+    /// What kubelet knows about this node and pod that the API objects may not say yet.
+    async fn facts(&mut self) -> NodeFacts {
+        if self.allocatable.is_none() {
+            let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.mgr.client.clone());
+            if let Ok(node) = nodes.get(&self.mgr.node).await {
+                self.allocatable = node.status.and_then(|s| s.allocatable);
+            }
+        }
+        NodeFacts {
+            node_name: self.mgr.node.clone(),
+            host_ips: vec![self.mgr.node_ip.clone()],
+            pod_ips: self
+                .net
+                .as_ref()
+                .filter(|n| !n.pod_ip.is_empty())
+                .map(|n| vec![n.pod_ip.clone()])
+                .unwrap_or_default(),
+            allocatable: self.allocatable.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Sets the pod's volumes up once, then keeps API-backed content fresh; false while a
+    /// volume cannot be set up (the containers wait in ContainerCreating).
+    async fn sync_volumes(&mut self, pod: &Pod) -> bool {
+        let due = self.volumes.is_none() || self.volumes_refreshed.elapsed() >= VOLUME_REFRESH;
+        if !due {
+            return true;
+        }
+        let facts = self.facts().await;
+        let dir = self.mgr.pod_dir(&self.uid);
+        let result = if self.volumes.is_none() {
+            volumes::prepare(&self.mgr.client, pod, &dir, &facts).await
+        } else {
+            volumes::refresh(&self.mgr.client, pod, &dir, &facts).await
+        };
+        self.volumes_refreshed = Instant::now();
+        match result {
+            Ok(prepared) => {
+                self.volumes = Some(prepared);
+                self.volume_error = None;
+                true
+            }
+            Err(e) => {
+                let message = e.message();
+                self.events
+                    .record(pod, None, Kind::Warning, e.reason(), &message)
+                    .await;
+                self.volume_error = Some(message);
+                // A failed refresh keeps the running containers on their old content.
+                self.volumes.is_some()
             }
         }
     }
@@ -881,8 +1012,12 @@ impl Worker {
             failed: self.failed.clone(),
         };
         let mut new_status = status::pod_status(&view);
+        let pending_error = self
+            .sandbox_error
+            .clone()
+            .or(self.volume_error.clone().filter(|_| self.volumes.is_none()));
         if let (Some(err), Some(cs)) = (
-            &self.sandbox_error,
+            pending_error,
             new_status["containerStatuses"].as_array_mut(),
         ) {
             for c in cs {
