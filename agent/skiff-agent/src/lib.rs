@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod cni;
 pub mod env;
 pub mod node;
+pub mod nodeapi;
 pub mod pods;
 pub mod preflight;
 pub mod quantity;

@@ -52,6 +52,12 @@ struct Args {
     /// The cluster DNS service address written into pods' resolv.conf.
     #[arg(long, default_value = "10.96.0.10")]
     cluster_dns: String,
+    /// HTTPS port of the node API (logs, exec, port-forward), bound to `--node-ip`.
+    #[arg(long, default_value_t = 10250)]
+    node_api_port: u16,
+    /// CA whose client certificates the node API accepts (default: the kubeconfig's CA).
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
     /// Registries reached over plain HTTP (loopback ones always are).
     #[arg(long, value_delimiter = ',')]
     insecure_registry: Vec<String>,
@@ -131,6 +137,11 @@ async fn agent_main() -> anyhow::Result<()> {
     }
     let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+    let client_ca = skiff_agent::nodeapi::server::client_ca(
+        &kubeconfig,
+        &args.kubeconfig,
+        args.client_ca_file.as_deref(),
+    )?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
     let client = kube::Client::try_from(config)?;
     let cfg = node::NodeConfig {
@@ -140,6 +151,7 @@ async fn agent_main() -> anyhow::Result<()> {
         labels,
         system_reserved: parse_reserved(&args.system_reserved)?,
         limits_enforced: enforced,
+        node_api_port: args.node_api_port,
     };
     let facts = node::facts_from(
         std::path::Path::new("/proc"),
@@ -182,6 +194,28 @@ async fn agent_main() -> anyhow::Result<()> {
         node_memory: facts.memory_bytes,
     });
     tokio::spawn(skiff_agent::pods::run(manager));
+    let node_ip: std::net::IpAddr = args
+        .node_ip
+        .parse()
+        .with_context(|| format!("--node-ip {:?} is not an IP address", args.node_ip))?;
+    let tls = skiff_agent::nodeapi::server::tls_config(
+        &client_ca,
+        &[cfg.name.clone(), "localhost".into()],
+        &[node_ip],
+    )?;
+    let api_addr = std::net::SocketAddr::new(node_ip, args.node_api_port);
+    let listener = skiff_agent::nodeapi::server::bind(api_addr).await?;
+    tracing::info!(addr = %api_addr, "serving the node API");
+    tokio::spawn(skiff_agent::nodeapi::server::serve(
+        listener,
+        tls,
+        std::sync::Arc::new(skiff_agent::nodeapi::server::NodeApi {
+            client: client.clone(),
+            root: args.root_dir.clone(),
+            shim_root: args.root_dir.join("shim"),
+            logs_dir: args.pod_logs_dir.clone(),
+        }),
+    ));
     node::register_and_heartbeat(client, cfg).await?;
     Ok(())
 }

@@ -24,6 +24,8 @@ pub struct NodeConfig {
     /// Reserved for the system, subtracted from capacity: (millicores, bytes).
     pub system_reserved: (u64, u64),
     pub limits_enforced: bool,
+    /// Where the node API listens (published as the kubelet endpoint).
+    pub node_api_port: u16,
 }
 
 /// Facts read from the host; `facts_from` reads them under a root so tests can fake them.
@@ -143,7 +145,7 @@ pub fn status(cfg: &NodeConfig, facts: &HostFacts, now: &str) -> Value {
             condition("Ready", false, "KubeletReady", "KubeletNotReady", &ready_message, now),
         ],
         "addresses": [{"type": "InternalIP", "address": cfg.ip}, {"type": "Hostname", "address": cfg.name}],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.node_api_port}},
         "nodeInfo": {
             "machineID": facts.machine_id, "systemUUID": facts.machine_id, "bootID": facts.boot_id,
             "kernelVersion": facts.kernel, "osImage": facts.os_image,
@@ -282,6 +284,7 @@ mod tests {
             labels: BTreeMap::new(),
             system_reserved: (500, 1024 * 1024 * 1024),
             limits_enforced: false,
+            node_api_port: 10250,
         };
         let st = status(&cfg, &facts, "2026-01-01T00:00:00Z");
         assert_eq!(st["capacity"]["memory"], "8000000Ki");

@@ -188,6 +188,14 @@ async fn main() -> anyhow::Result<()> {
         },
         allocation: tokio::sync::Mutex::new(()),
         myself: std::sync::OnceLock::new(),
+        node_tls: Some(Arc::new(
+            skiff_server::api::node_proxy::client_config(&pki.client(
+                "apiserver-kubelet-client",
+                "kube-apiserver-kubelet-client",
+                &["system:masters"],
+            )?)
+            .map_err(|e| anyhow::anyhow!("the kubelet client certificate: {e}"))?,
+        )),
     });
     let _ = api.myself.set(Arc::downgrade(&api));
     tokio::time::timeout(

@@ -3,6 +3,7 @@
 
 pub mod discovery;
 pub mod managed_fields;
+pub mod node_proxy;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
@@ -88,6 +89,9 @@ pub struct ApiServer {
     pub allocation: tokio::sync::Mutex<()>,
     /// Set once after construction, so that background work can hold the server.
     pub myself: std::sync::OnceLock<std::sync::Weak<ApiServer>>,
+    /// TLS client configuration (the `apiserver-kubelet-client` identity) for reaching node
+    /// agents; without it pods/log, exec and portforward are refused.
+    pub node_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// A parsed resource URL.
@@ -434,6 +438,16 @@ impl ApiServer {
                     user.name, target.rt.plural
                 ))
             })?;
+        if target.rt.plural == "pods"
+            && target.rt.group.is_empty()
+            && matches!(
+                target.subresource.as_deref(),
+                Some("log" | "exec" | "attach" | "portforward")
+            )
+            && (method == Method::GET || method == Method::POST)
+        {
+            return self.node_proxy(&target, &query, req).await;
+        }
         let ctx = objects::RequestContext {
             user,
             accept,

@@ -1,0 +1,333 @@
+//! The node API through the API server with the real kubectl: `kubectl logs` (tail,
+//! timestamps, follow, previous, bad container), `kubectl exec` (output, exit code, stdin,
+//! a terminal), `kubectl port-forward` to busybox httpd inside the pod, and the agent's
+//! refusal of callers without a cluster client certificate. Root only (namespaces, mounts).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use skiff_e2e::registry::Registry;
+use skiff_e2e::{bin_dir, free_port, Server};
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Kills a helper process (kubectl logs -f, port-forward) even when an assertion fails.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Leaves nothing behind even when an assertion fails: the pods deleted through the agent,
+/// then recorded sandbox processes killed and mounts under the agent's root removed.
+struct Cleanup<'a> {
+    server: &'a Server,
+    root: std::path::PathBuf,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let _ = self.server.kubectl(&[
+            "delete",
+            "pod",
+            "--all",
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline
+            && std::fs::read_dir(self.root.join("sandboxes")).is_ok_and(|mut d| d.next().is_some())
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for entry in std::fs::read_dir(self.root.join("sandboxes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let state: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(entry.path()).unwrap_or_default())
+                    .unwrap_or_default();
+            if let Some(pid) = state["pid"].as_i64() {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+        let root = self.root.display().to_string();
+        for line in std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Some(target) = line
+                .split_whitespace()
+                .nth(1)
+                .filter(|t| t.starts_with(&root))
+            {
+                let _ = Command::new("umount").args(["-l", target]).status();
+            }
+        }
+    }
+}
+
+fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        .unwrap_or(false)
+}
+
+fn missing_tools() -> Vec<&'static str> {
+    ["kubectl", "umoci", "skopeo", "script", "curl"]
+        .into_iter()
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect()
+}
+
+/// Reads lines from `child`'s stdout (on a thread) until one contains `want`.
+fn wait_for_line(child: &mut Child, want: &str) -> Result<Vec<String>, Vec<String>> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                let hit = line.contains(want);
+                seen.push(line);
+                if hit {
+                    return Ok(seen);
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Err(seen)
+}
+
+#[test]
+fn logs_exec_and_port_forward_through_the_api_server() {
+    if !is_root() {
+        println!("skipped: needs root (namespaces, overlay mounts)");
+        return;
+    }
+    let missing = missing_tools();
+    if !missing.is_empty() {
+        println!("skipped: missing tools {missing:?}");
+        return;
+    }
+    let registry = Registry::start();
+    let image = registry.push_busybox(
+        "web",
+        "1",
+        &[
+            "sh",
+            "-c",
+            "echo hello-from-pod > /var/www/index.html; echo started; echo oops >&2; exec httpd -f -p 80 -h /var/www",
+        ],
+    );
+    let s = Server::start();
+    let root = s.dir.path().join("agent");
+    let logs = s.dir.path().join("pod-logs");
+    let api_port = free_port();
+    let log = std::fs::File::create(s.dir.path().join("agent.log")).unwrap();
+    let _agent = Agent(
+        Command::new(bin_dir().join("skiff-agent"))
+            .arg("--kubeconfig")
+            .arg(s.kubeconfig())
+            .args([
+                "--node-name",
+                "node-1",
+                "--allow-missing-cgroup-controllers",
+                "--node-api-port",
+                &api_port.to_string(),
+            ])
+            .arg("--root-dir")
+            .arg(&root)
+            .arg("--pod-logs-dir")
+            .arg(&logs)
+            .arg("--shim")
+            .arg(bin_dir().join("skiff-shim"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    // Declared after the agent, so it runs first on drop, while the agent still works.
+    let _cleanup = Cleanup {
+        server: &s,
+        root: root.clone(),
+    };
+    eventually("node-1 registered", Duration::from_secs(30), || {
+        s.kubectl(&["get", "node", "node-1"]).status.success()
+    });
+    let node = s.json(&["get", "node", "node-1"]);
+    assert_eq!(
+        node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"], api_port,
+        "the node publishes its API port"
+    );
+
+    // Anonymous callers are refused by the agent itself.
+    let anon = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://127.0.0.1:{api_port}/healthz"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&anon.stdout), "401");
+
+    s.ok(&["run", "web", &format!("--image={image}")]);
+    eventually("the pod Running", Duration::from_secs(90), || {
+        s.json(&["get", "pod", "web"])["status"]["phase"] == "Running"
+    });
+
+    // --- logs
+    eventually(
+        "both lines in kubectl logs",
+        Duration::from_secs(20),
+        || {
+            let out = s.kubectl(&["logs", "web"]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            out.status.success() && text.contains("started\n") && text.contains("oops\n")
+        },
+    );
+    let all = s.ok(&["logs", "web"]);
+    assert!(
+        !all.contains(" stdout F ") && !all.contains(" stderr F "),
+        "the CRI prefix is stripped: {all:?}"
+    );
+    assert_eq!(all.lines().count(), 2, "{all:?}");
+    let last = s.ok(&["logs", "web", "--tail=1"]);
+    assert_eq!(last.lines().count(), 1, "{last:?}");
+    assert!(all.ends_with(&last), "--tail=1 is the last line: {last:?}");
+    let stamped = s.ok(&["logs", "web", "--timestamps"]);
+    for line in stamped.lines() {
+        let (ts, text) = line.split_once(' ').expect("timestamp and text");
+        assert!(
+            ts.len() >= 20 && ts.as_bytes()[4] == b'-' && ts.contains('T') && ts.ends_with('Z'),
+            "RFC 3339 timestamp first: {line:?}"
+        );
+        assert!(text == "started" || text == "oops", "{line:?}");
+    }
+    assert_eq!(s.ok(&["logs", "web", "--since=1h"]).lines().count(), 2);
+    let err = s.fails(&["logs", "web", "-c", "nope"]);
+    assert!(
+        err.contains("container nope is not valid for pod web"),
+        "{err}"
+    );
+    let err = s.fails(&["logs", "web", "--previous"]);
+    assert!(err.contains("previous terminated container"), "{err}");
+    let err = s.fails(&["logs", "no-such-pod"]);
+    assert!(err.contains("not found"), "{err}");
+
+    // Follow: a line written to the container's stdout later arrives on the open stream.
+    let mut follow = Reaped(
+        s.kubectl_cmd(&["logs", "-f", "web"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    s.ok(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo written-later > /proc/1/fd/1",
+    ]);
+    let seen = wait_for_line(&mut follow.0, "written-later")
+        .unwrap_or_else(|seen| panic!("kubectl logs -f never showed the new line: {seen:?}"));
+    assert!(seen.iter().any(|l| l == "started"), "{seen:?}");
+    drop(follow);
+
+    // --- exec
+    assert_eq!(
+        s.ok(&["exec", "web", "--", "cat", "/etc/hostname"]),
+        "web\n"
+    );
+    let out = s.kubectl(&["exec", "web", "--", "sh", "-c", "echo to-err >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "the exit code propagates");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).lines().next(),
+        Some("to-err")
+    );
+    let piped = s.kubectl_stdin(&["exec", "-i", "web", "--", "cat"], "piped input\nsecond\n");
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&piped.stdout),
+        "piped input\nsecond\n"
+    );
+    let err = s.fails(&["exec", "web", "-c", "nope", "--", "true"]);
+    assert!(
+        err.contains("container nope is not valid for pod web"),
+        "{err}"
+    );
+
+    // A terminal: `script` gives kubectl one; what we type reaches a shell in the pod.
+    let mut tty = Command::new("script")
+        .args(["-qec", "kubectl exec -it web -- sh", "/dev/null"])
+        .env("KUBECONFIG", s.kubeconfig())
+        .env("HOME", s.dir.path())
+        .env("TERM", "dumb")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = tty.stdin.take().unwrap();
+        // Typed after the shell had time to start; terminal input is not lost if early, the
+        // pause only keeps the transcript readable.
+        std::thread::sleep(Duration::from_secs(2));
+        stdin
+            .write_all(b"tty; echo $((6*7))-answer; exit 3\n")
+            .unwrap();
+        let out = tty.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("/dev/pts/"),
+            "a terminal in the pod: {text:?}"
+        );
+        assert!(text.contains("42-answer"), "{text:?}");
+        assert_eq!(out.status.code(), Some(3), "{text:?}");
+    }
+}
