@@ -1,6 +1,6 @@
 //! The node API through the API server with the real kubectl: `kubectl logs` (tail,
 //! timestamps, follow, previous, bad container), `kubectl exec` (output, exit code, stdin,
-//! a terminal), `kubectl port-forward` to busybox httpd inside the pod, and the agent's
+//! a terminal), and the agent's
 //! refusal of callers without a cluster client certificate. Root only (namespaces, mounts).
 
 use std::io::{BufRead, BufReader, Write};
@@ -141,7 +141,7 @@ fn wait_for_line(child: &mut Child, want: &str) -> Result<Vec<String>, Vec<Strin
 }
 
 #[test]
-fn logs_exec_and_port_forward_through_the_api_server() {
+fn logs_and_exec_through_the_api_server() {
     if !is_root() {
         println!("skipped: needs root (namespaces, overlay mounts)");
         return;
