@@ -228,3 +228,61 @@ fn teardown_detaches_busy_mounts_and_never_deletes_through_a_bind_mount() {
         "keep"
     );
 }
+
+#[test]
+fn sub_paths_are_frozen_by_a_bind_so_a_later_symlink_swap_changes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = pod_dir(&root);
+    let host = root.path().canonicalize().unwrap().join("host-etc");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("shadow"), "host secret").unwrap();
+    let host_inside = host.clone();
+    in_mount_namespace("subPath binds", move || {
+        let api = Objects::default();
+        let p = pod(json!([{"name": "data", "emptyDir": {}}]));
+        let prepared = block_on(volumes::prepare(&api, &p, &dir, &NodeFacts::default())).unwrap();
+        let data = prepared[0].path.clone();
+        std::fs::create_dir(data.join("conf")).unwrap();
+        std::fs::write(data.join("conf/shadow"), "pod content").unwrap();
+        std::fs::write(data.join("single"), "one file").unwrap();
+        let c: k8s_openapi::api::core::v1::Container = serde_json::from_value(json!({
+            "name": "app", "volumeMounts": [
+                {"name": "data", "mountPath": "/etc/app", "subPath": "conf"},
+                {"name": "data", "mountPath": "/etc/single", "subPath": "single"}]}))
+        .unwrap();
+        let mounts = volumes::mounts_for(&dir, &c, &prepared, &[]).unwrap();
+        let frozen_dir = mounts[0].source.clone();
+        let frozen_file = mounts[1].source.clone();
+        assert!(frozen_dir.starts_with(dir.join("volume-subpaths")));
+        assert_eq!(
+            std::fs::read_to_string(&frozen_file).unwrap(),
+            "one file",
+            "a file subPath is bound as a file"
+        );
+
+        // The pod swaps the checked directory for a symlink to the host.
+        std::fs::rename(data.join("conf"), data.join("conf-old")).unwrap();
+        std::os::unix::fs::symlink(&host_inside, data.join("conf")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(frozen_dir.join("shadow")).unwrap(),
+            "pod content",
+            "the bind still holds the directory that was checked"
+        );
+
+        // Next container start: the swapped-in symlink is refused.
+        let e = volumes::mounts_for(&dir, &c, &prepared, &[]).unwrap_err();
+        assert_eq!(e.reason(), "CreateContainerConfigError");
+        assert_eq!(
+            e.message(),
+            "failed to prepare subPath for volumeMount \"data\" of container \"app\""
+        );
+
+        volumes::teardown(&dir).unwrap();
+        assert!(!mounts_here().contains(dir.to_str().unwrap()));
+        assert!(!dir.join("volume-subpaths").exists() && !dir.join("volumes").exists());
+    });
+    assert_eq!(
+        std::fs::read_to_string(host.join("shadow")).unwrap(),
+        "host secret"
+    );
+}

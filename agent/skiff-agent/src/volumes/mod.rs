@@ -14,13 +14,16 @@
 //! - `refresh(&client, &pod, &pod_dir, &facts).await` for a running pod, at least every 60 s:
 //!   rewrites configMap, secret, downwardAPI and projected content that changed (atomically,
 //!   see `atomic`) and touches nothing else. Errors as for `prepare` (FailedMount events).
-//! - `mounts_for(&container, &prepared, &resolved_env.vars)` per container: its volumeMounts as
-//!   `bundle::VolumeMount`s, `subPath`/`subPathExpr` resolved without leaving the volume. On
+//! - `mounts_for(&pod_dir, &container, &prepared, &resolved_env.vars)` each time a container
+//!   is (re)created: its volumeMounts as `bundle::VolumeMount`s. A `subPath`/`subPathExpr` is
+//!   opened without leaving the volume (openat2 RESOLVE_BENEATH) and that very inode is
+//!   bind-mounted on `<pod_dir>/volume-subpaths/<volume>/<container>/<index>`, which is what
+//!   the runtime binds, so a symlink swapped in later changes nothing (kubelet's defence). On
 //!   `Err(e)`: waiting reason `e.reason()` (`CreateContainerConfigError`), message
 //!   `e.message()`, and a Warning event `Failed` with `Error: {message}`; `e.detail()` is for
 //!   the log only (kubelet hides host paths from users).
 //! - `teardown(&pod_dir)` after every container of the pod is gone: unmounts what is mounted
-//!   under `<pod_dir>/volumes` and removes it, never following a symlink and never deleting
+//!   under `<pod_dir>/volume-subpaths` and `<pod_dir>/volumes` and removes both, never following a symlink and never deleting
 //!   through a mount point (hostPath sources are never touched). Safe to repeat.
 //!
 //! configMap, secret, downwardAPI and projected volumes are always mounted read-only, as
@@ -53,6 +56,8 @@ pub const SECRET: &str = "kubernetes.io~secret";
 pub const DOWNWARD_API: &str = "kubernetes.io~downward-api";
 pub const PROJECTED: &str = "kubernetes.io~projected";
 pub const HOST_PATH: &str = "kubernetes.io~host-path";
+/// Where subPaths are bound before the runtime sees them (kubelet's name).
+pub const SUBPATHS_DIR: &str = "volume-subpaths";
 
 /// kubelet's default file mode for API-data volumes (0644).
 const DEFAULT_MODE: i32 = 0o644;
@@ -644,12 +649,24 @@ fn expand_sub_path_expr(expr: &str, env: &[(String, String)]) -> Result<String, 
 /// The container's volumeMounts as bind mounts. `env` is the container's resolved
 /// environment (for `subPathExpr`). See the module documentation.
 pub fn mounts_for(
+    pod_dir: &Path,
+    container: &Container,
+    prepared: &[PreparedVolume],
+    env: &[(String, String)],
+) -> Result<Vec<VolumeMount>, VolumeError> {
+    mounts_for_with(&SysMounter, pod_dir, container, prepared, env)
+}
+
+/// `mounts_for` with a chosen `Mounter`.
+pub fn mounts_for_with(
+    mounter: &dyn Mounter,
+    pod_dir: &Path,
     container: &Container,
     prepared: &[PreparedVolume],
     env: &[(String, String)],
 ) -> Result<Vec<VolumeMount>, VolumeError> {
     let mut out = Vec::new();
-    for m in container.volume_mounts.iter().flatten() {
+    for (index, m) in container.volume_mounts.iter().flatten().enumerate() {
         let vol = prepared.iter().find(|p| p.name == m.name).ok_or_else(|| {
             VolumeError::NoSuchVolume {
                 volume: m.name.clone(),
@@ -669,18 +686,21 @@ pub fn mounts_for(
             if sub_path.split('/').any(|c| c == "..") {
                 return Err(VolumeError::SubPathBacksteps { sub_path });
             }
-            subpath::resolve(&vol.path, &sub_path).map_err(|f| match f {
+            let prepare_failed = |detail: String| VolumeError::SubPathPrepare {
+                volume: m.name.clone(),
+                container: container.name.clone(),
+                detail,
+            };
+            let opened = subpath::open(&vol.path, &sub_path).map_err(|f| match f {
                 subpath::Failure::Create(detail) => VolumeError::SubPathCreate {
                     volume: m.name.clone(),
                     container: container.name.clone(),
                     detail,
                 },
-                subpath::Failure::Prepare(detail) => VolumeError::SubPathPrepare {
-                    volume: m.name.clone(),
-                    container: container.name.clone(),
-                    detail,
-                },
-            })?
+                subpath::Failure::Prepare(detail) => prepare_failed(detail),
+            })?;
+            freeze_sub_path(mounter, pod_dir, &m.name, &container.name, index, &opened)
+                .map_err(prepare_failed)?
         };
         out.push(VolumeMount {
             source,
@@ -691,6 +711,68 @@ pub fn mounts_for(
     Ok(out)
 }
 
+/// Binds the opened subPath on `<pod_dir>/volume-subpaths/<volume>/<container>/<index>`, as
+/// kubelet does: the runtime then binds a path the pod cannot change, so a symlink swapped in
+/// after the check cannot redirect the container's mount onto the host.
+fn freeze_sub_path(
+    mounter: &dyn Mounter,
+    pod_dir: &Path,
+    volume: &str,
+    container: &str,
+    index: usize,
+    opened: &subpath::Opened,
+) -> Result<PathBuf, String> {
+    for name in [volume, container] {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(format!("invalid name {name:?}"));
+        }
+    }
+    let parent = pod_dir.join(SUBPATHS_DIR).join(volume).join(container);
+    std::fs::create_dir_all(&parent).map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
+    let target = parent.join(index.to_string());
+    let real_parent = parent
+        .canonicalize()
+        .map_err(|e| format!("resolve {}: {e}", parent.display()))?;
+    let real_target = real_parent.join(index.to_string());
+    // A restarted container binds afresh: the subPath may now name something else.
+    let mounted = mounter
+        .is_mount_point(&real_target)
+        .map_err(|e| format!("read mounts: {e}"))?;
+    if mounted {
+        mounter
+            .unmount(&real_target)
+            .map_err(|e| format!("unmount {}: {e}", real_target.display()))?;
+    }
+    match std::fs::symlink_metadata(&target) {
+        Ok(m) if m.is_dir() == opened.is_dir && !m.file_type().is_symlink() => {}
+        Ok(m) => {
+            let removed = if m.is_dir() {
+                std::fs::remove_dir(&target)
+            } else {
+                std::fs::remove_file(&target)
+            };
+            removed.map_err(|e| format!("remove {}: {e}", target.display()))?;
+        }
+        Err(_) => {}
+    }
+    if !target.exists() {
+        let made = if opened.is_dir {
+            std::fs::create_dir(&target)
+        } else {
+            std::fs::File::create(&target).map(drop)
+        };
+        made.map_err(|e| format!("create {}: {e}", target.display()))?;
+    }
+    mounter.bind_fd(&opened.fd, &real_target).map_err(|e| {
+        format!(
+            "bind {} on {}: {e}",
+            opened.path.display(),
+            target.display()
+        )
+    })?;
+    Ok(target)
+}
+
 /// Removes the pod's volumes. See the module documentation.
 pub fn teardown(pod_dir: &Path) -> Result<(), TeardownError> {
     teardown_with(&SysMounter, pod_dir)
@@ -698,29 +780,35 @@ pub fn teardown(pod_dir: &Path) -> Result<(), TeardownError> {
 
 /// `teardown` with a chosen `Mounter`.
 pub fn teardown_with(mounter: &dyn Mounter, pod_dir: &Path) -> Result<(), TeardownError> {
-    let base = pod_dir.join("volumes");
-    let meta = match std::fs::symlink_metadata(&base) {
+    // The subPath binds first: they hold volume content.
+    remove_tree(mounter, &pod_dir.join(SUBPATHS_DIR))?;
+    remove_tree(mounter, &pod_dir.join("volumes"))
+}
+
+/// Unmounts everything below `base`, then removes it, refusing while a mount remains.
+fn remove_tree(mounter: &dyn Mounter, base: &Path) -> Result<(), TeardownError> {
+    let meta = match std::fs::symlink_metadata(base) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => {
             return Err(TeardownError::Io {
                 op: "stat",
-                path: base,
+                path: base.to_path_buf(),
                 source: e,
             })
         }
     };
     if !meta.is_dir() {
-        // A symlink (or file) in place of the volumes dir is removed itself, never followed.
-        return std::fs::remove_file(&base).map_err(|source| TeardownError::Io {
+        // A symlink (or file) in place of the directory is removed itself, never followed.
+        return std::fs::remove_file(base).map_err(|source| TeardownError::Io {
             op: "remove",
-            path: base,
+            path: base.to_path_buf(),
             source,
         });
     }
     let real = base.canonicalize().map_err(|source| TeardownError::Io {
         op: "resolve",
-        path: base.clone(),
+        path: base.to_path_buf(),
         source,
     })?;
     let read_mounts = |m: &dyn Mounter| {
@@ -743,9 +831,9 @@ pub fn teardown_with(mounter: &dyn Mounter, pod_dir: &Path) -> Result<(), Teardo
         return Err(TeardownError::StillMounted(left));
     }
     // remove_dir_all unlinks symlinks without following them, and no mount is left below.
-    std::fs::remove_dir_all(&base).map_err(|source| TeardownError::Io {
+    std::fs::remove_dir_all(base).map_err(|source| TeardownError::Io {
         op: "remove",
-        path: base,
+        path: base.to_path_buf(),
         source,
     })
 }

@@ -2,6 +2,7 @@
 //! root. Mount points are read from `/proc/thread-self/mountinfo`: the calling thread's mount
 //! namespace, which is what a test thread that unshared its own namespace must see.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 pub trait Mounter: Send + Sync {
@@ -9,6 +10,9 @@ pub trait Mounter: Send + Sync {
     fn mount_tmpfs(&self, target: &Path, size_bytes: Option<u64>) -> std::io::Result<()>;
     /// Unmounts `target`; lazily when it is busy, so that the mount point can go.
     fn unmount(&self, target: &Path) -> std::io::Result<()>;
+    /// Bind-mounts what `fd` refers to (typically an O_PATH descriptor) on `target`, which
+    /// must exist and be of the same kind (directory or file).
+    fn bind_fd(&self, fd: &OwnedFd, target: &Path) -> std::io::Result<()>;
     /// Every mount point at or below `dir`.
     fn mounts_under(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>>;
 
@@ -64,6 +68,20 @@ impl Mounter for SysMounter {
         .map_err(std::io::Error::from)
     }
 
+    fn bind_fd(&self, fd: &OwnedFd, target: &Path) -> std::io::Result<()> {
+        use nix::mount::{mount, MsFlags};
+        // The magic link names the inode itself: nothing is looked up by name again.
+        let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        mount(
+            Some(source.as_str()),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(std::io::Error::from)
+    }
+
     fn unmount(&self, target: &Path) -> std::io::Result<()> {
         use nix::mount::{umount2, MntFlags};
         match umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
@@ -94,6 +112,8 @@ pub(crate) mod fake {
     pub struct FakeMounter {
         pub mounted: Mutex<Vec<(PathBuf, Option<u64>)>>,
         pub unmounted: Mutex<Vec<PathBuf>>,
+        /// (what the descriptor named, target) of every bind.
+        pub bound: Mutex<Vec<(PathBuf, PathBuf)>>,
         /// Makes every unmount fail, as a busy mount that cannot be detached would.
         pub refuse_unmount: Mutex<bool>,
     }
@@ -107,6 +127,22 @@ pub(crate) mod fake {
                 .lock()
                 .unwrap()
                 .push((target.to_path_buf(), size_bytes));
+            Ok(())
+        }
+
+        fn bind_fd(&self, fd: &OwnedFd, target: &Path) -> std::io::Result<()> {
+            if !target.exists() {
+                return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+            }
+            let named = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+            self.bound
+                .lock()
+                .unwrap()
+                .push((named, target.to_path_buf()));
+            self.mounted
+                .lock()
+                .unwrap()
+                .push((target.to_path_buf(), None));
             Ok(())
         }
 

@@ -36,11 +36,25 @@ fn fd_path(fd: &OwnedFd) -> std::io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-/// Resolves `sub_path` (already checked to be relative and free of `..`) inside `volume`,
-/// creating missing directories with the volume's own permissions, as kubelet does. Returns
-/// the real path, free of symlinks, to bind into the container.
-///
+/// A subPath opened inside its volume.
+#[derive(Debug)]
+pub struct Opened {
+    /// An O_PATH descriptor of what the subPath names: binding `/proc/self/fd/<fd>` mounts
+    /// exactly this inode, whatever the pod renames or replaces afterwards.
+    pub fd: OwnedFd,
+    /// Its real path when it was opened (for logs and tests; not safe to bind by name).
+    pub path: PathBuf,
+    pub is_dir: bool,
+}
+
+/// The real path of `sub_path` inside `volume`; see `open`.
 pub fn resolve(volume: &Path, sub_path: &str) -> Result<PathBuf, Failure> {
+    open(volume, sub_path).map(|o| o.path)
+}
+
+/// Opens `sub_path` (already checked to be relative and free of `..`) inside `volume`,
+/// creating missing directories with the volume's own permissions, as kubelet does.
+pub fn open(volume: &Path, sub_path: &str) -> Result<Opened, Failure> {
     let root_path = volume
         .canonicalize()
         .map_err(|e| Failure::Prepare(format!("{}: {e}", volume.display())))?;
@@ -55,7 +69,11 @@ pub fn resolve(volume: &Path, sub_path: &str) -> Result<PathBuf, Failure> {
         .filter(|p| !p.is_empty() && *p != ".")
         .collect();
     if parts.is_empty() {
-        return Ok(root_path);
+        return Ok(Opened {
+            fd: root,
+            path: root_path,
+            is_dir: true,
+        });
     }
     // Symlinks are followed, the last component's too, but RESOLVE_BENEATH makes the kernel
     // refuse any step (absolute target, `..`, magic link) that would leave the root.
@@ -88,7 +106,14 @@ pub fn resolve(volume: &Path, sub_path: &str) -> Result<PathBuf, Failure> {
             root_path.display()
         )));
     }
-    Ok(real)
+    let is_dir = nix::sys::stat::fstat(fd.as_raw_fd())
+        .map(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR)
+        .map_err(|e| Failure::Prepare(format!("stat {}: {e}", real.display())))?;
+    Ok(Opened {
+        fd,
+        path: real,
+        is_dir,
+    })
 }
 
 fn libc_o_path_dir() -> i32 {

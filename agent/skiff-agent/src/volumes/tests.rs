@@ -471,7 +471,8 @@ fn mounts_with_read_only_sub_path_and_sub_path_expr() {
         {"name": "cfg", "mountPath": "/etc/app.conf", "subPath": "app.conf"},
         {"name": "cfg", "mountPath": "/cfg"},
     ]}));
-    let mounts = mounts_for(&c, &prepared, &[("POD_NAME".into(), "web-1".into())]).unwrap();
+    let pod_env = [("POD_NAME".to_string(), "web-1".to_string())];
+    let mounts = mounts_for_with(&env.mounter, &env.pod_dir(), &c, &prepared, &pod_env).unwrap();
     assert_eq!(
         mounts[0],
         VolumeMount {
@@ -480,20 +481,47 @@ fn mounts_with_read_only_sub_path_and_sub_path_expr() {
             read_only: false
         }
     );
-    assert_eq!(mounts[1].source, data.join("logs/web-1"));
+    let frozen = env.pod_dir().join("volume-subpaths/data/c");
+    assert_eq!(
+        mounts[1].source,
+        frozen.join("1"),
+        "the runtime binds the frozen path"
+    );
     assert!(mounts[1].read_only);
     assert!(
         data.join("logs/web-1").is_dir(),
         "a missing subPath is created"
     );
+    assert!(frozen.join("1").is_dir());
     let cfg = &prepared[1].path;
     let version = std::fs::read_link(cfg.join("..data")).unwrap();
+    let cfg_frozen = env.pod_dir().join("volume-subpaths/cfg/c/2");
+    assert_eq!(mounts[2].source, cfg_frozen);
+    assert!(
+        cfg_frozen.is_file(),
+        "a file subPath gets a file to bind on"
+    );
     assert_eq!(
-        mounts[2].source,
-        cfg.join(version).join("app.conf"),
-        "the real file, symlinks resolved inside the volume"
+        *env.mounter.bound.lock().unwrap(),
+        [
+            (data.join("logs/web-1"), frozen.join("1")),
+            (cfg.join(version).join("app.conf"), cfg_frozen.clone()),
+        ],
+        "the real inodes, symlinks resolved inside the volume"
     );
     assert!(mounts[2].read_only && mounts[3].read_only);
+
+    // A restarted container: the old binds are replaced, not stacked.
+    mounts_for_with(&env.mounter, &env.pod_dir(), &c, &prepared, &pod_env).unwrap();
+    let m = env.mounted();
+    assert_eq!(
+        m.iter().filter(|(p, _)| *p == cfg_frozen).count(),
+        1,
+        "{m:?}"
+    );
+    teardown_with(&env.mounter, &env.pod_dir()).unwrap();
+    assert!(env.mounted().is_empty());
+    assert!(!env.pod_dir().join("volume-subpaths").exists());
 }
 
 #[test]
@@ -510,7 +538,9 @@ fn sub_path_errors_are_container_config_errors() {
     symlink("rel", data.join("chain")).unwrap();
 
     let try_mount = |m: serde_json::Value| {
-        mounts_for(
+        mounts_for_with(
+            &env.mounter,
+            &env.pod_dir(),
             &container(json!({"name": "c", "volumeMounts": [m]})),
             &prepared,
             &[("EMPTY".into(), String::new())],
