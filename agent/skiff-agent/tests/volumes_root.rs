@@ -250,7 +250,7 @@ fn sub_paths_are_frozen_by_a_bind_so_a_later_symlink_swap_changes_nothing() {
                 {"name": "data", "mountPath": "/etc/app", "subPath": "conf"},
                 {"name": "data", "mountPath": "/etc/single", "subPath": "single"}]}))
         .unwrap();
-        let mounts = volumes::mounts_for(&dir, &c, &prepared, &[]).unwrap();
+        let mounts = volumes::mounts_for(&c, &prepared, &[]).unwrap();
         let frozen_dir = mounts[0].source.clone();
         let frozen_file = mounts[1].source.clone();
         assert!(frozen_dir.starts_with(dir.join("volume-subpaths")));
@@ -270,7 +270,7 @@ fn sub_paths_are_frozen_by_a_bind_so_a_later_symlink_swap_changes_nothing() {
         );
 
         // Next container start: the swapped-in symlink is refused.
-        let e = volumes::mounts_for(&dir, &c, &prepared, &[]).unwrap_err();
+        let e = volumes::mounts_for(&c, &prepared, &[]).unwrap_err();
         assert_eq!(e.reason(), "CreateContainerConfigError");
         assert_eq!(
             e.message(),

@@ -14,7 +14,7 @@
 //! - `refresh(&client, &pod, &pod_dir, &facts).await` for a running pod, at least every 60 s:
 //!   rewrites configMap, secret, downwardAPI and projected content that changed (atomically,
 //!   see `atomic`) and touches nothing else. Errors as for `prepare` (FailedMount events).
-//! - `mounts_for(&pod_dir, &container, &prepared, &resolved_env.vars)` each time a container
+//! - `mounts_for(&container, &prepared, &resolved_env.vars)` each time a container
 //!   is (re)created: its volumeMounts as `bundle::VolumeMount`s. A `subPath`/`subPathExpr` is
 //!   opened without leaving the volume (openat2 RESOLVE_BENEATH) and that very inode is
 //!   bind-mounted on `<pod_dir>/volume-subpaths/<volume>/<container>/<index>`, which is what
@@ -72,6 +72,8 @@ pub struct PreparedVolume {
     pub path: PathBuf,
     /// Content the API owns is mounted read-only whatever the volumeMount says.
     pub read_only: bool,
+    /// The pod's directory, under which subPaths are bound.
+    pub pod_dir: PathBuf,
 }
 
 /// Why a volume could not be set up; the text follows kubelet's.
@@ -329,6 +331,7 @@ async fn set_up(
         plugin,
         path,
         read_only,
+        pod_dir: pod_dir.to_path_buf(),
     };
     if let Some(e) = &v.empty_dir {
         let dir = volume_dir(pod_dir, EMPTY_DIR, &v.name)?;
@@ -649,18 +652,16 @@ fn expand_sub_path_expr(expr: &str, env: &[(String, String)]) -> Result<String, 
 /// The container's volumeMounts as bind mounts. `env` is the container's resolved
 /// environment (for `subPathExpr`). See the module documentation.
 pub fn mounts_for(
-    pod_dir: &Path,
     container: &Container,
     prepared: &[PreparedVolume],
     env: &[(String, String)],
 ) -> Result<Vec<VolumeMount>, VolumeError> {
-    mounts_for_with(&SysMounter, pod_dir, container, prepared, env)
+    mounts_for_with(&SysMounter, container, prepared, env)
 }
 
 /// `mounts_for` with a chosen `Mounter`.
 pub fn mounts_for_with(
     mounter: &dyn Mounter,
-    pod_dir: &Path,
     container: &Container,
     prepared: &[PreparedVolume],
     env: &[(String, String)],
@@ -699,8 +700,15 @@ pub fn mounts_for_with(
                 },
                 subpath::Failure::Prepare(detail) => prepare_failed(detail),
             })?;
-            freeze_sub_path(mounter, pod_dir, &m.name, &container.name, index, &opened)
-                .map_err(prepare_failed)?
+            freeze_sub_path(
+                mounter,
+                &vol.pod_dir,
+                &m.name,
+                &container.name,
+                index,
+                &opened,
+            )
+            .map_err(prepare_failed)?
         };
         out.push(VolumeMount {
             source,

@@ -472,7 +472,7 @@ fn mounts_with_read_only_sub_path_and_sub_path_expr() {
         {"name": "cfg", "mountPath": "/cfg"},
     ]}));
     let pod_env = [("POD_NAME".to_string(), "web-1".to_string())];
-    let mounts = mounts_for_with(&env.mounter, &env.pod_dir(), &c, &prepared, &pod_env).unwrap();
+    let mounts = mounts_for_with(&env.mounter, &c, &prepared, &pod_env).unwrap();
     assert_eq!(
         mounts[0],
         VolumeMount {
@@ -512,7 +512,7 @@ fn mounts_with_read_only_sub_path_and_sub_path_expr() {
     assert!(mounts[2].read_only && mounts[3].read_only);
 
     // A restarted container: the old binds are replaced, not stacked.
-    mounts_for_with(&env.mounter, &env.pod_dir(), &c, &prepared, &pod_env).unwrap();
+    mounts_for_with(&env.mounter, &c, &prepared, &pod_env).unwrap();
     let m = env.mounted();
     assert_eq!(
         m.iter().filter(|(p, _)| *p == cfg_frozen).count(),
@@ -540,7 +540,6 @@ fn sub_path_errors_are_container_config_errors() {
     let try_mount = |m: serde_json::Value| {
         mounts_for_with(
             &env.mounter,
-            &env.pod_dir(),
             &container(json!({"name": "c", "volumeMounts": [m]})),
             &prepared,
             &[("EMPTY".into(), String::new())],
