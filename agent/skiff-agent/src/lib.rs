@@ -8,6 +8,7 @@ pub mod node;
 pub mod nodeapi;
 pub mod pods;
 pub mod preflight;
+pub mod proxy;
 pub mod quantity;
 pub mod sandbox;
 pub mod volumes;

@@ -61,6 +61,15 @@ struct Args {
     /// Registries reached over plain HTTP (loopback ones always are).
     #[arg(long, value_delimiter = ',')]
     insecure_registry: Vec<String>,
+    /// Service proxy: `iptables` or `none` (default: iptables when --cni-conf-dir is set).
+    #[arg(long)]
+    proxy_mode: Option<String>,
+    /// Pod network; service traffic from outside it is masqueraded.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// ClusterIP range; endpoints inside it are refused.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: String,
 }
 
 fn parse_reserved(s: &str) -> anyhow::Result<(u64, u64)> {
@@ -216,7 +225,44 @@ async fn agent_main() -> anyhow::Result<()> {
             logs_dir: args.pod_logs_dir.clone(),
         }),
     ));
+    start_proxy(&args, &client, &cfg.name)?;
     node::register_and_heartbeat(client, cfg).await?;
+    Ok(())
+}
+
+/// The service proxy runs where pods have a network; without CNI there is nothing to route to.
+fn start_proxy(args: &Args, client: &kube::Client, node: &str) -> anyhow::Result<()> {
+    use skiff_agent::proxy;
+    let default = if args.cni_conf_dir.is_some() {
+        "iptables"
+    } else {
+        "none"
+    };
+    match args.proxy_mode.as_deref().unwrap_or(default) {
+        "none" => return Ok(()),
+        "iptables" => {}
+        other => anyhow::bail!("--proxy-mode: {other:?} is neither iptables nor none"),
+    }
+    let kernel =
+        proxy::kernel::Iptables::detect(vec![]).context("detecting the iptables backend")?;
+    if kernel.conntrack.is_none() {
+        tracing::warn!(
+            "conntrack tool not found: stale UDP flows of removed endpoints are not cleared"
+        );
+    }
+    tracing::info!(backend = ?kernel.backend, "service proxy: iptables mode");
+    let cfg = proxy::controller::ProxyConfig {
+        node_name: node.to_string(),
+        cluster_cidr: args.cluster_cidr.parse().context("--cluster-cidr")?,
+        service_cidr: args.service_cidr.parse().context("--service-cidr")?,
+        pacing: Default::default(),
+    };
+    let client = client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = proxy::controller::run(client, cfg, kernel).await {
+            tracing::error!("service proxy stopped: {e}");
+        }
+    });
     Ok(())
 }
 

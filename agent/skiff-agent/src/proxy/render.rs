@@ -1,0 +1,829 @@
+//! Model → iptables rules, in kube-proxy's layout (so `iptables-save` on a Skiff node reads like
+//! one on a kubeadm node), and rules → `iptables-restore` input, either the whole ruleset or
+//! only the chains that differ from what was applied last. Pure: no kernel, no clock.
+//!
+//! Rules are written in the form `iptables-save` prints them back (address masks, `-m tcp`,
+//! `--set-xmark`), so a rendered chain can be compared with the kernel's copy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use data_encoding::BASE32;
+use sha2::{Digest, Sha256};
+
+use super::model::{Endpoint, Model, ServicePort, ServicePortName};
+
+pub const KUBE_SERVICES: &str = "KUBE-SERVICES";
+pub const KUBE_EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";
+pub const KUBE_NODEPORTS: &str = "KUBE-NODEPORTS";
+pub const KUBE_MARK_MASQ: &str = "KUBE-MARK-MASQ";
+pub const KUBE_POSTROUTING: &str = "KUBE-POSTROUTING";
+pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
+pub const CANARY: &str = "KUBE-PROXY-CANARY";
+/// The packet mark that asks KUBE-POSTROUTING to masquerade (kube-proxy's default bit 14).
+pub const MASQ_MARK: &str = "0x4000";
+
+/// Prefixes of the per-service chains; a chain with one of these that the current ruleset does
+/// not name is stale and gets deleted on a full sync.
+pub const SERVICE_CHAIN_PREFIXES: [&str; 5] = [
+    "KUBE-SVC-",
+    "KUBE-SVL-",
+    "KUBE-EXT-",
+    "KUBE-FW-",
+    "KUBE-SEP-",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    Nat,
+    Filter,
+}
+
+impl Table {
+    pub const ALL: [Table; 2] = [Table::Nat, Table::Filter];
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Nat => "nat",
+            Table::Filter => "filter",
+        }
+    }
+}
+
+/// One table's Skiff-owned chains: name → full rule lines (`-A NAME …`), in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableRules {
+    pub chains: BTreeMap<String, Vec<String>>,
+}
+
+impl TableRules {
+    fn chain(&mut self, name: &str) -> &mut Vec<String> {
+        self.chains.entry(name.to_string()).or_default()
+    }
+    fn rule(&mut self, chain: &str, rest: std::fmt::Arguments<'_>) {
+        let mut line = format!("-A {chain} ");
+        line.write_fmt(rest).expect("writing to a String");
+        self.chain(chain).push(line);
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    pub nat: TableRules,
+    pub filter: TableRules,
+}
+
+impl Ruleset {
+    pub fn table(&self, t: Table) -> &TableRules {
+        match t {
+            Table::Nat => &self.nat,
+            Table::Filter => &self.filter,
+        }
+    }
+    pub fn rule_count(&self) -> usize {
+        Table::ALL
+            .iter()
+            .map(|t| self.table(*t).chains.values().map(Vec::len).sum::<usize>())
+            .sum()
+    }
+}
+
+/// kube-proxy's chain suffix: the first 16 base32 characters of sha256 of the parts.
+fn hash16(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+    }
+    let mut s = BASE32.encode(&h.finalize());
+    s.truncate(16);
+    s
+}
+
+pub fn port_hash(id: &ServicePortName) -> String {
+    hash16(&[&id.to_string(), id.protocol.as_str()])
+}
+
+pub fn svc_chain(id: &ServicePortName) -> String {
+    format!("KUBE-SVC-{}", port_hash(id))
+}
+pub fn svl_chain(id: &ServicePortName) -> String {
+    format!("KUBE-SVL-{}", port_hash(id))
+}
+pub fn ext_chain(id: &ServicePortName) -> String {
+    format!("KUBE-EXT-{}", port_hash(id))
+}
+pub fn sep_chain(id: &ServicePortName, ep: &Endpoint) -> String {
+    format!(
+        "KUBE-SEP-{}",
+        hash16(&[&id.to_string(), id.protocol.as_str(), &ep.to_string()])
+    )
+}
+
+/// The whole ruleset for a model.
+pub fn render(model: &Model) -> Ruleset {
+    let mut rs = Ruleset::default();
+    let nat = &mut rs.nat;
+    let filter = &mut rs.filter;
+    for t in [&mut *nat, &mut *filter] {
+        t.rule(CANARY, format_args!("-j RETURN"));
+        t.chain(KUBE_SERVICES);
+    }
+    filter.chain(KUBE_EXTERNAL_SERVICES);
+    nat.chain(KUBE_NODEPORTS);
+    nat.rule(
+        KUBE_MARK_MASQ,
+        format_args!("-j MARK --set-xmark {MASQ_MARK}/{MASQ_MARK}"),
+    );
+    nat.rule(
+        KUBE_POSTROUTING,
+        format_args!("-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"),
+    );
+    // Clear the bit so a packet re-entering the stack (hairpin) is not masqueraded twice.
+    nat.rule(
+        KUBE_POSTROUTING,
+        format_args!("-j MARK --set-xmark {MASQ_MARK}/0x0"),
+    );
+    nat.rule(
+        KUBE_POSTROUTING,
+        format_args!(
+            "-m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE"
+        ),
+    );
+    // Marked (service) traffic and replies are forwarded even under a default-DROP FORWARD.
+    filter.rule(
+        KUBE_FORWARD,
+        format_args!(
+            "-m comment --comment \"kubernetes forwarding rules\" -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT"
+        ),
+    );
+    filter.rule(
+        KUBE_FORWARD,
+        format_args!(
+            "-m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        ),
+    );
+
+    for sp in model.services.values() {
+        render_service(model, sp, &mut rs);
+    }
+
+    let nodeports = "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
+    if model.node.addresses.is_empty() {
+        rs.nat.rule(
+            KUBE_SERVICES,
+            format_args!(
+                "-m comment --comment \"{nodeports}\" -m addrtype --dst-type LOCAL -j {KUBE_NODEPORTS}"
+            ),
+        );
+    } else {
+        for a in &model.node.addresses {
+            rs.nat.rule(
+                KUBE_SERVICES,
+                format_args!("-d {a}/32 -m comment --comment \"{nodeports}\" -j {KUBE_NODEPORTS}"),
+            );
+        }
+    }
+    rs
+}
+
+/// kube-proxy's spreading: rule i of n catches 1/(n-i) of what reaches it, so each endpoint
+/// gets 1/n overall; the last rule has no condition.
+fn probability(remaining: usize) -> String {
+    format!("{:.10}", 1.0 / remaining as f64)
+}
+
+fn balance(
+    nat: &mut TableRules,
+    chain: &str,
+    sp: &ServicePort,
+    eps: &[&Endpoint],
+    sep_names: &BTreeMap<&Endpoint, String>,
+) {
+    let id = &sp.id;
+    if let Some(seconds) = sp.affinity_seconds {
+        for ep in eps {
+            let sep = &sep_names[*ep];
+            nat.rule(
+                chain,
+                format_args!(
+                    "-m comment --comment \"{id} -> {ep}\" -m recent --rcheck --seconds {seconds} --reap --name {sep} --mask 255.255.255.255 --rsource -j {sep}"
+                ),
+            );
+        }
+    }
+    let n = eps.len();
+    for (i, ep) in eps.iter().enumerate() {
+        let sep = &sep_names[*ep];
+        if i + 1 < n {
+            nat.rule(
+                chain,
+                format_args!(
+                    "-m comment --comment \"{id} -> {ep}\" -m statistic --mode random --probability {} -j {sep}",
+                    probability(n - i)
+                ),
+            );
+        } else {
+            nat.rule(
+                chain,
+                format_args!("-m comment --comment \"{id} -> {ep}\" -j {sep}"),
+            );
+        }
+    }
+}
+
+fn render_service(model: &Model, sp: &ServicePort, rs: &mut Ruleset) {
+    let id = &sp.id;
+    let proto = id.protocol.as_str();
+    let cidr = model.node.cluster_cidr;
+    let cat = sp.categorize(&model.node.name);
+    let has_endpoints = !cat.cluster.is_empty() || !cat.local.is_empty();
+    let internal = if sp.internal_local {
+        &cat.local
+    } else {
+        &cat.cluster
+    };
+    let external = if sp.external_local {
+        &cat.local
+    } else {
+        &cat.cluster
+    };
+    let external_access = sp.externally_accessible();
+    let svc = svc_chain(id);
+    let svl = svl_chain(id);
+    let ext = ext_chain(id);
+    let uses_svc = !cat.cluster.is_empty() && (!sp.internal_local || external_access);
+    let uses_svl =
+        !cat.local.is_empty() && (sp.internal_local || (sp.external_local && external_access));
+    let uses_ext = external_access && has_endpoints;
+    let (cip, port) = (sp.cluster_ip, sp.port);
+
+    // Cluster IP.
+    if !internal.is_empty() {
+        let target = if sp.internal_local { &svl } else { &svc };
+        rs.nat.rule(
+            KUBE_SERVICES,
+            format_args!(
+                "-d {cip}/32 -p {proto} -m comment --comment \"{id} cluster IP\" -m {proto} --dport {port} -j {target}"
+            ),
+        );
+    } else {
+        let what = if has_endpoints && sp.internal_local {
+            "has no local endpoints"
+        } else {
+            "has no endpoints"
+        };
+        rs.filter.rule(
+            KUBE_SERVICES,
+            format_args!(
+                "-d {cip}/32 -p {proto} -m comment --comment \"{id} {what}\" -m {proto} --dport {port} -j REJECT --reject-with icmp-port-unreachable"
+            ),
+        );
+    }
+
+    // External IPs and the node port go through KUBE-EXT; without endpoints they are refused,
+    // with endpoints but none local under Local policy they are dropped (as kube-proxy does).
+    let external_verdict = if !has_endpoints {
+        Some((
+            "has no endpoints",
+            "REJECT --reject-with icmp-port-unreachable",
+        ))
+    } else if external.is_empty() {
+        Some(("has no local endpoints", "DROP"))
+    } else {
+        None
+    };
+    for eip in &sp.external_ips {
+        if uses_ext {
+            rs.nat.rule(
+                KUBE_SERVICES,
+                format_args!(
+                    "-d {eip}/32 -p {proto} -m comment --comment \"{id} external IP\" -m {proto} --dport {port} -j {ext}"
+                ),
+            );
+        }
+        if let Some((what, verdict)) = external_verdict {
+            rs.filter.rule(
+                KUBE_EXTERNAL_SERVICES,
+                format_args!(
+                    "-d {eip}/32 -p {proto} -m comment --comment \"{id} {what}\" -m {proto} --dport {port} -j {verdict}"
+                ),
+            );
+        }
+    }
+    if let Some(np) = sp.node_port {
+        if uses_ext {
+            rs.nat.rule(
+                KUBE_NODEPORTS,
+                format_args!(
+                    "-p {proto} -m comment --comment \"{id}\" -m {proto} --dport {np} -j {ext}"
+                ),
+            );
+        }
+        if let Some((what, verdict)) = external_verdict {
+            rs.filter.rule(
+                KUBE_EXTERNAL_SERVICES,
+                format_args!(
+                    "-p {proto} -m comment --comment \"{id} {what}\" -m addrtype --dst-type LOCAL -m {proto} --dport {np} -j {verdict}"
+                ),
+            );
+        }
+    }
+
+    if uses_ext {
+        if sp.external_local {
+            // Pods and the node itself reach a Local service through every endpoint; only
+            // traffic from outside keeps its source and stays on this node.
+            if uses_svc {
+                rs.nat.rule(
+                    &ext,
+                    format_args!(
+                        "-s {cidr} -m comment --comment \"pod traffic for {id} external destinations\" -j {svc}"
+                    ),
+                );
+                rs.nat.rule(
+                    &ext,
+                    format_args!(
+                        "-m comment --comment \"masquerade LOCAL traffic for {id} external destinations\" -m addrtype --src-type LOCAL -j {KUBE_MARK_MASQ}"
+                    ),
+                );
+                rs.nat.rule(
+                    &ext,
+                    format_args!(
+                        "-m comment --comment \"route LOCAL traffic for {id} external destinations\" -m addrtype --src-type LOCAL -j {svc}"
+                    ),
+                );
+            }
+            if uses_svl {
+                rs.nat.rule(&ext, format_args!("-j {svl}"));
+            }
+        } else {
+            rs.nat.rule(
+                &ext,
+                format_args!(
+                    "-m comment --comment \"masquerade traffic for {id} external destinations\" -j {KUBE_MARK_MASQ}"
+                ),
+            );
+            rs.nat.rule(&ext, format_args!("-j {svc}"));
+        }
+    }
+
+    let mut sep_names: BTreeMap<&Endpoint, String> = BTreeMap::new();
+    let mut used: BTreeSet<&Endpoint> = BTreeSet::new();
+    if uses_svc {
+        used.extend(cat.cluster.iter().copied());
+    }
+    if uses_svl {
+        used.extend(cat.local.iter().copied());
+    }
+    for ep in &used {
+        sep_names.insert(ep, sep_chain(id, ep));
+    }
+    if uses_svc {
+        // Traffic to the cluster IP from outside the pod network is masqueraded so that
+        // replies come back through this node.
+        rs.nat.rule(
+            &svc,
+            format_args!(
+                "! -s {cidr} -d {cip}/32 -p {proto} -m comment --comment \"{id} cluster IP\" -m {proto} --dport {port} -j {KUBE_MARK_MASQ}"
+            ),
+        );
+        balance(&mut rs.nat, &svc, sp, &cat.cluster, &sep_names);
+    }
+    if uses_svl {
+        balance(&mut rs.nat, &svl, sp, &cat.local, &sep_names);
+    }
+    for (ep, sep) in &sep_names {
+        let ip = ep.ip;
+        // Hairpin: a pod reaching itself through the service must see the node as source.
+        rs.nat.rule(
+            sep,
+            format_args!("-s {ip}/32 -m comment --comment \"{id}\" -j {KUBE_MARK_MASQ}"),
+        );
+        let recent = match sp.affinity_seconds {
+            Some(_) => format!(" -m recent --set --name {sep} --mask 255.255.255.255 --rsource"),
+            None => String::new(),
+        };
+        rs.nat.rule(
+            sep,
+            format_args!(
+                "-p {proto} -m comment --comment \"{id}\"{recent} -m {proto} -j DNAT --to-destination {ep}"
+            ),
+        );
+    }
+}
+
+/// `iptables-restore --noflush` input. With `applied` (what the kernel holds from the last
+/// successful restore) only chains whose rules differ are written, and chains that disappeared
+/// are deleted; without it every chain is written. `stale` names further chains to delete
+/// (found in the kernel but not in `new`). A declared chain is flushed by the restore; chains
+/// not named are left alone, so rules of other programs are never touched.
+pub fn restore_text(new: &Ruleset, applied: Option<&Ruleset>, stale: &[(Table, String)]) -> String {
+    let mut out = String::new();
+    for t in Table::ALL {
+        let rules = new.table(t);
+        let old = applied.map(|a| a.table(t));
+        let changed: Vec<(&String, &Vec<String>)> = rules
+            .chains
+            .iter()
+            .filter(|(name, lines)| old.and_then(|o| o.chains.get(*name)) != Some(*lines))
+            .collect();
+        let mut removed: BTreeSet<&str> = old
+            .map(|o| {
+                o.chains
+                    .keys()
+                    .filter(|k| !rules.chains.contains_key(*k))
+                    .map(String::as_str)
+                    .collect()
+            })
+            .unwrap_or_default();
+        removed.extend(
+            stale
+                .iter()
+                .filter(|(st, name)| *st == t && !rules.chains.contains_key(name))
+                .map(|(_, n)| n.as_str()),
+        );
+        if changed.is_empty() && removed.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "*{}", t.name());
+        for (name, _) in &changed {
+            let _ = writeln!(out, ":{name} - [0:0]");
+        }
+        // Declaring a chain flushes it, so a removed chain loses its rules (and its jumps to
+        // other removed chains) before any -X runs.
+        for name in &removed {
+            let _ = writeln!(out, ":{name} - [0:0]");
+        }
+        for (_, lines) in &changed {
+            for l in *lines {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        for name in &removed {
+            let _ = writeln!(out, "-X {name}");
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::model::{Ipv4Cidr, NodeInfo, Protocol};
+    use std::net::Ipv4Addr;
+
+    fn id(ns: &str, name: &str, port: &str, protocol: Protocol) -> ServicePortName {
+        ServicePortName {
+            namespace: ns.into(),
+            name: name.into(),
+            port: port.into(),
+            protocol,
+        }
+    }
+
+    #[test]
+    fn chain_names_hash_like_kube_proxy() {
+        // Names every kubeadm cluster shows for its kubernetes and kube-dns services.
+        assert_eq!(
+            svc_chain(&id("default", "kubernetes", "https", Protocol::Tcp)),
+            "KUBE-SVC-NPX46M4PTMTKRN6Y"
+        );
+        assert_eq!(
+            svc_chain(&id("kube-system", "kube-dns", "dns", Protocol::Udp)),
+            "KUBE-SVC-TCOU7JCQXEZGVUNU"
+        );
+        assert_eq!(
+            svc_chain(&id("kube-system", "kube-dns", "dns-tcp", Protocol::Tcp)),
+            "KUBE-SVC-ERIFXISQEP7F7OF4"
+        );
+        let i = id("default", "web", "", Protocol::Tcp);
+        assert_eq!(svl_chain(&i)[9..], svc_chain(&i)[9..]);
+        assert_eq!(ext_chain(&i)[9..], svc_chain(&i)[9..]);
+        assert_ne!(
+            svc_chain(&i),
+            svc_chain(&id("default", "web", "", Protocol::Udp))
+        );
+        assert!(
+            svc_chain(&i).len() <= 28,
+            "iptables chain names are at most 28 bytes"
+        );
+    }
+
+    fn ep(ip: [u8; 4], port: u16, node: &str) -> Endpoint {
+        Endpoint {
+            ip: Ipv4Addr::from(ip),
+            port,
+            ready: true,
+            serving: true,
+            terminating: false,
+            node: Some(node.into()),
+        }
+    }
+
+    fn model(ports: Vec<ServicePort>) -> Model {
+        Model {
+            node: NodeInfo {
+                name: "n1".into(),
+                addresses: vec![],
+                cluster_cidr: "10.244.0.0/16".parse::<Ipv4Cidr>().unwrap(),
+                service_cidr: "10.96.0.0/12".parse().unwrap(),
+            },
+            services: ports.into_iter().map(|p| (p.id.clone(), p)).collect(),
+        }
+    }
+
+    fn web(endpoints: Vec<Endpoint>) -> ServicePort {
+        ServicePort {
+            id: id("default", "web", "http", Protocol::Tcp),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 20),
+            port: 80,
+            node_port: None,
+            external_ips: vec![],
+            affinity_seconds: None,
+            external_local: false,
+            internal_local: false,
+            endpoints,
+        }
+    }
+
+    fn three() -> Vec<Endpoint> {
+        vec![
+            ep([10, 244, 1, 2], 8080, "n1"),
+            ep([10, 244, 2, 2], 8080, "n2"),
+            ep([10, 244, 3, 2], 8080, "n3"),
+        ]
+    }
+
+    fn rules<'a>(t: &'a TableRules, chain: &str) -> &'a [String] {
+        t.chains.get(chain).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn probability_of(line: &str) -> Option<f64> {
+        let (_, rest) = line.split_once("--probability ")?;
+        rest.split(' ').next()?.parse().ok()
+    }
+
+    #[test]
+    fn cluster_ip_spreads_evenly_over_endpoints() {
+        let sp = web(three());
+        let rs = render(&model(vec![sp.clone()]));
+        let svc = svc_chain(&sp.id);
+        let services = rules(&rs.nat, KUBE_SERVICES);
+        assert!(services[0].contains("-d 10.96.0.20/32 -p tcp"));
+        assert!(services[0].ends_with(&format!("--dport 80 -j {svc}")));
+        assert!(services.last().unwrap().contains("-j KUBE-NODEPORTS"));
+        let chain = rules(&rs.nat, &svc);
+        assert_eq!(chain.len(), 4);
+        assert!(chain[0].starts_with(&format!("-A {svc} ! -s 10.244.0.0/16 -d 10.96.0.20/32")));
+        assert!(chain[0].ends_with("-j KUBE-MARK-MASQ"));
+        // The chance each endpoint is picked is 1/3: p0, (1-p0)p1, (1-p0)(1-p1).
+        let p: Vec<Option<f64>> = chain[1..].iter().map(|l| probability_of(l)).collect();
+        let (p0, p1) = (p[0].unwrap(), p[1].unwrap());
+        assert_eq!(p[2], None, "the last endpoint takes whatever is left");
+        for share in [p0, (1.0 - p0) * p1, (1.0 - p0) * (1.0 - p1)] {
+            assert!((share - 1.0 / 3.0).abs() < 1e-6, "{share}");
+        }
+        // One SEP chain per endpoint: hairpin masquerade, then DNAT to the endpoint.
+        for e in &sp.endpoints {
+            let sep = sep_chain(&sp.id, e);
+            let l = rules(&rs.nat, &sep);
+            assert_eq!(l.len(), 2, "{l:?}");
+            assert!(l[0].contains(&format!("-s {}/32", e.ip)) && l[0].ends_with("KUBE-MARK-MASQ"));
+            assert!(l[1].ends_with(&format!("-j DNAT --to-destination {e}")));
+            assert!(chain.iter().any(|r| r.ends_with(&format!("-j {sep}"))));
+        }
+        assert!(rules(&rs.filter, KUBE_SERVICES).is_empty());
+    }
+
+    #[test]
+    fn no_endpoints_rejects_in_filter_and_writes_no_service_chain() {
+        let mut sp = web(vec![]);
+        sp.node_port = Some(30080);
+        let rs = render(&model(vec![sp.clone()]));
+        assert!(!rs.nat.chains.contains_key(&svc_chain(&sp.id)));
+        assert!(!rs.nat.chains.contains_key(&ext_chain(&sp.id)));
+        assert!(rules(&rs.nat, KUBE_NODEPORTS).is_empty());
+        let reject = rules(&rs.filter, KUBE_SERVICES);
+        assert_eq!(reject.len(), 1);
+        assert!(reject[0].contains("-d 10.96.0.20/32") && reject[0].contains("has no endpoints"));
+        assert!(reject[0].ends_with("-j REJECT --reject-with icmp-port-unreachable"));
+        let ext = rules(&rs.filter, KUBE_EXTERNAL_SERVICES);
+        assert_eq!(ext.len(), 1);
+        assert!(ext[0].contains("--dport 30080") && ext[0].contains("REJECT"));
+        // Not ready endpoints count as none.
+        let mut down = three();
+        for e in &mut down {
+            e.ready = false;
+            e.serving = false;
+        }
+        let rs2 = render(&model(vec![web(down)]));
+        assert_eq!(rules(&rs2.filter, KUBE_SERVICES).len(), 1);
+    }
+
+    #[test]
+    fn node_port_with_cluster_policy_masquerades_everything() {
+        let mut sp = web(three());
+        sp.node_port = Some(30080);
+        let rs = render(&model(vec![sp.clone()]));
+        let ext = ext_chain(&sp.id);
+        let np = rules(&rs.nat, KUBE_NODEPORTS);
+        assert_eq!(np.len(), 1);
+        assert!(np[0].contains("-p tcp") && np[0].ends_with(&format!("--dport 30080 -j {ext}")));
+        let e = rules(&rs.nat, &ext);
+        assert_eq!(e.len(), 2);
+        assert!(e[0].ends_with("-j KUBE-MARK-MASQ"));
+        assert!(e[1].ends_with(&format!("-j {}", svc_chain(&sp.id))));
+        assert!(rules(&rs.filter, KUBE_EXTERNAL_SERVICES).is_empty());
+    }
+
+    #[test]
+    fn external_local_keeps_outside_traffic_on_local_endpoints() {
+        let mut sp = web(three());
+        sp.node_port = Some(30080);
+        sp.external_local = true;
+        let rs = render(&model(vec![sp.clone()]));
+        let (svc, svl, ext) = (svc_chain(&sp.id), svl_chain(&sp.id), ext_chain(&sp.id));
+        let e = rules(&rs.nat, &ext);
+        assert!(e[0].starts_with(&format!("-A {ext} -s 10.244.0.0/16")) && e[0].ends_with(&svc));
+        assert!(e.last().unwrap().ends_with(&format!("-j {svl}")));
+        let local = rules(&rs.nat, &svl);
+        assert_eq!(
+            local.len(),
+            1,
+            "one local endpoint, no masquerade: {local:?}"
+        );
+        assert!(local[0].contains("10.244.1.2:8080"));
+        // Only n2/n3 endpoints: external traffic is dropped, pods still use all endpoints.
+        let mut remote = web(three()[1..].to_vec());
+        remote.node_port = Some(30080);
+        remote.external_local = true;
+        let rs = render(&model(vec![remote.clone()]));
+        assert!(!rs.nat.chains.contains_key(&svl));
+        assert!(rules(&rs.nat, &ext).iter().all(|l| !l.contains(&svl)));
+        let f = rules(&rs.filter, KUBE_EXTERNAL_SERVICES);
+        assert_eq!(f.len(), 1);
+        assert!(f[0].contains("has no local endpoints") && f[0].ends_with("-j DROP"));
+        assert!(
+            rules(&rs.filter, KUBE_SERVICES).is_empty(),
+            "cluster IP still works"
+        );
+    }
+
+    #[test]
+    fn internal_local_sends_the_cluster_ip_to_local_endpoints_only() {
+        let mut sp = web(three());
+        sp.internal_local = true;
+        let rs = render(&model(vec![sp.clone()]));
+        let svl = svl_chain(&sp.id);
+        assert!(rules(&rs.nat, KUBE_SERVICES)[0].ends_with(&format!("-j {svl}")));
+        assert!(!rs.nat.chains.contains_key(&svc_chain(&sp.id)));
+        assert_eq!(
+            rs.nat
+                .chains
+                .keys()
+                .filter(|c| c.starts_with("KUBE-SEP-"))
+                .count(),
+            1
+        );
+        let mut remote = web(three()[1..].to_vec());
+        remote.internal_local = true;
+        let rs = render(&model(vec![remote]));
+        let f = rules(&rs.filter, KUBE_SERVICES);
+        assert_eq!(f.len(), 1);
+        assert!(f[0].contains("has no local endpoints") && f[0].contains("REJECT"));
+    }
+
+    #[test]
+    fn client_ip_affinity_checks_recent_before_spreading() {
+        let mut sp = web(three());
+        sp.affinity_seconds = Some(600);
+        let rs = render(&model(vec![sp.clone()]));
+        let chain = rules(&rs.nat, &svc_chain(&sp.id));
+        // masq, 3 recent checks, 3 spreading rules.
+        assert_eq!(chain.len(), 7);
+        for (i, e) in sp.endpoints.iter().enumerate() {
+            let sep = sep_chain(&sp.id, e);
+            assert!(chain[1 + i].contains(&format!("--rcheck --seconds 600 --reap --name {sep}")));
+            let dnat = &rules(&rs.nat, &sep)[1];
+            assert!(
+                dnat.contains(&format!("-m recent --set --name {sep}")),
+                "{dnat}"
+            );
+        }
+    }
+
+    #[test]
+    fn external_ips_and_node_addresses() {
+        let mut sp = web(three());
+        sp.external_ips = vec![Ipv4Addr::new(192, 0, 2, 50)];
+        let mut m = model(vec![sp.clone()]);
+        m.node.addresses = vec![Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)];
+        let rs = render(&m);
+        let s = rules(&rs.nat, KUBE_SERVICES);
+        assert!(s.iter().any(|l| l.contains("-d 192.0.2.50/32")
+            && l.contains("external IP")
+            && l.ends_with(&ext_chain(&sp.id))));
+        let np: Vec<_> = s
+            .iter()
+            .filter(|l| l.ends_with("-j KUBE-NODEPORTS"))
+            .collect();
+        assert_eq!(np.len(), 2);
+        assert!(np[0].contains("-d 192.0.2.1/32"));
+        assert!(s.last().unwrap().ends_with("-j KUBE-NODEPORTS"));
+    }
+
+    #[test]
+    fn rendering_is_deterministic_and_independent_of_input_order() {
+        let a = web(three());
+        let mut b = web(three());
+        b.id = id("other", "api", "", Protocol::Udp);
+        b.cluster_ip = Ipv4Addr::new(10, 96, 0, 21);
+        let x = render(&model(vec![a.clone(), b.clone()]));
+        let y = render(&model(vec![b, a]));
+        assert_eq!(restore_text(&x, None, &[]), restore_text(&y, None, &[]));
+    }
+
+    #[test]
+    fn full_text_declares_every_chain_before_any_rule() {
+        let rs = render(&model(vec![web(three())]));
+        let text = restore_text(&rs, None, &[]);
+        let tables: Vec<&str> = text.lines().filter(|l| l.starts_with('*')).collect();
+        assert_eq!(tables, ["*nat", "*filter"]);
+        assert_eq!(text.matches("COMMIT").count(), 2);
+        for block in text.split("COMMIT\n").filter(|b| !b.is_empty()) {
+            let lines: Vec<&str> = block.lines().collect();
+            let first_rule = lines.iter().position(|l| l.starts_with("-A")).unwrap();
+            let last_decl = lines.iter().rposition(|l| l.starts_with(':')).unwrap();
+            assert!(last_decl < first_rule);
+            let declared: BTreeSet<&str> = block
+                .lines()
+                .filter_map(|l| l.strip_prefix(':'))
+                .map(|l| l.split(' ').next().unwrap())
+                .collect();
+            // Every jump target is a built-in target or a chain declared in this block.
+            for l in block.lines().filter(|l| l.starts_with("-A")) {
+                let target = l.split(" -j ").nth(1).unwrap().split(' ').next().unwrap();
+                assert!(
+                    [
+                        "RETURN",
+                        "MARK",
+                        "MASQUERADE",
+                        "ACCEPT",
+                        "DNAT",
+                        "REJECT",
+                        "DROP"
+                    ]
+                    .contains(&target)
+                        || declared.contains(target),
+                    "{l}"
+                );
+            }
+        }
+        assert!(
+            !text.contains(":INPUT") && !text.contains(":PREROUTING"),
+            "built-ins untouched"
+        );
+    }
+
+    #[test]
+    fn partial_text_holds_only_changed_chains_and_deletes_removed_ones() {
+        let before = render(&model(vec![web(three())]));
+        assert_eq!(
+            restore_text(&before, Some(&before), &[]),
+            "",
+            "nothing changed"
+        );
+        // Scale 3 → 2: the SVC chain changes, one SEP goes, KUBE-SERVICES stays as it was.
+        let sp = web(three()[..2].to_vec());
+        let after = render(&model(vec![sp.clone()]));
+        let text = restore_text(&after, Some(&before), &[]);
+        let svc = svc_chain(&sp.id);
+        let gone = sep_chain(&sp.id, &three()[2]);
+        assert!(text.starts_with("*nat\n"));
+        assert!(!text.contains("*filter"), "{text}");
+        assert!(text.contains(&format!(":{svc} - [0:0]")));
+        assert!(text.contains(&format!(":{gone} - [0:0]\n")));
+        assert!(text.contains(&format!("-X {gone}\n")));
+        assert!(!text.contains(":KUBE-SERVICES"));
+        let kept = sep_chain(&sp.id, &three()[0]);
+        assert!(
+            !text.contains(&format!(":{kept} ")),
+            "unchanged SEP not rewritten"
+        );
+        assert!(!text.contains(&format!("-A {kept} ")));
+        // Down to 0: the service's chains go, KUBE-SERVICES changes, filter gets a REJECT.
+        let empty = render(&model(vec![web(vec![])]));
+        let text = restore_text(&empty, Some(&after), &[]);
+        assert!(text.contains(&format!("-X {svc}")));
+        assert!(text.contains(":KUBE-SERVICES - [0:0]"));
+        assert!(text.contains("*filter") && text.contains("-j REJECT"));
+        // Stale chains found in the kernel are deleted on a full sync too.
+        let text = restore_text(
+            &empty,
+            None,
+            &[(Table::Nat, "KUBE-SEP-OLDOLDOLDOLDOLDO".into())],
+        );
+        assert!(text.contains("-X KUBE-SEP-OLDOLDOLDOLDOLDO"));
+    }
+}
