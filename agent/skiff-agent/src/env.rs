@@ -426,27 +426,21 @@ pub async fn service_variables(
     links: bool,
 ) -> Result<Vec<(String, String)>, ContainerConfigError> {
     let mut chosen: BTreeMap<String, Service> = BTreeMap::new();
-    for s in source.services("default").await? {
+    let defaults = source.services("default").await?;
+    for s in &defaults {
         if s.metadata.name.as_deref() == Some("kubernetes") {
-            chosen.insert("kubernetes".into(), s);
+            chosen.insert("kubernetes".into(), s.clone());
         }
     }
     if links {
         let own = if namespace == "default" {
-            Vec::new()
+            defaults
         } else {
             source.services(namespace).await?
         };
         for s in own {
             if let Some(n) = s.metadata.name.clone() {
                 chosen.insert(n, s);
-            }
-        }
-        if namespace == "default" {
-            for s in source.services("default").await? {
-                if let Some(n) = s.metadata.name.clone() {
-                    chosen.entry(n).or_insert(s);
-                }
             }
         }
     }
@@ -1068,6 +1062,29 @@ mod tests {
             "master service always"
         );
         assert!(!m.keys().any(|k| k.starts_with("REDIS")));
+    }
+
+    #[test]
+    fn pods_in_default_see_its_services_once() {
+        let src = source();
+        src.add_service(json!({"metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 8080}]}}));
+        let p: Pod =
+            serde_json::from_value(json!({"metadata": {"name": "a", "namespace": "default"},
+            "spec": {"containers": [{"name": "c"}]}}))
+            .unwrap();
+        let c = p.spec.as_ref().unwrap().containers[0].clone();
+        let r = block_on(resolve(&src, &p, &c, &facts())).unwrap();
+        let names: Vec<&str> = r.vars.iter().map(|(k, _)| k.as_str()).collect();
+        let unique: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+        assert_eq!(names.len(), unique.len(), "each variable once: {names:?}");
+        let m = map(&r);
+        assert_eq!(m["WEB_SERVICE_HOST"], "10.96.0.20");
+        assert_eq!(m["KUBERNETES_SERVICE_HOST"], "10.96.0.1");
+        assert!(
+            !m.contains_key("REDIS_MASTER_SERVICE_HOST"),
+            "not from shop"
+        );
     }
 
     #[test]
