@@ -30,7 +30,8 @@
 //! kubelet does. Secrets and projected volumes live on tmpfs, as does emptyDir with
 //! `medium: Memory` (size = `sizeLimit`). Not supported (clear FailedMount error): projected
 //! serviceAccountToken (no TokenRequest API here yet), clusterTrustBundle, and volume types
-//! other than those above (persistentVolumeClaim, nfs, csi…).
+//! other than those above (persistentVolumeClaim, nfs, csi…). With `fsGroup`, API content is
+//! group-owned and group-readable and emptyDir roots are group-owned and setgid.
 
 pub mod atomic;
 pub mod mount;
@@ -326,6 +327,7 @@ async fn set_up(
     pass: Pass,
 ) -> Result<PreparedVolume, SetUpError> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let group = fs_group(pod);
     let done = |plugin: &'static str, path: PathBuf, read_only: bool| PreparedVolume {
         name: v.name.clone(),
         plugin,
@@ -362,6 +364,18 @@ async fn set_up(
                 })
             }
         }
+        if let Some(gid) = group {
+            // Only the root: what the pod wrote below is its own business, and chmod on a
+            // path the pod controls could be redirected by a symlink. New files inherit
+            // the group through the setgid bit.
+            std::os::unix::fs::lchown(&dir, None, Some(gid)).map_err(io("chown", &dir))?;
+            let mode = std::fs::metadata(&dir)
+                .map_err(io("stat", &dir))?
+                .permissions()
+                .mode();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode | 0o2000))
+                .map_err(io("chmod", &dir))?;
+        }
         return Ok(done(EMPTY_DIR, dir, false));
     }
     if let Some(h) = &v.host_path {
@@ -381,7 +395,7 @@ async fn set_up(
             None => return Err(SetUpError::ConfigMapNotFound(c.name.clone())),
         };
         let payload = config_map_payload(&cm, c.items.as_deref(), c.default_mode, optional)?;
-        atomic::write(&dir, &payload)?;
+        write_api_volume(&dir, payload, group)?;
         return Ok(done(CONFIG_MAP, dir, true));
     }
     if let Some(s) = &v.secret {
@@ -395,7 +409,7 @@ async fn set_up(
             None => return Err(SetUpError::SecretNotFound(name)),
         };
         let payload = secret_payload(&secret, s.items.as_deref(), s.default_mode, optional)?;
-        atomic::write(&dir, &payload)?;
+        write_api_volume(&dir, payload, group)?;
         return Ok(done(SECRET, dir, true));
     }
     if let Some(d) = &v.downward_api {
@@ -407,7 +421,7 @@ async fn set_up(
             d.items.as_deref().unwrap_or_default(),
             d.default_mode,
         )?;
-        atomic::write(&dir, &payload)?;
+        write_api_volume(&dir, payload, group)?;
         return Ok(done(DOWNWARD_API, dir, true));
     }
     if let Some(p) = &v.projected {
@@ -459,12 +473,68 @@ async fn set_up(
         }
         // Only now, so that an unsupported source leaves no tmpfs behind.
         ensure_tmpfs(mounter, &dir, None)?;
-        atomic::write(&dir, &payload)?;
+        write_api_volume(&dir, payload, group)?;
         return Ok(done(PROJECTED, dir, true));
     }
     Err(SetUpError::Unsupported {
         what: unsupported_kind(v),
     })
+}
+
+/// The pod's `securityContext.fsGroup`: the group that owns its volumes' content.
+fn fs_group(pod: &Pod) -> Option<u32> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|sc| sc.fs_group)
+        .and_then(|g| u32::try_from(g).ok())
+}
+
+/// Writes API content and, with an fsGroup, hands it to that group readable as kubelet's
+/// SetVolumeOwnership does (files g+r, directories g+rx and setgid). The group bits go into
+/// the payload itself so that an unchanged payload still compares equal on refresh.
+fn write_api_volume(
+    dir: &Path,
+    mut payload: BTreeMap<String, FileProjection>,
+    group: Option<u32>,
+) -> Result<(), SetUpError> {
+    if group.is_some() {
+        for f in payload.values_mut() {
+            f.mode |= 0o440;
+        }
+    }
+    atomic::write(dir, &payload)?;
+    if let Some(gid) = group {
+        give_to_group(dir, gid)?;
+    }
+    Ok(())
+}
+
+/// Content only the agent writes (the pod sees it read-only), so walking by path is safe.
+fn give_to_group(path: &Path, gid: u32) -> Result<(), SetUpError> {
+    std::os::unix::fs::lchown(path, None, Some(gid)).map_err(io("chown", path))?;
+    let meta = std::fs::symlink_metadata(path).map_err(io("stat", path))?;
+    if meta.file_type().is_symlink() {
+        // chmod would follow it; its target is handled on its own.
+        return Ok(());
+    }
+    let mode = meta.permissions().mode();
+    let wanted = if meta.is_dir() {
+        mode | 0o2550
+    } else {
+        mode | 0o440
+    };
+    if wanted != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(wanted))
+            .map_err(io("chmod", path))?;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(io("read", path))? {
+            let entry = entry.map_err(io("read", path))?;
+            give_to_group(&entry.path(), gid)?;
+        }
+    }
+    Ok(())
 }
 
 /// kubelet's hostPath `type` checks; the `…OrCreate` kinds create what is missing.

@@ -632,3 +632,45 @@ fn teardown_unmounts_then_removes_without_following_symlinks() {
     assert_eq!(read(&host.join("precious")), "keep");
     assert!(std::fs::symlink_metadata(env.pod_dir().join("volumes")).is_err());
 }
+
+#[test]
+fn fs_group_owns_api_content_and_empty_dir_roots() {
+    use std::os::unix::fs::MetadataExt;
+    // Any group works for root; anyone else may only give files to their own group.
+    let gid = if nix::unistd::geteuid().is_root() {
+        4321
+    } else {
+        nix::unistd::getegid().as_raw()
+    };
+    let env = Env::new();
+    let p = pod(
+        json!({"securityContext": {"fsGroup": gid}, "containers": [], "volumes": [
+        {"name": "s", "secret": {"secretName": "creds", "defaultMode": 0o400}},
+        {"name": "c", "configMap": {"name": "cfg", "items": [{"key": "level", "path": "sub/level"}]}},
+        {"name": "e", "emptyDir": {}}]}),
+    );
+    let prepared = env.prepare(&p).unwrap();
+    let secret = prepared[0].path.join("password");
+    assert_eq!(mode(&secret), 0o440, "0400 plus group read");
+    assert_eq!(std::fs::metadata(&secret).unwrap().gid(), gid);
+    let nested = prepared[1].path.join("sub/level");
+    assert_eq!(std::fs::metadata(&nested).unwrap().gid(), gid);
+    assert_eq!(mode(&nested), 0o644);
+    let version = std::fs::read_link(prepared[1].path.join("..data")).unwrap();
+    let sub_dir = prepared[1].path.join(&version).join("sub");
+    assert_eq!(
+        mode(&sub_dir) & 0o2550,
+        0o2550,
+        "dirs: group r-x and setgid"
+    );
+    let empty = &prepared[2].path;
+    assert_eq!(std::fs::metadata(empty).unwrap().gid(), gid);
+    assert_eq!(mode(empty), 0o2777);
+
+    env.refresh(&p).unwrap();
+    assert_eq!(
+        std::fs::read_link(prepared[1].path.join("..data")).unwrap(),
+        version,
+        "the group bits do not make an unchanged payload look changed"
+    );
+}
