@@ -28,7 +28,8 @@
 //!
 //! configMap, secret, downwardAPI and projected volumes are always mounted read-only, as
 //! kubelet does. Secrets and projected volumes live on tmpfs, as does emptyDir with
-//! `medium: Memory` (size = `sizeLimit`). Not supported (clear FailedMount error): projected
+//! `medium: Memory` (size: the least of `sizeLimit`, the pod's memory limit and node
+//! allocatable memory). Not supported (clear FailedMount error): projected
 //! serviceAccountToken (no TokenRequest API here yet), clusterTrustBundle, and volume types
 //! other than those above (persistentVolumeClaim, nfs, csi…). With `fsGroup`, API content is
 //! group-owned and group-readable and emptyDir roots are group-owned and setgid.
@@ -348,15 +349,11 @@ async fn set_up(
                     .map_err(io("chmod", &dir))?;
             }
             "Memory" => {
-                let size = match &e.size_limit {
-                    Some(q) => Quantity::parse(&q.0)
-                        .map_err(SetUpError::SizeLimit)?
-                        .value()
-                        .filter(|b| *b > 0)
-                        .and_then(|b| u64::try_from(b).ok()),
+                let limit = match &e.size_limit {
+                    Some(q) => Some(Quantity::parse(&q.0).map_err(SetUpError::SizeLimit)?),
                     None => None,
                 };
-                ensure_tmpfs(mounter, &dir, size)?;
+                ensure_tmpfs(mounter, &dir, memory_volume_size(pod, node, limit))?;
             }
             other => {
                 return Err(SetUpError::Unsupported {
@@ -479,6 +476,52 @@ async fn set_up(
     Err(SetUpError::Unsupported {
         what: unsupported_kind(v),
     })
+}
+
+fn bytes(q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity) -> Option<u64> {
+    Quantity::parse(&q.0)
+        .ok()?
+        .value()
+        .and_then(|v| u64::try_from(v).ok())
+}
+
+/// The pod's memory limit as its cgroup would get it: only when every container has one
+/// (the sum, or the largest init container's when that is more).
+fn pod_memory_limit(pod: &Pod) -> Option<u64> {
+    let spec = pod.spec.as_ref()?;
+    let limit = |c: &Container| {
+        c.resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get("memory"))
+            .and_then(bytes)
+    };
+    let mut sum = 0u64;
+    for c in &spec.containers {
+        sum = sum.checked_add(limit(c)?)?;
+    }
+    for c in spec.init_containers.iter().flatten() {
+        sum = sum.max(limit(c)?);
+    }
+    Some(sum)
+}
+
+/// kubelet's size for a memory-backed emptyDir (SizeMemoryBackedVolumes): the smallest of
+/// node allocatable memory, the pod's memory limit and the volume's `sizeLimit`, so that
+/// the tmpfs can never hold more than the pod may use.
+fn memory_volume_size(pod: &Pod, node: &NodeFacts, size_limit: Option<Quantity>) -> Option<u64> {
+    let size_limit = size_limit
+        .and_then(|q| q.value())
+        .and_then(|v| u64::try_from(v).ok());
+    [
+        node.allocatable.get("memory").and_then(bytes),
+        pod_memory_limit(pod),
+        size_limit,
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|b| *b > 0)
+    .min()
 }
 
 /// The pod's `securityContext.fsGroup`: the group that owns its volumes' content.

@@ -317,8 +317,9 @@ fn empty_dirs_on_disk_and_in_memory() {
         env.mounted(),
         [
             (prepared[1].path.clone(), Some(64 << 20)),
-            (prepared[2].path.clone(), None)
-        ]
+            (prepared[2].path.clone(), Some(4 << 30))
+        ],
+        "without sizeLimit, node allocatable bounds the tmpfs"
     );
     std::fs::write(prepared[0].path.join("kept"), "x").unwrap();
     env.prepare(&p).unwrap();
@@ -334,6 +335,38 @@ fn empty_dirs_on_disk_and_in_memory() {
         .unwrap_err()
         .message()
         .contains("emptyDir medium \"HugePages\" is not supported"));
+}
+
+#[test]
+fn memory_empty_dir_size_is_bounded_by_the_pod_memory_limit() {
+    let sizes = |spec: serde_json::Value| {
+        let env = Env::new();
+        env.prepare(&pod(spec)).unwrap();
+        env.mounted()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect::<Vec<_>>()
+    };
+    let limited = |mem: &str| json!({"name": "c", "resources": {"limits": {"memory": mem}}});
+    let vol = json!([{"name": "m", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+                     {"name": "n", "emptyDir": {"medium": "Memory"}}]);
+    assert_eq!(
+        sizes(json!({"containers": [limited("100Mi"), limited("28Mi")], "volumes": vol})),
+        [Some(128 << 20), Some(128 << 20)],
+        "the pod's limit is below both sizeLimit and allocatable"
+    );
+    assert_eq!(
+        sizes(json!({"containers": [limited("100Mi"), {"name": "free"}], "volumes": vol})),
+        [Some(1 << 30), Some(4 << 30)],
+        "a container without a limit leaves the pod unlimited"
+    );
+    assert_eq!(
+        sizes(
+            json!({"initContainers": [limited("2Gi")], "containers": [limited("100Mi")], "volumes": vol})
+        ),
+        [Some(1 << 30), Some(2 << 30)],
+        "a bigger init container raises the pod's limit"
+    );
 }
 
 #[test]
