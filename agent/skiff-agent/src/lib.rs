@@ -11,4 +11,5 @@ pub mod preflight;
 pub mod proxy;
 pub mod quantity;
 pub mod sandbox;
+pub mod subnet;
 pub mod volumes;

@@ -64,12 +64,20 @@ struct Args {
     /// Service proxy: `iptables` or `none` (default: iptables when --cni-conf-dir is set).
     #[arg(long)]
     proxy_mode: Option<String>,
-    /// Pod network; service traffic from outside it is masqueraded.
+    /// Pod network: service traffic from outside it is masqueraded; SKIFF_NETWORK in the
+    /// subnet file.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: String,
     /// ClusterIP range; endpoints inside it are refused.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
+    /// Subnet file for the skiff-overlay CNI plugin, written once the node has a podCIDR
+    /// (default: the `subnetFile` of the configured skiff-overlay plugin, if there is one).
+    #[arg(long)]
+    subnet_file: Option<PathBuf>,
+    /// MTU of pod interfaces written into the subnet file (default: the bridge's default).
+    #[arg(long)]
+    pod_mtu: Option<u32>,
 }
 
 fn parse_reserved(s: &str) -> anyhow::Result<(u64, u64)> {
@@ -202,7 +210,32 @@ async fn agent_main() -> anyhow::Result<()> {
         logs_dir: args.pod_logs_dir.clone(),
         node_memory: facts.memory_bytes,
     });
-    tokio::spawn(skiff_agent::pods::run(manager));
+    // Pods get a network only once the subnet file the overlay plugin reads exists.
+    let subnet_file = args.subnet_file.clone().or_else(|| {
+        let rt = manager.cni.as_ref()?;
+        skiff_agent::subnet::overlay_subnet_file(&rt.load().ok()?.plugins)
+    });
+    let (subnet_client, subnet_node) = (client.clone(), cfg.name.clone());
+    let (network, mtu) = (args.cluster_cidr.clone(), args.pod_mtu);
+    tokio::spawn(async move {
+        if let Some(path) = subnet_file {
+            if let Err(e) = skiff_agent::subnet::wait_and_write(
+                subnet_client,
+                &subnet_node,
+                &network,
+                mtu,
+                // The node masquerades pod traffic, so the bridge plugin must not.
+                true,
+                &path,
+            )
+            .await
+            {
+                tracing::error!(error = %e, "no pod subnet: pods are not started");
+                return;
+            }
+        }
+        skiff_agent::pods::run(manager).await
+    });
     let node_ip: std::net::IpAddr = args
         .node_ip
         .parse()

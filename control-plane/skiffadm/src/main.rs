@@ -1,6 +1,8 @@
-//! skiffadm: prepare and inspect nodes of a Skiff cluster. Today: `preflight` and bootstrap
-//! `token` management; `init`, `join` and `reset` come with the systemd units.
+//! skiffadm: prepare and inspect nodes of a Skiff cluster. Today: `preflight`, bootstrap
+//! `token` management and local mode (`up`, `status`, `down`, `delete`, `service`, `image
+//! load`); `init`, `join` and `reset` come with the systemd units.
 
+mod local;
 mod preflight;
 mod token;
 
@@ -24,6 +26,34 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         ignore_preflight_errors: Vec<String>,
     },
+    /// Start (or resume) a single-node cluster on this machine, without systemd.
+    Up(local::up::UpArgs),
+    /// Show the local cluster's processes, API, node and cgroup limits.
+    Status(LocalRoot),
+    /// Stop the local cluster's API server and agent, keeping its state (pods keep running).
+    Down(LocalRoot),
+    /// Remove everything the local cluster made: processes, containers, mounts, links,
+    /// iptables chains, cgroups, files and the kubeconfig context.
+    Delete(LocalRoot),
+    /// Print how to reach a NodePort service of the local cluster.
+    Service {
+        name: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Print the service's URL(s).
+        #[arg(long)]
+        url: bool,
+        #[command(flatten)]
+        root: LocalRoot,
+    },
+    /// Images of the local cluster's node.
+    Image {
+        #[command(subcommand)]
+        action: ImageCmd,
+    },
+    /// The local cluster's supervisor daemon (started by `up`).
+    #[command(hide = true)]
+    LocalSupervise(LocalRoot),
     /// Manage bootstrap tokens.
     Token {
         #[command(subcommand)]
@@ -31,6 +61,24 @@ enum Cmd {
         /// Admin credentials of the cluster.
         #[arg(long, global = true, default_value = "/etc/skiff/admin.kubeconfig")]
         kubeconfig: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct LocalRoot {
+    /// The local cluster's state directory.
+    #[arg(long, default_value = local::DEFAULT_ROOT)]
+    root_dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCmd {
+    /// Load a docker-archive (`docker save`, `skopeo copy … docker-archive:FILE:NAME`) or
+    /// OCI-layout tarball into the node, under the name it carries.
+    Load {
+        file: PathBuf,
+        #[command(flatten)]
+        root: LocalRoot,
     },
 }
 
@@ -61,10 +109,35 @@ async fn client(kubeconfig: &PathBuf) -> anyhow::Result<(kube::Client, kube::con
     Ok((kube::Client::try_from(config)?, kc))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The supervisor daemon stays single-threaded: it forks children, and it must not carry
+    // an async runtime's threads into them.
+    if let Cmd::LocalSupervise(root) = &cli.command {
+        return Ok(local::supervisor::run_daemon(&root.root_dir)?);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Cmd::Up(args) => local::up::run(args).await?,
+        Cmd::Status(r) => local::status::run(&r.root_dir).await?,
+        Cmd::Down(r) => local::stop::down(&r.root_dir)?,
+        Cmd::Delete(r) => local::stop::delete(&r.root_dir)?,
+        Cmd::Service {
+            name,
+            namespace,
+            url,
+            root,
+        } => local::service::run(&root.root_dir, &name, &namespace, url).await?,
+        Cmd::Image {
+            action: ImageCmd::Load { file, root },
+        } => local::image::load(&root.root_dir, &file).await?,
+        Cmd::LocalSupervise(_) => unreachable!("handled before the runtime starts"),
         Cmd::Preflight {
             ignore_preflight_errors,
         } => {

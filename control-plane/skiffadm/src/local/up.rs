@@ -1,0 +1,500 @@
+//! `skiffadm up`: preflight, settings, the pod network's files, then the supervisor daemon;
+//! returns once the API answers and the node is Ready, with the kubeconfigs written.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+
+use super::checks::{self, Limits};
+use super::layout::{self, Layout, Settings};
+use super::supervisor::live_pid;
+use super::{kubeconfig, network, processes, LocalError};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Where the cluster keeps everything.
+    #[arg(long, default_value = layout::DEFAULT_ROOT)]
+    pub root_dir: PathBuf,
+    /// API server port on 127.0.0.1 (first `up` only).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// The node's name (first `up` only; default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The node's address, used in NodePort URLs (first `up` only; default: the address of
+    /// the default route's interface, else 127.0.0.1).
+    #[arg(long)]
+    pub node_ip: Option<String>,
+    /// The pod bridge (first `up` only).
+    #[arg(long)]
+    pub bridge: Option<String>,
+    /// The pod network; the node gets a /24 of it (first `up` only).
+    #[arg(long)]
+    pub cluster_cidr: Option<String>,
+    /// Where skiff-server, skiff-agent, skiff-shim and skiff-cni are (default: next to this
+    /// skiffadm).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// How long to wait for the node to be Ready, in seconds.
+    #[arg(long, default_value_t = 180)]
+    pub wait: u64,
+}
+
+pub const DEFAULT_PORT: u16 = 6443;
+pub const DEFAULT_BRIDGE: &str = "skiff0";
+pub const DEFAULT_CLUSTER_CIDR: &str = "10.244.0.0/16";
+pub const MASQ_CHAIN: &str = "SKIFF-LOCAL-MASQ";
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The address of the interface the default route leaves through, if there is one.
+fn default_route_address() -> Option<String> {
+    let out = Command::new("ip")
+        .args(["-4", "-j", "route", "show", "default"])
+        .output()
+        .ok()?;
+    let routes: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let route = routes.as_array()?.first()?;
+    if let Some(src) = route["prefsrc"].as_str() {
+        return Some(src.to_string());
+    }
+    let dev = route["dev"].as_str()?;
+    let out = Command::new("ip")
+        .args(["-4", "-j", "addr", "show", "dev", dev])
+        .output()
+        .ok()?;
+    let addrs: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    addrs.as_array()?.first()?["addr_info"]
+        .as_array()?
+        .iter()
+        .find_map(|a| a["local"].as_str().map(str::to_string))
+}
+
+fn default_bin_dir() -> Result<PathBuf, LocalError> {
+    let exe =
+        std::env::current_exe().map_err(|e| LocalError::io(Path::new("/proc/self/exe"), e))?;
+    Ok(exe.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+/// The settings for this `up`: the recorded ones (flags that contradict them are refused,
+/// since the cluster's certificates, node and pod IPs were made with them), or new ones.
+pub fn resolve_settings(
+    args: &UpArgs,
+    recorded: Option<Settings>,
+    limits: &Limits,
+    detect_ip: impl FnOnce() -> Option<String>,
+    default_bin: impl FnOnce() -> Result<PathBuf, LocalError>,
+) -> Result<Settings, LocalError> {
+    if let Some(mut s) = recorded {
+        let conflicts: Vec<String> = [
+            (
+                "--port",
+                args.port.map(|p| p.to_string()),
+                s.port.to_string(),
+            ),
+            ("--node-name", args.node_name.clone(), s.node_name.clone()),
+            ("--node-ip", args.node_ip.clone(), s.node_ip.clone()),
+            ("--bridge", args.bridge.clone(), s.bridge.clone()),
+            (
+                "--cluster-cidr",
+                args.cluster_cidr.clone(),
+                s.cluster_cidr.clone(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given, had)| {
+            given
+                .filter(|g| *g != had)
+                .map(|g| format!("{flag} {g} (it has {had})"))
+        })
+        .collect();
+        if !conflicts.is_empty() {
+            return Err(LocalError::Invalid(format!(
+                "the cluster in {} was created with other settings: {}; `skiffadm delete --root-dir {}` first to change them",
+                args.root_dir.display(),
+                conflicts.join(", "),
+                args.root_dir.display()
+            )));
+        }
+        if let Some(b) = &args.bin_dir {
+            s.bin_dir = b.clone();
+        }
+        return Ok(s);
+    }
+    let node_name = args.node_name.clone().unwrap_or_else(hostname);
+    layout::validate_node_name(&node_name)?;
+    let node_ip = match &args.node_ip {
+        Some(ip) => ip.clone(),
+        None => detect_ip().unwrap_or_else(|| "127.0.0.1".into()),
+    };
+    node_ip.parse::<std::net::Ipv4Addr>().map_err(|_| {
+        LocalError::Invalid(format!("--node-ip {node_ip:?} is not an IPv4 address"))
+    })?;
+    let bridge = args.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.into());
+    layout::validate_ifname(&bridge)?;
+    let cluster_cidr = args
+        .cluster_cidr
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CLUSTER_CIDR.into());
+    layout::validate_cluster_cidr(&cluster_cidr)?;
+    let port = args.port.unwrap_or(DEFAULT_PORT);
+    if port == 0 {
+        return Err(LocalError::Invalid("--port 0 is not a port".into()));
+    }
+    Ok(Settings {
+        port,
+        node_name,
+        node_ip,
+        bridge,
+        cluster_cidr,
+        bin_dir: match &args.bin_dir {
+            Some(b) => b.clone(),
+            None => default_bin()?,
+        },
+        cgroup_root: match limits {
+            Limits::Enforced(dir) => Some(dir.clone()),
+            Limits::NotEnforced { .. } => None,
+        },
+        masq_chain: MASQ_CHAIN.into(),
+    })
+}
+
+fn supervisor_running(layout: &Layout) -> Option<i32> {
+    live_pid(&layout.supervisor_pid(), "local-supervise")
+}
+
+fn spawn_supervisor(layout: &Layout) -> Result<(), LocalError> {
+    let exe =
+        std::env::current_exe().map_err(|e| LocalError::io(Path::new("/proc/self/exe"), e))?;
+    let log_path = layout.logs_dir().join("supervisor.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| LocalError::io(&log_path, e))?;
+    let err = log.try_clone().map_err(|e| LocalError::io(&log_path, e))?;
+    let _ = std::fs::remove_file(layout.agent_hold());
+    // The daemon calls setsid itself and is reparented to init when this process exits; the
+    // handle is dropped on purpose.
+    Command::new(exe)
+        .arg("local-supervise")
+        .arg("--root-dir")
+        .arg(&layout.root)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| LocalError::Tool {
+            tool: "skiffadm local-supervise".into(),
+            message: e.to_string(),
+        })?;
+    Ok(())
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn logs_hint(layout: &Layout) -> String {
+    let mut hint = format!("logs are in {}", layout.logs_dir().display());
+    for name in ["supervisor", "server", "agent"] {
+        let t = tail(&layout.logs_dir().join(format!("{name}.log")), 5);
+        if !t.is_empty() {
+            hint.push_str(&format!("\n--- {name}.log (last lines)\n{t}"));
+        }
+    }
+    hint
+}
+
+/// Whether the node reports Ready=True.
+pub fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits for the server's kubeconfig, the API and a Ready node; gives up early if the
+/// supervisor died.
+pub async fn wait_ready(
+    layout: &Layout,
+    settings: &Settings,
+    timeout: Duration,
+) -> Result<Node, LocalError> {
+    let deadline = Instant::now() + timeout;
+    let timed_out = |what: &str| LocalError::Timeout {
+        what: what.into(),
+        secs: timeout.as_secs(),
+        hint: logs_hint(layout),
+    };
+    let mut client = None;
+    loop {
+        if supervisor_running(layout).is_none() {
+            return Err(LocalError::Tool {
+                tool: "skiffadm local-supervise".into(),
+                message: format!("the supervisor is not running; {}", logs_hint(layout)),
+            });
+        }
+        if client.is_none() && layout.server_kubeconfig().exists() {
+            client = super::client(layout).await.ok();
+        }
+        if let Some(c) = &client {
+            let nodes: Api<Node> = Api::all(c.clone());
+            if let Ok(Some(n)) = nodes.get_opt(&settings.node_name).await {
+                if node_ready(&n) {
+                    return Ok(n);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(timed_out(if client.is_none() {
+                "the API server's first start"
+            } else {
+                "node Ready"
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `<root>/admin.kubeconfig` and the `skiff` context in the user's kubeconfig.
+pub fn write_kubeconfigs(layout: &Layout) -> Result<PathBuf, LocalError> {
+    let server = layout.server_kubeconfig();
+    let text = std::fs::read_to_string(&server).map_err(|e| LocalError::io(&server, e))?;
+    let creds = kubeconfig::credentials(&server, &text)?;
+    super::write_atomic(
+        &layout.admin_kubeconfig(),
+        kubeconfig::standalone(&creds).as_bytes(),
+        0o600,
+    )?;
+    let user = kubeconfig::user_kubeconfig_path()?;
+    let existing = kubeconfig::read_optional(&user)?;
+    let merged = kubeconfig::merged(&user, &existing, &creds)?;
+    super::write_atomic(&user, merged.as_bytes(), 0o600)?;
+    Ok(user)
+}
+
+fn print_summary(
+    layout: &Layout,
+    settings: &Settings,
+    node: &Node,
+    user_kc: &Path,
+    limits_line: &str,
+) {
+    let cidr = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_cidr.clone())
+        .unwrap_or_else(|| "(not allocated)".into());
+    println!(
+        "Skiff local cluster is up (state in {})",
+        layout.root.display()
+    );
+    println!("  API server   https://127.0.0.1:{}", settings.port);
+    println!(
+        "  node         {} ({}), Ready",
+        settings.node_name, settings.node_ip
+    );
+    println!("  pod network  {cidr} on bridge {}", settings.bridge);
+    println!("  {limits_line}");
+    println!(
+        "kubectl: the context \"skiff\" is now current in {}",
+        user_kc.display()
+    );
+    println!("  kubectl get nodes");
+    println!(
+        "  or, leaving that file alone: export KUBECONFIG={}",
+        layout.admin_kubeconfig().display()
+    );
+}
+
+pub async fn run(args: UpArgs) -> Result<(), LocalError> {
+    let layout = Layout::new(&args.root_dir)?;
+    super::require_root()?;
+    let limits = checks::run(&skiff_agent::preflight::Host::default(), &layout.root)?;
+    let recorded = Settings::load(&layout)?;
+    let resuming = recorded.is_some();
+    let settings = resolve_settings(
+        &args,
+        recorded,
+        &limits,
+        default_route_address,
+        default_bin_dir,
+    )?;
+    let timeout = Duration::from_secs(args.wait);
+    if let Some(pid) = supervisor_running(&layout) {
+        println!(
+            "The local cluster in {} is already up (supervisor pid {pid}).",
+            layout.root.display()
+        );
+        let node = wait_ready(&layout, &settings, timeout).await?;
+        let user_kc = write_kubeconfigs(&layout)?;
+        print_summary(&layout, &settings, &node, &user_kc, &limits.line());
+        return Ok(());
+    }
+    let missing = processes::missing_binaries(&settings.bin_dir);
+    if !missing.is_empty() {
+        return Err(LocalError::Preflight(format!(
+            "{} not found in {}; build them (`cargo build --release --bins`) or pass --bin-dir",
+            missing.join(", "),
+            settings.bin_dir.display()
+        )));
+    }
+    println!("[local] {}", limits.line());
+    for dir in [
+        layout.root.clone(),
+        layout.logs_dir(),
+        layout.run_dir(),
+        layout.cni_conf_dir(),
+    ] {
+        std::fs::create_dir_all(&dir).map_err(|e| LocalError::io(&dir, e))?;
+    }
+    settings.save(&layout)?;
+    network::install_plugins(&layout, &settings)?;
+    network::write_conflist(&layout, &settings)?;
+    if let Err(e) = network::ensure_masquerade(&settings) {
+        println!(
+            "[local] pods cannot reach beyond this host: masquerading could not be set up: {e}"
+        );
+    }
+    println!(
+        "[local] {} the control plane and the node (logs in {})",
+        if resuming { "restarting" } else { "starting" },
+        layout.logs_dir().display()
+    );
+    spawn_supervisor(&layout)?;
+    // The supervisor writes its pid file right after it starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while supervisor_running(&layout).is_none() {
+        if Instant::now() > deadline {
+            return Err(LocalError::Tool {
+                tool: "skiffadm local-supervise".into(),
+                message: format!("did not start; {}", logs_hint(&layout)),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let node = wait_ready(&layout, &settings, timeout).await?;
+    let user_kc = write_kubeconfigs(&layout)?;
+    print_summary(&layout, &settings, &node, &user_kc, &limits.line());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(root: &str) -> UpArgs {
+        UpArgs {
+            root_dir: root.into(),
+            port: None,
+            node_name: Some("box".into()),
+            node_ip: None,
+            bridge: None,
+            cluster_cidr: None,
+            bin_dir: Some("/opt/bin".into()),
+            wait: 10,
+        }
+    }
+
+    fn no_limits() -> Limits {
+        Limits::NotEnforced {
+            hierarchy: "/sys/fs/cgroup/unified".into(),
+            missing: vec!["cpu".into()],
+        }
+    }
+
+    fn resolve(a: &UpArgs, recorded: Option<Settings>) -> Result<Settings, LocalError> {
+        resolve_settings(
+            a,
+            recorded,
+            &no_limits(),
+            || Some("192.0.2.7".into()),
+            || Ok("/self".into()),
+        )
+    }
+
+    #[test]
+    fn first_up_takes_defaults_and_flags() {
+        let s = resolve(&args("/r"), None).unwrap();
+        assert_eq!(s.port, 6443);
+        assert_eq!(s.node_ip, "192.0.2.7");
+        assert_eq!(s.bridge, "skiff0");
+        assert_eq!(s.cluster_cidr, "10.244.0.0/16");
+        assert_eq!(s.bin_dir, Path::new("/opt/bin"));
+        assert_eq!(s.cgroup_root, None);
+        let mut a = args("/r");
+        a.bin_dir = None;
+        let s = resolve_settings(
+            &a,
+            None,
+            &Limits::Enforced("/cg/x".into()),
+            || None,
+            || Ok("/self".into()),
+        )
+        .unwrap();
+        assert_eq!(s.node_ip, "127.0.0.1");
+        assert_eq!(s.bin_dir, Path::new("/self"));
+        assert_eq!(s.cgroup_root, Some("/cg/x".into()));
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_the_flag_named() {
+        for (tweak, flag) in [
+            (
+                Box::new(|a: &mut UpArgs| a.node_ip = Some("not-an-ip".into()))
+                    as Box<dyn Fn(&mut UpArgs)>,
+                "--node-ip",
+            ),
+            (
+                Box::new(|a: &mut UpArgs| a.bridge = Some("x".repeat(16))),
+                "--bridge",
+            ),
+            (
+                Box::new(|a: &mut UpArgs| a.cluster_cidr = Some("10.0.0.0/30".into())),
+                "--cluster-cidr",
+            ),
+            (
+                Box::new(|a: &mut UpArgs| a.node_name = Some("UPPER".into())),
+                "--node-name",
+            ),
+            (Box::new(|a: &mut UpArgs| a.port = Some(0)), "--port"),
+        ] {
+            let mut a = args("/r");
+            tweak(&mut a);
+            let e = resolve(&a, None).unwrap_err().to_string();
+            assert!(e.contains(flag), "{flag}: {e}");
+        }
+    }
+
+    #[test]
+    fn resuming_keeps_the_recorded_settings_and_refuses_contradictions() {
+        let first = resolve(&args("/r"), None).unwrap();
+        let mut again = args("/r");
+        again.node_name = None;
+        again.bin_dir = Some("/new/bin".into());
+        let s = resolve(&again, Some(first.clone())).unwrap();
+        assert_eq!(s.node_name, "box");
+        assert_eq!(s.bin_dir, Path::new("/new/bin"), "binaries may move");
+        let mut same = args("/r");
+        same.port = Some(6443);
+        assert!(resolve(&same, Some(first.clone())).is_ok());
+        let mut other = args("/r");
+        other.port = Some(7000);
+        other.bridge = Some("br1".into());
+        let e = resolve(&other, Some(first)).unwrap_err().to_string();
+        assert!(e.contains("--port 7000 (it has 6443)"), "{e}");
+        assert!(e.contains("--bridge br1 (it has skiff0)"), "{e}");
+        assert!(e.contains("skiffadm delete"), "{e}");
+    }
+}
