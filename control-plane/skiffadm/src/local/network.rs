@@ -3,7 +3,6 @@
 //! lives under the root dir, and one masquerade chain for pod traffic leaving the pod
 //! network (the subnet file says the node masquerades, so the bridge plugin does not).
 
-use std::path::Path;
 use std::process::Command;
 
 use serde_json::json;
@@ -184,8 +183,15 @@ pub fn remove_masquerade(settings: &Settings, errors: &mut Vec<String>) {
     }
 }
 
+/// Asks the kernel through `ip`, not /sys/class/net: sysfs shows the network namespace of
+/// whoever mounted it, which need not be this process's.
 pub fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+    Command::new("ip")
+        .args(["link", "show", "dev", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Deletes the pod bridge (the veths went with the pods' network namespaces).
@@ -206,6 +212,7 @@ pub fn remove_bridge(name: &str, errors: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn settings() -> Settings {
         Settings {

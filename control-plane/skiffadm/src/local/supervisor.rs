@@ -212,6 +212,8 @@ impl Launcher for ProcessLauncher {
             .map_err(|e| format!("{}: {e}", log_path.display()))?;
         let child = Command::new(&argv[0])
             .args(&argv[1..])
+            // Plain log files, without terminal colour codes.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err_log)

@@ -224,8 +224,8 @@ pub fn node_ready(node: &Node) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Waits for the server's kubeconfig, the API and a Ready node; gives up early if the
-/// supervisor died.
+/// Waits for the server's kubeconfig, the API, a Ready node and the node's subnet file (pods
+/// get no network before it); gives up early if the supervisor died.
 pub async fn wait_ready(
     layout: &Layout,
     settings: &Settings,
@@ -251,7 +251,7 @@ pub async fn wait_ready(
         if let Some(c) = &client {
             let nodes: Api<Node> = Api::all(c.clone());
             if let Ok(Some(n)) = nodes.get_opt(&settings.node_name).await {
-                if node_ready(&n) {
+                if node_ready(&n) && layout.subnet_file().exists() {
                     return Ok(n);
                 }
             }
@@ -260,7 +260,7 @@ pub async fn wait_ready(
             return Err(timed_out(if client.is_none() {
                 "the API server's first start"
             } else {
-                "node Ready"
+                "node Ready with its pod subnet"
             }));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -284,13 +284,7 @@ pub fn write_kubeconfigs(layout: &Layout) -> Result<PathBuf, LocalError> {
     Ok(user)
 }
 
-fn print_summary(
-    layout: &Layout,
-    settings: &Settings,
-    node: &Node,
-    user_kc: &Path,
-    limits_line: &str,
-) {
+fn print_summary(layout: &Layout, settings: &Settings, node: &Node, user_kc: &Path) {
     let cidr = node
         .spec
         .as_ref()
@@ -306,7 +300,6 @@ fn print_summary(
         settings.node_name, settings.node_ip
     );
     println!("  pod network  {cidr} on bridge {}", settings.bridge);
-    println!("  {limits_line}");
     println!(
         "kubectl: the context \"skiff\" is now current in {}",
         user_kc.display()
@@ -339,7 +332,7 @@ pub async fn run(args: UpArgs) -> Result<(), LocalError> {
         );
         let node = wait_ready(&layout, &settings, timeout).await?;
         let user_kc = write_kubeconfigs(&layout)?;
-        print_summary(&layout, &settings, &node, &user_kc, &limits.line());
+        print_summary(&layout, &settings, &node, &user_kc);
         return Ok(());
     }
     let missing = processes::missing_binaries(&settings.bin_dir);
@@ -386,7 +379,7 @@ pub async fn run(args: UpArgs) -> Result<(), LocalError> {
     }
     let node = wait_ready(&layout, &settings, timeout).await?;
     let user_kc = write_kubeconfigs(&layout)?;
-    print_summary(&layout, &settings, &node, &user_kc, &limits.line());
+    print_summary(&layout, &settings, &node, &user_kc);
     Ok(())
 }
 
