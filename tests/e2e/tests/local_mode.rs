@@ -408,11 +408,28 @@ fn up_load_deploy_curl_down_up_delete() {
         home: tmp.path().join("home"),
         tmp,
     };
-    assert!(Command::new("ip")
-        .args(["-n", &netns, "link", "set", "lo", "up"])
-        .status()
-        .unwrap()
-        .success());
+    // Loopback, and a default route as a real host has one — into a veth pair whose both ends
+    // stay in the namespace, so nothing can leave it. (Without any route, connecting to a
+    // ClusterIP fails before the service proxy's DNAT is consulted.)
+    for args in [
+        vec!["link", "set", "lo", "up"],
+        vec![
+            "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1",
+        ],
+        vec!["link", "set", "uplink0", "up"],
+        vec!["link", "set", "uplink1", "up"],
+        vec!["addr", "add", "192.0.2.1/24", "dev", "uplink0"],
+        vec!["route", "add", "default", "dev", "uplink0"],
+    ] {
+        let ok = Command::new("ip")
+            .arg("-n")
+            .arg(&netns)
+            .args(&args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip {args:?}");
+    }
     // The user already has a kubeconfig with another cluster: it must survive.
     std::fs::create_dir_all(env.home.join(".kube")).unwrap();
     let other = "apiVersion: v1\nkind: Config\nclusters:\n- name: other\n  cluster:\n    server: https://127.0.0.9:1\nusers:\n- name: other\n  user:\n    token: t\ncontexts:\n- name: other\n  context:\n    cluster: other\n    user: other\ncurrent-context: other\n";
@@ -425,6 +442,9 @@ fn up_load_deploy_curl_down_up_delete() {
         "7443",
         "--node-name",
         "lm-node",
+        // The namespace's "primary" address, as `up` would find on a real host.
+        "--node-ip",
+        "192.0.2.1",
         "--bridge",
         BRIDGE,
         "--cluster-cidr",
@@ -513,7 +533,31 @@ fn up_load_deploy_curl_down_up_delete() {
         "{text}"
     );
     let url = env.skiffadm_ok(&["service", "demo", "--url"]);
-    assert!(url.trim().starts_with("http://127.0.0.1:3"), "{url}");
+    assert!(url.trim().starts_with("http://192.0.2.1:3"), "{url}");
+    // The agent's service proxy routes the Service (inside this test's namespace).
+    let cluster_ip = env.kubectl_ok(
+        &["get", "service", "demo", "-o", "jsonpath={.spec.clusterIP}"],
+        None,
+    );
+    for target in [format!("http://{cluster_ip}/"), format!("{}/", url.trim())] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let page = loop {
+            match env.curl(&target) {
+                Some(p) => break p,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
+                None => panic!(
+                    "{target} never answered\n{}\n{}",
+                    env.nat_rules(),
+                    env.logs()
+                ),
+            }
+        };
+        assert!(
+            page.starts_with("Hello from Skiff, pod demo-"),
+            "{target}: {page}"
+        );
+        println!("{target} -> {}", page.trim());
+    }
     let wrong = env.skiffadm(&["service", "kubernetes", "--url"]);
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("ClusterIP"));
@@ -549,9 +593,16 @@ fn up_load_deploy_curl_down_up_delete() {
             "pause process {pid} gone"
         );
     }
-    assert_eq!(env.links(), vec!["lo".to_string()], "no bridge, no veths");
+    let mut links = env.links();
+    links.sort();
+    assert_eq!(
+        links,
+        ["lo", "uplink0", "uplink1"],
+        "no bridge, no pod veths"
+    );
     let nat = env.nat_rules();
     assert!(!nat.contains("SKIFF-LOCAL-MASQ"), "{nat}");
+    assert!(!nat.contains("KUBE-"), "service proxy chains left: {nat}");
     let root = env.root.display().to_string();
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(&root), "mounts left under {root}");

@@ -5,7 +5,7 @@
 //! their parent, so the next `up` adopts them with no restart and the same IPs. `delete`
 //! removes everything local mode made: processes, containers and shims, pod sandboxes and
 //! their network attachments, mounts under the root, the bridge, the masquerade chain, the
-//! cgroup directory, the files and the kubeconfig context. It keeps going past failures and
+//! service proxy's `KUBE-*` chains, the cgroup directory, the files and the kubeconfig context. It keeps going past failures and
 //! reports them all at the end.
 
 use std::path::Path;
@@ -279,6 +279,7 @@ pub fn delete(root: &Path) -> Result<(), LocalError> {
     }
     network::remove_bridge(&settings.bridge, &mut errors);
     network::remove_masquerade(&settings, &mut errors);
+    network::remove_proxy_chains(&mut errors);
     if let Some(cg) = &settings.cgroup_root {
         remove_cgroup_tree(cg, &mut errors);
     }
