@@ -390,6 +390,10 @@ fn in_cidr(ip: &str, cidr: &str) -> bool {
 
 #[test]
 fn up_load_deploy_curl_down_up_delete() {
+    if skiff_e2e::use_etcd() {
+        println!("SKIPPED local_mode: local mode always runs the embedded store");
+        return;
+    }
     let missing = missing_prerequisites();
     if !missing.is_empty() {
         println!("SKIPPED local_mode: missing {}", missing.join(", "));
@@ -561,6 +565,30 @@ fn up_load_deploy_curl_down_up_delete() {
     let wrong = env.skiffadm(&["service", "kubernetes", "--url"]);
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("ClusterIP"));
+
+    // The supervisor restarts a killed agent; the pods are not disturbed.
+    let agent_pid = std::fs::read_to_string(env.root.join("run/agent.pid")).unwrap();
+    assert!(Command::new("kill")
+        .args(["-9", agent_pid.trim()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = std::fs::read_to_string(env.root.join("run/agent.pid")).unwrap_or_default();
+        if !now.is_empty() && now != agent_pid {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent not restarted\n{}",
+            env.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let supervisor_log = std::fs::read_to_string(env.root.join("logs/supervisor.log")).unwrap();
+    assert!(supervisor_log.contains("Exited"), "{supervisor_log}");
+    assert_eq!(wait_demo_running(&env, Duration::from_secs(60)).len(), 2);
 
     // down: control plane and agent stop, the pods keep serving.
     env.skiffadm_ok(&["down"]);

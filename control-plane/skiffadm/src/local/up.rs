@@ -365,6 +365,8 @@ pub async fn run(args: UpArgs) -> Result<(), LocalError> {
         if resuming { "restarting" } else { "starting" },
         layout.logs_dir().display()
     );
+    // Children of a supervisor that was killed would hold the port and the store.
+    super::stop::stop_processes(&layout);
     spawn_supervisor(&layout)?;
     // The supervisor writes its pid file right after it starts.
     let deadline = Instant::now() + Duration::from_secs(10);
