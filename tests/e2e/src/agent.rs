@@ -20,13 +20,19 @@ pub struct Agent<'a> {
 impl<'a> Agent<'a> {
     /// Starts an agent registered as `name` and waits until its Node exists.
     pub fn start(server: &'a Server, name: &str, extra: &[&str]) -> Self {
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        // The default :10250 is taken as soon as two agents run at once (tests in parallel);
+        // kept in `extra`, the port survives restarts.
+        if !extra.iter().any(|a| a == "--node-api-port") {
+            extra.extend(["--node-api-port".into(), crate::free_port().to_string()]);
+        }
         let mut a = Agent {
             server,
             name: name.into(),
             root: server.dir.path().join(format!("agent-{name}")),
             logs: server.dir.path().join(format!("pod-logs-{name}")),
             child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra,
         };
         a.spawn();
         let deadline = Instant::now() + Duration::from_secs(30);
