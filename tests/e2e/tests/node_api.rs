@@ -1,7 +1,8 @@
 //! The node API through the API server with the real kubectl: `kubectl logs` (tail,
 //! timestamps, follow, previous, bad container), `kubectl exec` (output, exit code, stdin,
-//! a terminal), and the agent's
-//! refusal of callers without a cluster client certificate. Root only (namespaces, mounts).
+//! a terminal; over WebSocket and over the SPDY fallback), `kubectl port-forward` to busybox
+//! httpd inside the pod (WebSocket tunnel and plain SPDY), and the agent's refusal of
+//! callers without a cluster client certificate. Root only (namespaces, mounts).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -115,11 +116,11 @@ fn wait_for_line(child: &mut Child, want: &str) -> Result<Vec<String>, Vec<Strin
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // Reads to the end even when nobody listens any more: a closed pipe would kill
+        // kubectl (SIGPIPE) at its next line, e.g. port-forward's "Handling connection".
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     let mut seen = Vec::new();
@@ -141,7 +142,7 @@ fn wait_for_line(child: &mut Child, want: &str) -> Result<Vec<String>, Vec<Strin
 }
 
 #[test]
-fn logs_and_exec_through_the_api_server() {
+fn logs_exec_and_port_forward_through_the_api_server() {
     if !is_root() {
         println!("skipped: needs root (namespaces, overlay mounts)");
         return;
@@ -149,6 +150,13 @@ fn logs_and_exec_through_the_api_server() {
     let missing = missing_tools();
     if !missing.is_empty() {
         println!("skipped: missing tools {missing:?}");
+        return;
+    }
+    if !bin_dir().join("skiff-cni").exists() {
+        println!(
+            "skipped: {} is not built (cargo build -p skiff-cni)",
+            bin_dir().join("skiff-cni").display()
+        );
         return;
     }
     let registry = Registry::start();
@@ -165,6 +173,18 @@ fn logs_and_exec_through_the_api_server() {
     let root = s.dir.path().join("agent");
     let logs = s.dir.path().join("pod-logs");
     let api_port = free_port();
+    // The pod's loopback comes up through CNI (skiff-cni's loopback plugin), as with
+    // kubelet; port-forward connects to it inside the pod.
+    let cni_bin = s.dir.path().join("cni-bin");
+    let cni_conf = s.dir.path().join("cni-conf");
+    std::fs::create_dir_all(&cni_bin).unwrap();
+    std::fs::create_dir_all(&cni_conf).unwrap();
+    std::os::unix::fs::symlink(bin_dir().join("skiff-cni"), cni_bin.join("loopback")).unwrap();
+    std::fs::write(
+        cni_conf.join("10-lo.conflist"),
+        r#"{"cniVersion": "1.0.0", "name": "lo", "plugins": [{"type": "loopback"}]}"#,
+    )
+    .unwrap();
     let log = std::fs::File::create(s.dir.path().join("agent.log")).unwrap();
     let _agent = Agent(
         Command::new(bin_dir().join("skiff-agent"))
@@ -181,6 +201,10 @@ fn logs_and_exec_through_the_api_server() {
             .arg(&root)
             .arg("--pod-logs-dir")
             .arg(&logs)
+            .arg("--cni-conf-dir")
+            .arg(&cni_conf)
+            .arg("--cni-bin-dir")
+            .arg(&cni_bin)
             .arg("--shim")
             .arg(bin_dir().join("skiff-shim"))
             .stdout(Stdio::null())
@@ -329,5 +353,73 @@ fn logs_and_exec_through_the_api_server() {
         );
         assert!(text.contains("42-answer"), "{text:?}");
         assert_eq!(out.status.code(), Some(3), "{text:?}");
+    }
+
+    // --- exec over SPDY, the fallback older servers need
+    let spdy = s
+        .kubectl_cmd(&[
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "echo over-spdy; echo e >&2; exit 5",
+        ])
+        .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&spdy.stdout), "over-spdy\n");
+    assert_eq!(
+        String::from_utf8_lossy(&spdy.stderr).lines().next(),
+        Some("e")
+    );
+    assert_eq!(spdy.status.code(), Some(5));
+    let mut child = s
+        .kubectl_cmd(&["exec", "-i", "web", "--", "cat"])
+        .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"through spdy\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through spdy\n");
+    assert!(out.status.success());
+
+    // --- port-forward: the WebSocket tunnel (default), then plain SPDY
+    for websockets in ["true", "false"] {
+        let local = free_port();
+        let pf_log = s.dir.path().join(format!("port-forward-{websockets}.log"));
+        let mut pf = Reaped(
+            s.kubectl_cmd(&["port-forward", "-v=6", "pod/web", &format!("{local}:80")])
+                .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets)
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&pf_log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_line(&mut pf.0, "Forwarding from")
+            .unwrap_or_else(|seen| panic!("port-forward did not start: {seen:?}"));
+        // Two connections: each gets its own pair of streams.
+        for _ in 0..2 {
+            let got = Command::new("curl")
+                .args(["-sS", "--max-time", "20"])
+                .arg(format!("http://127.0.0.1:{local}/index.html"))
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&got.stdout),
+                "hello-from-pod\n",
+                "websockets={websockets}: {}\nkubectl: {}",
+                String::from_utf8_lossy(&got.stderr),
+                std::fs::read_to_string(&pf_log).unwrap_or_default()
+            );
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! `kubectl exec`: a process started in the container through its skiff-shim (the agent never
 //! forks), its stdio relayed to whatever protocol carries the session (WebSocket channels
-//! here, SPDY streams in `spdy_exec`), and the exit code returned as a `metav1.Status`.
+//! or SPDY streams), and the exit code returned as a `metav1.Status`.
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::spdy;
 use super::websocket::{self, Message};
 
 /// What the client asked for (`/exec/...?command=…&stdin&stdout&stderr&tty`).
@@ -341,6 +343,152 @@ where
     reader.abort();
 }
 
+/// The SPDY stream protocol chosen from the client's `X-Stream-Protocol-Version` list:
+/// v4 carries the exit status as a `metav1.Status` on the error stream.
+pub const SPDY_PROTOCOL: &str = "v4.channel.k8s.io";
+
+/// Runs an exec session over SPDY (the fallback when the WebSocket upgrade is refused):
+/// the client opens `error`, `stdin`, `stdout`, `stderr` and `resize` streams as requested;
+/// once the ones carrying stdio are there, the process starts.
+pub async fn serve_spdy(mut session: spdy::Session, req: ExecRequest) {
+    let out = session.outgoing.clone();
+    let mut needed = vec!["error"];
+    if req.stdin {
+        needed.push("stdin");
+    }
+    if req.stdout {
+        needed.push("stdout");
+    }
+    if req.stderr {
+        needed.push("stderr");
+    }
+    let mut ids: HashMap<String, u32> = HashMap::new();
+    let (in_tx, in_rx) = mpsc::channel::<Input>(16);
+    let mut in_tx = Some(in_tx);
+    let mut in_rx = Some(in_rx);
+    let mut resize_buf: Vec<u8> = Vec::new();
+    let mut running: Option<tokio::task::JoinHandle<Outcome>> = None;
+    let command = req.command.clone();
+    loop {
+        tokio::select! {
+            frame = session.incoming.recv() => match frame {
+                Some(spdy::Frame::SynStream { stream_id, headers, .. }) => {
+                    let reply = spdy::Frame::SynReply { stream_id, flags: 0, headers: Vec::new() };
+                    if out.send(reply).await.is_err() {
+                        in_tx = None;
+                    }
+                    let kind = spdy::header(&headers, "streamtype").unwrap_or("").to_string();
+                    ids.insert(kind, stream_id);
+                    if running.is_none() && needed.iter().all(|n| ids.contains_key(*n)) {
+                        let (out_tx, out_rx) = mpsc::channel::<Output>(16);
+                        let pump = tokio::spawn(pump_spdy(
+                            out.clone(),
+                            out_rx,
+                            ids.get("stdout").copied(),
+                            ids.get("stderr").copied(),
+                        ));
+                        let input = in_rx.take().expect("started once");
+                        let r = req.clone();
+                        running = Some(tokio::spawn(async move {
+                            let outcome = run(r, input, out_tx).await;
+                            let _ = pump.await;
+                            outcome
+                        }));
+                    }
+                }
+                Some(spdy::Frame::Data { stream_id, flags, data }) => {
+                    let fin = flags & spdy::FLAG_FIN != 0;
+                    if Some(&stream_id) == ids.get("stdin") {
+                        if let Some(tx) = &in_tx {
+                            if !data.is_empty() {
+                                let _ = tx.send(Input::Stdin(data)).await;
+                            }
+                            if fin {
+                                let _ = tx.send(Input::StdinClosed).await;
+                            }
+                        }
+                    } else if Some(&stream_id) == ids.get("resize") {
+                        resize_buf.extend_from_slice(&data);
+                        for size in take_resizes(&mut resize_buf) {
+                            if let Some(tx) = &in_tx {
+                                let _ = tx.send(size).await;
+                            }
+                        }
+                    }
+                }
+                Some(spdy::Frame::RstStream { .. } | spdy::Frame::SynReply { .. } | spdy::Frame::Headers { .. }) => {}
+                Some(_) | None => {
+                    // The client is gone (GOAWAY or closed): the process loses its input.
+                    drop(in_tx.take());
+                    match running.take() {
+                        Some(r) => {
+                            let _ = r.await;
+                        }
+                        None => return,
+                    }
+                    return;
+                }
+            },
+            outcome = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
+                let outcome = outcome.unwrap_or_else(|e| Outcome::Failed(format!("exec session failed: {e}")));
+                for name in ["stdout", "stderr"] {
+                    if let Some(id) = ids.get(name) {
+                        spdy::send_fin(&out, *id).await;
+                    }
+                }
+                if let Some(id) = ids.get("error") {
+                    let status = serde_json::to_vec(&outcome.status(&command)).unwrap_or_default();
+                    spdy::send_data(&out, *id, &status).await;
+                    spdy::send_fin(&out, *id).await;
+                }
+                // The client resets the streams and closes the connection; keep answering
+                // until it does.
+                drop(in_tx.take());
+                while let Some(f) = session.incoming.recv().await {
+                    if matches!(f, spdy::Frame::GoAway { .. }) {
+                        break;
+                    }
+                }
+                return;
+            }
+        }
+    }
+}
+
+async fn pump_spdy(
+    out: mpsc::Sender<spdy::Frame>,
+    mut from: mpsc::Receiver<Output>,
+    stdout: Option<u32>,
+    stderr: Option<u32>,
+) {
+    while let Some(o) = from.recv().await {
+        let (id, data) = match o {
+            Output::Stdout(d) => (stdout, d),
+            Output::Stderr(d) => (stderr, d),
+        };
+        if let Some(id) = id {
+            if !spdy::send_data(&out, id, &data).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Resize messages on SPDY are a stream of JSON objects; takes the complete ones.
+pub fn take_resizes(buf: &mut Vec<u8>) -> Vec<Input> {
+    let mut found = Vec::new();
+    let mut consumed = 0;
+    let mut stream = serde_json::Deserializer::from_slice(buf).into_iter::<Value>();
+    while let Some(Ok(v)) = stream.next() {
+        consumed = stream.byte_offset();
+        if let Some(i) = parse_resize(v.to_string().as_bytes()) {
+            found.push(i);
+        }
+    }
+    buf.drain(..consumed);
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +512,28 @@ mod tests {
             (f["status"].as_str(), f["reason"].as_str()),
             (Some("Failure"), Some("InternalError"))
         );
+    }
+
+    #[test]
+    fn resize_stream_on_spdy() {
+        let mut buf = br#"{"Width":80,"Height":24}{"Width":100,"#.to_vec();
+        assert_eq!(
+            take_resizes(&mut buf),
+            vec![Input::Resize {
+                width: 80,
+                height: 24
+            }]
+        );
+        assert_eq!(buf, br#"{"Width":100,"#.to_vec());
+        buf.extend_from_slice(br#""Height":50}"#);
+        assert_eq!(
+            take_resizes(&mut buf),
+            vec![Input::Resize {
+                width: 100,
+                height: 50
+            }]
+        );
+        assert!(buf.is_empty());
     }
 
     #[test]

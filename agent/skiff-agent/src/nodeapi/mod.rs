@@ -4,12 +4,14 @@
 //!
 //! - `server`: TLS, authentication, routing, pod and container lookup.
 //! - `logs`: CRI log files to plain text (tail, since, timestamps, previous, follow).
-//! - `exec` over `websocket` (v5.channel.k8s.io) or over `spdy` (`spdy_exec`).
+//! - `exec` over `websocket` (v5.channel.k8s.io) or over `spdy` (the fallback).
 //! - `portforward`: SPDY streams to a TCP port inside the pod's network namespace.
 
 pub mod exec;
 pub mod logs;
+pub mod portforward;
 pub mod server;
+pub mod spdy;
 pub mod websocket;
 
 use std::path::{Path, PathBuf};

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 use super::exec::{self, ExecRequest};
 use super::logs::{self, LogOptions};
+use super::portforward;
 use super::NodeApiError;
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -241,6 +242,19 @@ fn header_has(req: &Request<hyper::body::Incoming>, name: header::HeaderName, to
     })
 }
 
+const X_STREAM_PROTOCOL: header::HeaderName =
+    header::HeaderName::from_static("x-stream-protocol-version");
+
+fn spdy_switch(protocol: &str) -> Response<Body> {
+    Response::builder()
+        .status(101)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "SPDY/3.1")
+        .header(X_STREAM_PROTOCOL, protocol)
+        .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed())
+        .expect("valid response")
+}
+
 /// A pod of this node as the API knows it: its uid and container names.
 struct PodRef {
     uid: String,
@@ -281,6 +295,10 @@ impl NodeApi {
             (&Method::GET | &Method::POST, ["exec", ns, pod, container]) => {
                 let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
                 self.exec(req, &ns, &pod, &container).await
+            }
+            (&Method::GET | &Method::POST, ["portForward", ns, pod]) => {
+                let (ns, pod) = (ns.to_string(), pod.to_string());
+                self.port_forward(req, &ns, &pod).await
             }
             _ => Err(not_found()),
         }
@@ -486,8 +504,111 @@ impl NodeApi {
                 .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed())
                 .expect("valid response"));
         }
+        if header_has(&req, header::UPGRADE, "SPDY/3.1") {
+            if !header_has(&req, X_STREAM_PROTOCOL, exec::SPDY_PROTOCOL) {
+                return Err(NodeApiError::BadRequest(format!(
+                    "no supported stream protocol offered (supported: {})",
+                    exec::SPDY_PROTOCOL
+                )));
+            }
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                match upgrade.await {
+                    Ok(conn) => {
+                        exec::serve_spdy(super::spdy::start(TokioIo::new(conn)), exec_req).await
+                    }
+                    Err(e) => tracing::debug!(error = %e, "exec: upgrade failed"),
+                }
+            });
+            return Ok(spdy_switch(exec::SPDY_PROTOCOL));
+        }
         Err(NodeApiError::BadRequest(
-            "exec needs a connection upgrade to websocket (v5.channel.k8s.io)".into(),
+            "exec needs a connection upgrade: websocket (v5.channel.k8s.io) or SPDY/3.1".into(),
+        ))
+    }
+
+    async fn port_forward(
+        &self,
+        mut req: Request<hyper::body::Incoming>,
+        ns: &str,
+        pod: &str,
+    ) -> Result<Response<Body>, NodeApiError> {
+        let p = self.pod(ns, pod).await?;
+        let sandbox = crate::sandbox::find(&self.root, &p.uid)
+            .map_err(|e| NodeApiError::Internal(e.to_string()))?
+            .ok_or_else(|| {
+                NodeApiError::BadRequest(format!(
+                    "pod {ns}/{pod} has no running sandbox on this node"
+                ))
+            })?;
+        let target = portforward::PodNet {
+            pod: format!("{ns}/{pod}"),
+            uid: p.uid.clone(),
+            netns: sandbox.netns(),
+        };
+        if header_has(&req, header::UPGRADE, "websocket") {
+            if !header_has(
+                &req,
+                header::SEC_WEBSOCKET_PROTOCOL,
+                portforward::WS_TUNNEL_PROTOCOL,
+            ) {
+                return Err(NodeApiError::BadRequest(format!(
+                    "no supported WebSocket subprotocol offered (supported: {})",
+                    portforward::WS_TUNNEL_PROTOCOL
+                )));
+            }
+            let key = req
+                .headers()
+                .get(header::SEC_WEBSOCKET_KEY)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| NodeApiError::BadRequest("missing Sec-WebSocket-Key".into()))?
+                .to_string();
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                match upgrade.await {
+                    Ok(conn) => {
+                        let session = super::spdy::start_over_websocket(TokioIo::new(conn));
+                        portforward::serve(session, target).await
+                    }
+                    Err(e) => tracing::debug!(error = %e, "port-forward: upgrade failed"),
+                }
+            });
+            return Ok(Response::builder()
+                .status(101)
+                .header(header::CONNECTION, "Upgrade")
+                .header(header::UPGRADE, "websocket")
+                .header(
+                    header::SEC_WEBSOCKET_ACCEPT,
+                    super::websocket::accept_key(&key),
+                )
+                .header(
+                    header::SEC_WEBSOCKET_PROTOCOL,
+                    portforward::WS_TUNNEL_PROTOCOL,
+                )
+                .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed())
+                .expect("valid response"));
+        }
+        if header_has(&req, header::UPGRADE, "SPDY/3.1") {
+            if !header_has(&req, X_STREAM_PROTOCOL, portforward::PROTOCOL) {
+                return Err(NodeApiError::BadRequest(format!(
+                    "no supported stream protocol offered (supported: {})",
+                    portforward::PROTOCOL
+                )));
+            }
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                match upgrade.await {
+                    Ok(conn) => {
+                        portforward::serve(super::spdy::start(TokioIo::new(conn)), target).await
+                    }
+                    Err(e) => tracing::debug!(error = %e, "port-forward: upgrade failed"),
+                }
+            });
+            return Ok(spdy_switch(portforward::PROTOCOL));
+        }
+        Err(NodeApiError::BadRequest(
+            "port-forward needs a connection upgrade: websocket (SPDY/3.1+portforward.k8s.io) or SPDY/3.1"
+                .into(),
         ))
     }
 
