@@ -27,6 +27,19 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== build"
 cargo build --workspace --bins
 
+# ---- VM lab (tests/vmlab; see its README) --------------------------------
+# Payloads that need systemd and real cgroup v2 controllers run in Debian VMs
+# under QEMU with the binaries just built. On by default: image build, boot
+# and payloads fit in about 10 minutes here (0 s for the image once cached).
+# SKIFF_VMLAB=0 skips it, and says so. A missing network fails the run.
+if [ "${SKIFF_VMLAB:-1}" = 0 ]; then
+    echo "== VM lab: SKIPPED (SKIFF_VMLAB=0)"
+else
+    echo "== VM lab payloads (tests/vmlab/run.sh)"
+    tests/vmlab/run.sh
+fi
+# ---- end of VM lab ---------------------------------------------------------
+
 echo "== tests (embedded store)"
 cargo test --workspace --no-fail-fast "$@"
 

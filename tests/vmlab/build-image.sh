@@ -137,12 +137,15 @@ done
 mkdir -p "$root/etc/sysctl.d"
 echo "kernel.printk = 4 4 1 7" >"$root/etc/sysctl.d/10-vmlab.conf"
 
-rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root/boot"/*
+rm -rf "${root:?}"/var/cache/apt/archives/*.deb "${root:?}"/var/lib/apt/lists/* "${root:?}"/boot/*
 # net.ifnames=0 keeps the one NIC named eth0 whatever its PCI slot.
 echo "console=ttyS0 quiet root=/dev/nvme0n1 rw rootfstype=ext4 net.ifnames=0 systemd.unified_cgroup_hierarchy=1" >"$work/cmdline"
 
 log "mkfs.ext4 -d (rootfs $(du -sm "$root" | cut -f1) MB)"
-mkfs.ext4 -q -F -L skiffroot -d "$root" "$work/rootfs.img" 4G
+mkfs.ext4 -q -F -L skiffroot -d "$root" "$work/rootfs.img" 4G >"$work/mkfs.log" 2>&1 || {
+    cat "$work/mkfs.log" >&2
+    die "mkfs.ext4 -d failed"
+}
 rm -rf "$root"
 touch "$work/ready"
 rm -rf "$out"

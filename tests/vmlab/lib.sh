@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the VM lab scripts: paths, logging, and installing host packages.
 # Sourced, never run.
 
