@@ -419,7 +419,7 @@ fn scenario(backend: Backend, tag: &str) {
             }
         }
     }
-    for (table, chain, _) in skiff_agent::proxy::apply::JUMPS {
+    for (table, chain, _) in render::JUMPS {
         let rules = proxier.kernel.chain_rules(table, chain).unwrap().unwrap();
         assert!(
             rules.iter().any(|r| r.contains("KUBE-")),

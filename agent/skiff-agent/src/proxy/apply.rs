@@ -9,124 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::kernel::{ConntrackFlush, Kernel, KernelError};
 use super::model::{Endpoint, Model, Protocol, ServicePort};
-use super::render::{self, Ruleset, Table, CANARY, SERVICE_CHAIN_PREFIXES};
-
-/// Jumps from the built-in chains into Skiff's, put first in each chain so that other
-/// programs' rules cannot shadow services (kube-proxy's list).
-pub const JUMPS: [(Table, &str, &[&str]); 8] = [
-    (
-        Table::Nat,
-        "PREROUTING",
-        &[
-            "-m",
-            "comment",
-            "--comment",
-            "kubernetes service portals",
-            "-j",
-            "KUBE-SERVICES",
-        ],
-    ),
-    (
-        Table::Nat,
-        "OUTPUT",
-        &[
-            "-m",
-            "comment",
-            "--comment",
-            "kubernetes service portals",
-            "-j",
-            "KUBE-SERVICES",
-        ],
-    ),
-    (
-        Table::Nat,
-        "POSTROUTING",
-        &[
-            "-m",
-            "comment",
-            "--comment",
-            "kubernetes postrouting rules",
-            "-j",
-            "KUBE-POSTROUTING",
-        ],
-    ),
-    (
-        Table::Filter,
-        "INPUT",
-        &[
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "NEW",
-            "-m",
-            "comment",
-            "--comment",
-            "kubernetes externally-visible service portals",
-            "-j",
-            "KUBE-EXTERNAL-SERVICES",
-        ],
-    ),
-    (
-        Table::Filter,
-        "FORWARD",
-        &[
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "NEW",
-            "-m",
-            "comment",
-            "--comment",
-            "kubernetes service portals",
-            "-j",
-            "KUBE-SERVICES",
-        ],
-    ),
-    (
-        Table::Filter,
-        "FORWARD",
-        &[
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "NEW",
-            "-m",
-            "comment",
-            "--comment",
-            "kubernetes externally-visible service portals",
-            "-j",
-            "KUBE-EXTERNAL-SERVICES",
-        ],
-    ),
-    (
-        Table::Filter,
-        "FORWARD",
-        &[
-            "-m",
-            "comment",
-            "--comment",
-            "kubernetes forwarding rules",
-            "-j",
-            "KUBE-FORWARD",
-        ],
-    ),
-    (
-        Table::Filter,
-        "OUTPUT",
-        &[
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "NEW",
-            "-m",
-            "comment",
-            "--comment",
-            "kubernetes service portals",
-            "-j",
-            "KUBE-SERVICES",
-        ],
-    ),
-];
+use super::render::{self, Ruleset, Table, CANARY, JUMPS, SERVICE_CHAIN_PREFIXES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -136,15 +19,9 @@ pub enum SyncError {
         rules: usize,
         source: KernelError,
     },
-    #[error("listing chains of the {table} table: {source}")]
+    #[error("reading the {table} table: {source}")]
     List {
         table: &'static str,
-        source: KernelError,
-    },
-    #[error("adding the jump from {table}/{chain}: {source}")]
-    Jump {
-        table: &'static str,
-        chain: &'static str,
         source: KernelError,
     },
     #[error("checking the canary chain: {0}")]
@@ -267,23 +144,34 @@ impl<K: Kernel> Proxier<K> {
         let new = render::render(model);
         let full = self.applied.is_none();
         let mut stale = Vec::new();
+        let mut jumps = Vec::new();
         if full {
-            // Chains of services deleted while no agent ran (or by a previous agent).
+            // One read per table finds chains of services deleted while no agent ran (or left
+            // by a previous one) and which jumps from the built-in chains are missing; the
+            // restore then fixes both in the same transaction.
             for t in Table::ALL {
-                let existing = self.kernel.chains(t).map_err(|source| SyncError::List {
+                let dump = self.kernel.dump(t).map_err(|source| SyncError::List {
                     table: t.name(),
                     source,
                 })?;
                 stale.extend(
-                    existing
-                        .into_iter()
+                    dump.chains
+                        .iter()
                         .filter(|c| SERVICE_CHAIN_PREFIXES.iter().any(|p| c.starts_with(p)))
-                        .filter(|c| !new.table(t).chains.contains_key(c))
-                        .map(|c| (t, c)),
+                        .filter(|c| !new.table(t).chains.contains_key(*c))
+                        .map(|c| (t, c.clone())),
+                );
+                jumps.extend(
+                    JUMPS
+                        .iter()
+                        .filter(|(jt, chain, rule)| {
+                            *jt == t && !dump.rules.contains(&format!("-A {chain} {rule}"))
+                        })
+                        .map(|(jt, chain, rule)| (*jt, format!("-I {chain} {rule}"))),
                 );
             }
         }
-        let text = render::restore_text(&new, self.applied.as_ref(), &stale);
+        let text = render::restore_text(&new, self.applied.as_ref(), &stale, &jumps);
         let render_time = started.elapsed();
         let restore_started = Instant::now();
         if !text.is_empty() {
@@ -295,17 +183,6 @@ impl<K: Kernel> Proxier<K> {
                     rules: text.lines().filter(|l| l.starts_with("-A")).count(),
                     source,
                 });
-            }
-        }
-        if full {
-            for (table, chain, rule) in JUMPS {
-                self.kernel
-                    .ensure_jump(table, chain, rule)
-                    .map_err(|source| SyncError::Jump {
-                        table: table.name(),
-                        chain,
-                        source,
-                    })?;
             }
         }
         let restore_time = restore_started.elapsed();
@@ -550,7 +427,18 @@ mod tests {
             vec!["-A OTHER -j RETURN".to_string()],
             "foreign chains untouched"
         );
-        assert_eq!(p.kernel.jumps.len(), JUMPS.len());
+        let jumps_held = |k: &FakeKernel| {
+            JUMPS
+                .iter()
+                .map(|(t, chain, rule)| {
+                    let line = format!("-A {chain} {rule}");
+                    k.tables[t][*chain].iter().filter(|r| **r == line).count()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(jumps_held(&p.kernel), vec![1; JUMPS.len()]);
+        p.sync(&m1, true).unwrap();
+        assert_eq!(jumps_held(&p.kernel), vec![1; JUMPS.len()], "never doubled");
         assert!(p.canary_present().unwrap());
 
         let m2 = model(vec![port("dns", Protocol::Tcp, vec![ep(2, "n1")])]);

@@ -37,19 +37,44 @@ pub struct ConntrackFlush {
 pub trait Kernel: Send {
     /// `iptables-restore --noflush` of `text`; each table is applied whole or not at all.
     fn restore(&mut self, text: &str) -> Result<(), KernelError>;
-    /// The user-defined chains of a table.
-    fn chains(&mut self, table: Table) -> Result<BTreeSet<String>, KernelError>;
+    /// A table as `iptables-save` shows it.
+    fn dump(&mut self, table: Table) -> Result<TableDump, KernelError>;
     /// The rules of one chain as `-A CHAIN …` lines; `None` when the chain does not exist.
     fn chain_rules(
         &mut self,
         table: Table,
         chain: &str,
     ) -> Result<Option<Vec<String>>, KernelError>;
-    /// Put `rule` (arguments after `-A CHAIN`) first in a built-in chain unless it is there.
-    fn ensure_jump(&mut self, table: Table, chain: &str, rule: &[&str]) -> Result<(), KernelError>;
     /// Whether conntrack entries can be deleted here (the conntrack tool is installed).
     fn conntrack_available(&self) -> bool;
     fn conntrack_delete(&mut self, f: &ConntrackFlush) -> Result<(), KernelError>;
+}
+
+/// What a table holds: its user-defined chains and every rule line (`-A CHAIN …`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableDump {
+    pub chains: BTreeSet<String>,
+    pub rules: BTreeSet<String>,
+}
+
+const BUILTIN_CHAINS: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+
+impl TableDump {
+    /// Parses `iptables-save` output.
+    pub fn parse(save: &str) -> TableDump {
+        let mut d = TableDump::default();
+        for l in save.lines() {
+            if let Some(decl) = l.strip_prefix(':') {
+                let name = decl.split(' ').next().unwrap_or_default();
+                if !BUILTIN_CHAINS.contains(&name) {
+                    d.chains.insert(name.to_string());
+                }
+            } else if l.starts_with("-A ") {
+                d.rules.insert(l.to_string());
+            }
+        }
+        d
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,20 +226,8 @@ impl Kernel for Iptables {
         .map(drop)
     }
 
-    fn chains(&mut self, table: Table) -> Result<BTreeSet<String>, KernelError> {
-        let out = self.save(table)?;
-        Ok(out
-            .lines()
-            .filter_map(|l| l.strip_prefix(':'))
-            .filter_map(|l| l.split(' ').next())
-            .filter(|c| {
-                !matches!(
-                    *c,
-                    "PREROUTING" | "INPUT" | "OUTPUT" | "POSTROUTING" | "FORWARD"
-                )
-            })
-            .map(str::to_string)
-            .collect())
+    fn dump(&mut self, table: Table) -> Result<TableDump, KernelError> {
+        Ok(TableDump::parse(&self.save(table)?))
     }
 
     fn chain_rules(
@@ -240,18 +253,6 @@ impl Kernel for Iptables {
             }
             Err(e) => Err(e),
         }
-    }
-
-    fn ensure_jump(&mut self, table: Table, chain: &str, rule: &[&str]) -> Result<(), KernelError> {
-        let tool = self.tool("iptables");
-        let mut check = vec!["-w", "5", "-t", table.name(), "-C", chain];
-        check.extend_from_slice(rule);
-        if self.run(&tool, &check, None).is_ok() {
-            return Ok(());
-        }
-        let mut insert = vec!["-w", "5", "-t", table.name(), "-I", chain];
-        insert.extend_from_slice(rule);
-        self.run(&tool, &insert, None).map(drop)
     }
 
     fn conntrack_available(&self) -> bool {
@@ -288,7 +289,6 @@ impl Kernel for Iptables {
 #[derive(Debug, Default, Clone)]
 pub struct FakeKernel {
     pub tables: BTreeMap<Table, BTreeMap<String, Vec<String>>>,
-    pub jumps: BTreeSet<(Table, String, String)>,
     pub restores: Vec<String>,
     pub conntrack: bool,
     pub conntrack_deleted: Vec<ConntrackFlush>,
@@ -326,7 +326,11 @@ impl Kernel for FakeKernel {
                     "filter" => Table::Filter,
                     other => return Err(fail(format!("unknown table {other}"))),
                 };
-                current = Some((t, self.tables.get(&t).cloned().unwrap_or_default()));
+                let mut chains = self.tables.get(&t).cloned().unwrap_or_default();
+                for b in BUILTIN_CHAINS {
+                    chains.entry(b.to_string()).or_default();
+                }
+                current = Some((t, chains));
             } else if line == "COMMIT" {
                 let (t, chains) = current
                     .take()
@@ -360,6 +364,12 @@ impl Kernel for FakeKernel {
                     if used {
                         return Err(fail(format!("-X {name}: chain is referenced")));
                     }
+                } else if let Some(rest) = line.strip_prefix("-I ") {
+                    let chain = rest.split(' ').next().unwrap_or_default();
+                    chains
+                        .get_mut(chain)
+                        .ok_or_else(|| fail(format!("{line}: no chain {chain}")))?
+                        .insert(0, format!("-A {rest}"));
                 } else if let Some(rest) = line.strip_prefix("-A ") {
                     let chain = rest.split(' ').next().unwrap_or_default();
                     chains
@@ -377,12 +387,15 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
-    fn chains(&mut self, table: Table) -> Result<BTreeSet<String>, KernelError> {
-        Ok(self
-            .tables
-            .get(&table)
-            .map(|c| c.keys().cloned().collect())
-            .unwrap_or_default())
+    fn dump(&mut self, table: Table) -> Result<TableDump, KernelError> {
+        let mut d = TableDump::default();
+        for (name, rules) in self.tables.get(&table).into_iter().flatten() {
+            if !BUILTIN_CHAINS.contains(&name.as_str()) {
+                d.chains.insert(name.clone());
+            }
+            d.rules.extend(rules.iter().cloned());
+        }
+        Ok(d)
     }
 
     fn chain_rules(
@@ -391,12 +404,6 @@ impl Kernel for FakeKernel {
         chain: &str,
     ) -> Result<Option<Vec<String>>, KernelError> {
         Ok(self.tables.get(&table).and_then(|c| c.get(chain)).cloned())
-    }
-
-    fn ensure_jump(&mut self, table: Table, chain: &str, rule: &[&str]) -> Result<(), KernelError> {
-        self.jumps
-            .insert((table, chain.to_string(), rule.join(" ")));
-        Ok(())
     }
 
     fn conntrack_available(&self) -> bool {
@@ -441,6 +448,15 @@ mod tests {
             .restore("*nat\n:B - [0:0]\n-A B -j A\nCOMMIT\n*nat\n-X A\nCOMMIT\n")
             .is_err());
         assert!(k.chain_rules(Table::Nat, "A").unwrap().is_some());
+    }
+
+    #[test]
+    fn save_output_parses_into_chains_and_rules() {
+        let d = TableDump::parse(
+            "# Generated\n*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n-A PREROUTING -j KUBE-SERVICES\nCOMMIT\n",
+        );
+        assert_eq!(d.chains.iter().collect::<Vec<_>>(), ["KUBE-SERVICES"]);
+        assert!(d.rules.contains("-A PREROUTING -j KUBE-SERVICES"));
     }
 
     #[test]

@@ -33,6 +33,51 @@ pub const SERVICE_CHAIN_PREFIXES: [&str; 5] = [
     "KUBE-SEP-",
 ];
 
+/// Jumps from the built-in chains into Skiff's (kube-proxy's list), as `iptables-save`
+/// prints them; inserted first in their chain so other programs' rules cannot shadow services.
+pub const JUMPS: [(Table, &str, &str); 8] = [
+    (
+        Table::Nat,
+        "PREROUTING",
+        "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    ),
+    (
+        Table::Nat,
+        "OUTPUT",
+        "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    ),
+    (
+        Table::Nat,
+        "POSTROUTING",
+        "-m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
+    ),
+    (
+        Table::Filter,
+        "INPUT",
+        "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES",
+    ),
+    (
+        Table::Filter,
+        "FORWARD",
+        "-m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD",
+    ),
+    (
+        Table::Filter,
+        "FORWARD",
+        "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES",
+    ),
+    (
+        Table::Filter,
+        "FORWARD",
+        "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    ),
+    (
+        Table::Filter,
+        "OUTPUT",
+        "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    ),
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Table {
     Nat,
@@ -414,9 +459,15 @@ fn render_service(model: &Model, sp: &ServicePort, rs: &mut Ruleset) {
 /// `iptables-restore --noflush` input. With `applied` (what the kernel holds from the last
 /// successful restore) only chains whose rules differ are written, and chains that disappeared
 /// are deleted; without it every chain is written. `stale` names further chains to delete
-/// (found in the kernel but not in `new`). A declared chain is flushed by the restore; chains
-/// not named are left alone, so rules of other programs are never touched.
-pub fn restore_text(new: &Ruleset, applied: Option<&Ruleset>, stale: &[(Table, String)]) -> String {
+/// (found in the kernel but not in `new`), `jumps` rules to insert into built-in chains
+/// (`-I CHAIN …`). A declared chain is flushed by the restore; chains not named are left
+/// alone, so rules of other programs are never touched.
+pub fn restore_text(
+    new: &Ruleset,
+    applied: Option<&Ruleset>,
+    stale: &[(Table, String)],
+    jumps: &[(Table, String)],
+) -> String {
     let mut out = String::new();
     for t in Table::ALL {
         let rules = new.table(t);
@@ -441,7 +492,12 @@ pub fn restore_text(new: &Ruleset, applied: Option<&Ruleset>, stale: &[(Table, S
                 .filter(|(st, name)| *st == t && !rules.chains.contains_key(name))
                 .map(|(_, n)| n.as_str()),
         );
-        if changed.is_empty() && removed.is_empty() {
+        let inserts: Vec<&String> = jumps
+            .iter()
+            .filter(|(jt, _)| *jt == t)
+            .map(|(_, l)| l)
+            .collect();
+        if changed.is_empty() && removed.is_empty() && inserts.is_empty() {
             continue;
         }
         let _ = writeln!(out, "*{}", t.name());
@@ -461,6 +517,11 @@ pub fn restore_text(new: &Ruleset, applied: Option<&Ruleset>, stale: &[(Table, S
         }
         for name in &removed {
             let _ = writeln!(out, "-X {name}");
+        }
+        // After the rules, so the chains they jump to exist.
+        for l in inserts {
+            out.push_str(l);
+            out.push('\n');
         }
         out.push_str("COMMIT\n");
     }
@@ -741,13 +802,16 @@ mod tests {
         b.cluster_ip = Ipv4Addr::new(10, 96, 0, 21);
         let x = render(&model(vec![a.clone(), b.clone()]));
         let y = render(&model(vec![b, a]));
-        assert_eq!(restore_text(&x, None, &[]), restore_text(&y, None, &[]));
+        assert_eq!(
+            restore_text(&x, None, &[], &[]),
+            restore_text(&y, None, &[], &[])
+        );
     }
 
     #[test]
     fn full_text_declares_every_chain_before_any_rule() {
         let rs = render(&model(vec![web(three())]));
-        let text = restore_text(&rs, None, &[]);
+        let text = restore_text(&rs, None, &[], &[]);
         let tables: Vec<&str> = text.lines().filter(|l| l.starts_with('*')).collect();
         assert_eq!(tables, ["*nat", "*filter"]);
         assert_eq!(text.matches("COMMIT").count(), 2);
@@ -790,14 +854,14 @@ mod tests {
     fn partial_text_holds_only_changed_chains_and_deletes_removed_ones() {
         let before = render(&model(vec![web(three())]));
         assert_eq!(
-            restore_text(&before, Some(&before), &[]),
+            restore_text(&before, Some(&before), &[], &[]),
             "",
             "nothing changed"
         );
         // Scale 3 → 2: the SVC chain changes, one SEP goes, KUBE-SERVICES stays as it was.
         let sp = web(three()[..2].to_vec());
         let after = render(&model(vec![sp.clone()]));
-        let text = restore_text(&after, Some(&before), &[]);
+        let text = restore_text(&after, Some(&before), &[], &[]);
         let svc = svc_chain(&sp.id);
         let gone = sep_chain(&sp.id, &three()[2]);
         assert!(text.starts_with("*nat\n"));
@@ -814,7 +878,7 @@ mod tests {
         assert!(!text.contains(&format!("-A {kept} ")));
         // Down to 0: the service's chains go, KUBE-SERVICES changes, filter gets a REJECT.
         let empty = render(&model(vec![web(vec![])]));
-        let text = restore_text(&empty, Some(&after), &[]);
+        let text = restore_text(&empty, Some(&after), &[], &[]);
         assert!(text.contains(&format!("-X {svc}")));
         assert!(text.contains(":KUBE-SERVICES - [0:0]"));
         assert!(text.contains("*filter") && text.contains("-j REJECT"));
@@ -823,6 +887,12 @@ mod tests {
             &empty,
             None,
             &[(Table::Nat, "KUBE-SEP-OLDOLDOLDOLDOLDO".into())],
+            &[(Table::Filter, "-I INPUT -j KUBE-EXTERNAL-SERVICES".into())],
+        );
+        let filter = text.split("*filter\n").nth(1).unwrap();
+        assert!(
+            filter.ends_with("-I INPUT -j KUBE-EXTERNAL-SERVICES\nCOMMIT\n"),
+            "{filter}"
         );
         assert!(text.contains("-X KUBE-SEP-OLDOLDOLDOLDOLDO"));
     }

@@ -1,0 +1,214 @@
+//! Service proxy benchmark (root; not a test). In fresh network namespaces it measures
+//!   1. a full sync of N services × 3 endpoints through the proxy (render + restore + jumps)
+//!      against `iptables-restore` alone on the same rules file, in the same run;
+//!   2. a partial sync after one service's endpoints change, beside the full-sync time.
+//!
+//! `cargo run --release -p skiff-agent --example proxy_bench -- [--services N] [--backend nft|legacy]`
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use skiff_agent::proxy::apply::Proxier;
+use skiff_agent::proxy::kernel::{Backend, Iptables};
+use skiff_agent::proxy::model::{
+    Endpoint, Model, NodeInfo, Protocol, ServicePort, ServicePortName,
+};
+use skiff_agent::proxy::render;
+
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("skpx-bench-{tag}-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "ip netns add {name} failed (root needed)");
+        Netns(name)
+    }
+    fn prefix(&self) -> Vec<String> {
+        ["ip", "netns", "exec", &self.0]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+fn endpoint(i: usize, j: usize, generation: usize) -> Endpoint {
+    // 10.244.0.0/16 holds 65k addresses: spread endpoints over it by service and slot.
+    let n = (i * 3 + j + generation * 7) % 65_000 + 2;
+    Endpoint {
+        ip: Ipv4Addr::new(10, 244, (n / 256) as u8, (n % 256) as u8),
+        port: 8080,
+        ready: true,
+        serving: true,
+        terminating: false,
+        node: Some(format!("node-{}", j)),
+    }
+}
+
+fn model(services: usize) -> Model {
+    let mut out = std::collections::BTreeMap::new();
+    for i in 0..services {
+        let id = ServicePortName {
+            namespace: format!("ns-{}", i % 50),
+            name: format!("svc-{i}"),
+            port: "http".into(),
+            protocol: Protocol::Tcp,
+        };
+        let ip = 0x0a60_0000u32 + 10 + i as u32; // 10.96.0.10 onwards
+        let sp = ServicePort {
+            id: id.clone(),
+            cluster_ip: Ipv4Addr::from(ip),
+            port: 80,
+            node_port: (i % 10 == 0).then(|| 30000 + (i / 10) as u16),
+            external_ips: vec![],
+            affinity_seconds: None,
+            external_local: false,
+            internal_local: false,
+            endpoints: (0..3).map(|j| endpoint(i, j, 0)).collect(),
+        };
+        out.insert(id, sp);
+    }
+    Model {
+        node: NodeInfo {
+            name: "node-0".into(),
+            addresses: vec![],
+            cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
+            service_cidr: "10.96.0.0/12".parse().expect("cidr"),
+        },
+        services: out,
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("proxy_bench needs root (network namespaces, iptables)");
+        std::process::exit(2);
+    }
+    let services: usize = arg("--services")
+        .map(|s| s.parse().expect("--services N"))
+        .unwrap_or(5000);
+    let rounds: usize = arg("--rounds")
+        .map(|s| s.parse().expect("--rounds N"))
+        .unwrap_or(3);
+    let probe = Netns::new("probe");
+    let backend = match arg("--backend").as_deref() {
+        Some("nft") => Backend::Nft,
+        Some("legacy") => Backend::Legacy,
+        Some(other) => panic!("--backend {other}: nft or legacy"),
+        None => {
+            Iptables::detect(probe.prefix())
+                .expect("detect backend")
+                .backend
+        }
+    };
+    drop(probe);
+    let restore_tool = match backend {
+        Backend::Nft => "iptables-nft-restore",
+        Backend::Legacy => "iptables-legacy-restore",
+    };
+    let m = model(services);
+    // Exactly what the proxy's first sync restores into an empty namespace: every chain and
+    // every jump from the built-in chains.
+    let jumps: Vec<_> = render::JUMPS
+        .iter()
+        .map(|(t, chain, rule)| (*t, format!("-I {chain} {rule}")))
+        .collect();
+    let text = render::restore_text(&render::render(&m), None, &[], &jumps);
+    println!(
+        "proxy_bench: {services} services x 3 endpoints, backend {backend:?}, {} rules, {} KiB restore input, {rounds} rounds",
+        text.lines().filter(|l| l.starts_with("-A")).count(),
+        text.len() / 1024
+    );
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), &text).expect("writing the rules file");
+
+    let (mut proxy_total, mut proxy_render, mut alone) = (vec![], vec![], vec![]);
+    let mut partial = vec![];
+    for round in 0..rounds {
+        // iptables-restore alone, same file, fresh namespace.
+        let ns = Netns::new(&format!("alone{round}"));
+        let input = std::fs::File::open(file.path()).expect("rules file");
+        let t = Instant::now();
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &ns.0, restore_tool, "--noflush"])
+            .stdin(Stdio::from(input))
+            .status()
+            .expect("running iptables-restore")
+            .success();
+        alone.push(t.elapsed());
+        assert!(ok, "{restore_tool} failed");
+        drop(ns);
+
+        // The proxy: model → render → restore (+ listing chains and adding the jumps).
+        let ns = Netns::new(&format!("proxy{round}"));
+        let kernel = Iptables {
+            backend,
+            prefix: ns.prefix(),
+            conntrack: None,
+        };
+        let mut proxier = Proxier::new(kernel);
+        let t = Instant::now();
+        let report = proxier.sync(&m, true).expect("full sync");
+        proxy_total.push(t.elapsed());
+        proxy_render.push(report.render);
+
+        // One service's endpoints change: a partial sync.
+        let mut changed = m.clone();
+        for g in 1..=5 {
+            let sp = changed
+                .services
+                .values_mut()
+                .nth((round * 997 + g * 131) % services)
+                .expect("a service");
+            let i = sp.cluster_ip.to_bits() as usize;
+            sp.endpoints = (0..3).map(|j| endpoint(i, j, g)).collect();
+            let t = Instant::now();
+            let r = proxier.sync(&changed, false).expect("partial sync");
+            partial.push(t.elapsed());
+            assert!(!r.full);
+        }
+        drop(ns);
+    }
+    let (total, render_t, alone) = (median(proxy_total), median(proxy_render), median(alone));
+    let partial = median(partial);
+    println!("iptables-restore alone (same file):  {:8.1} ms", ms(alone));
+    println!(
+        "proxy full sync (read+render+restore): {:8.1} ms  (render {:.1} ms)  ratio {:.3}  [target <= 1.2]",
+        ms(total),
+        ms(render_t),
+        total.as_secs_f64() / alone.as_secs_f64()
+    );
+    println!(
+        "proxy partial sync, one service changed: {:8.1} ms  ({:.1}% of the full sync)  [target <= 100 ms]",
+        ms(partial),
+        100.0 * partial.as_secs_f64() / total.as_secs_f64()
+    );
+}
