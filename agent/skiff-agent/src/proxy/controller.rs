@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Event, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::PostParams;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
@@ -90,6 +91,47 @@ where
         })
 }
 
+/// A Warning Event on the object the proxy could not use, so `kubectl describe` shows why a
+/// port or endpoint has no rules.
+async fn record_event(client: kube::Client, node: String, p: model::Problem) {
+    let api_version = match p.object.kind {
+        "EndpointSlice" => "discovery.k8s.io/v1",
+        _ => "v1",
+    };
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let event = serde_json::json!({
+        "metadata": {"generateName": format!("{}.", p.object.name)},
+        "involvedObject": {
+            "apiVersion": api_version,
+            "kind": p.object.kind,
+            "namespace": p.object.namespace,
+            "name": p.object.name,
+        },
+        "reason": "IgnoredByServiceProxy",
+        "message": p.message,
+        "type": "Warning",
+        "source": {"component": "skiff-proxy", "host": node},
+        "reportingComponent": "skiff-proxy",
+        "reportingInstance": node,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    });
+    let result = match serde_json::from_value::<Event>(event) {
+        Ok(ev) => Api::<Event>::namespaced(client, &p.object.namespace)
+            .create(&PostParams::default(), &ev)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = result {
+        tracing::warn!("recording the event for {}: {e}", p.object);
+    }
+}
+
 /// Runs until the process ends; sync errors are logged and retried by the schedule.
 pub async fn run<K: Kernel + 'static>(
     client: kube::Client,
@@ -113,7 +155,7 @@ pub async fn run<K: Kernel + 'static>(
         notify.clone(),
     ));
     tokio::spawn(feed(
-        Api::<Node>::all(client),
+        Api::<Node>::all(client.clone()),
         watcher::Config::default().fields(&format!("metadata.name={}", cfg.node_name)),
         node_writer,
         notify.clone(),
@@ -124,7 +166,7 @@ pub async fn run<K: Kernel + 'static>(
 
     let mut proxier = Some(Proxier::new(kernel));
     let mut schedule = Schedule::new(cfg.pacing, Instant::now());
-    let mut reported: BTreeSet<String> = BTreeSet::new();
+    let mut reported: BTreeSet<model::Problem> = BTreeSet::new();
     loop {
         match schedule.next(Instant::now()) {
             Step::Wait(d) => {
@@ -136,9 +178,14 @@ pub async fn run<K: Kernel + 'static>(
             Step::Sync { full } => {
                 let (model, problems) = snapshot(&cfg, &services, &slices, &nodes);
                 // Each problem once while it lasts, not on every sync.
-                let now: BTreeSet<String> = problems.iter().map(|p| p.to_string()).collect();
+                let now: BTreeSet<model::Problem> = problems.into_iter().collect();
                 for p in now.difference(&reported) {
                     tracing::warn!("service proxy: {p}");
+                    tokio::spawn(record_event(
+                        client.clone(),
+                        cfg.node_name.clone(),
+                        p.clone(),
+                    ));
                 }
                 reported = now;
                 let mut p = proxier.take().expect("proxier is returned after each sync");

@@ -192,11 +192,25 @@ pub struct Model {
     pub services: BTreeMap<ServicePortName, ServicePort>,
 }
 
+/// The API object a problem is about (for its Event).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ObjectId {
+    /// `Service` or `EndpointSlice`.
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
 /// Input the proxy could not use as given; the rest of the model is still built.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Problem {
-    /// `Service ns/name` or `EndpointSlice ns/name`.
-    pub object: String,
+    pub object: ObjectId,
     pub message: String,
 }
 
@@ -246,7 +260,11 @@ pub fn build<'a>(
     for svc in services {
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
-        let object = format!("Service {ns}/{name}");
+        let object = ObjectId {
+            kind: "Service",
+            namespace: ns.clone(),
+            name: name.clone(),
+        };
         let Some(spec) = &svc.spec else { continue };
         if spec.type_.as_deref() == Some("ExternalName") {
             continue;
@@ -363,10 +381,11 @@ pub fn build<'a>(
         if slice.address_type != "IPv4" {
             continue;
         }
-        let object = format!(
-            "EndpointSlice {ns}/{}",
-            slice.metadata.name.as_deref().unwrap_or_default()
-        );
+        let object = ObjectId {
+            kind: "EndpointSlice",
+            namespace: ns.clone(),
+            name: slice.metadata.name.clone().unwrap_or_default(),
+        };
         for sp in slice.ports.iter().flatten() {
             let Some(protocol) = Protocol::parse(sp.protocol.as_deref()) else {
                 continue;
@@ -545,7 +564,7 @@ mod tests {
             "{}",
             problems[0]
         );
-        assert!(problems[0].object.contains("default/web"));
+        assert_eq!(problems[0].object.to_string(), "Service default/web");
     }
 
     #[test]
