@@ -58,6 +58,23 @@ pub async fn bootstrap(
         });
         create_if_missing(server, &ep_key, &obj).await?;
     }
+    // kube-apiserver keeps an EndpointSlice for itself too: service proxies read slices only.
+    let slice_key = registry::find("discovery.k8s.io", "v1", "endpointslices")
+        .expect("endpointslices")
+        .key(Some("default"), "kubernetes");
+    if server.cache.get(&slice_key).is_none() {
+        let obj = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "namespace": "default", "uid": uuid::Uuid::new_v4().to_string(),
+                         "creationTimestamp": now, "generation": 1,
+                         "labels": {"kubernetes.io/service-name": "kubernetes",
+                                    "endpointslice.kubernetes.io/managed-by": "skiff-server"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [advertise], "conditions": {"ready": true, "serving": true, "terminating": false}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        });
+        create_if_missing(server, &slice_key, &obj).await?;
+    }
     // Cascading deletions that were under way when the server stopped go on.
     for rt in RESOURCES {
         let (items, _) = server.cache.list(&rt.key_prefix(None), None);

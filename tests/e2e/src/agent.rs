@@ -71,6 +71,11 @@ impl<'a> Agent<'a> {
         self.child = Some(child);
     }
 
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.server
             .dir
