@@ -233,6 +233,17 @@ fn logs_exec_and_port_forward_through_the_api_server() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&anon.stdout), "401");
+    // A client certificate of the cluster CA (the admin's) is let in.
+    let pki = s.data_dir().join("pki");
+    let admin = Command::new("curl")
+        .args(["-sk", "--cert"])
+        .arg(pki.join("admin.crt"))
+        .arg("--key")
+        .arg(pki.join("admin.key"))
+        .arg(format!("https://127.0.0.1:{api_port}/healthz"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&admin.stdout), "ok");
 
     s.ok(&["run", "web", &format!("--image={image}")]);
     eventually("the pod Running", Duration::from_secs(90), || {
@@ -355,6 +366,57 @@ fn logs_exec_and_port_forward_through_the_api_server() {
         assert_eq!(out.status.code(), Some(3), "{text:?}");
     }
 
+    // --- a container that crashed: --previous shows the run before, and following the
+    // log of a stopped container ends by itself.
+    s.ok(&[
+        "run",
+        "crash",
+        &format!("--image={image}"),
+        "--command",
+        "--",
+        "sh",
+        "-c",
+        "echo boot $(cat /proc/uptime); exit 1",
+    ]);
+    eventually("a restart of crash", Duration::from_secs(90), || {
+        s.json(&["get", "pod", "crash"])["status"]["containerStatuses"][0]["restartCount"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    });
+    eventually("the previous log", Duration::from_secs(30), || {
+        let out = s.kubectl(&["logs", "crash", "--previous"]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("boot ")
+    });
+    let previous = s.ok(&["logs", "crash", "--previous"]);
+    eventually("the current run's log", Duration::from_secs(30), || {
+        let out = s.kubectl(&["logs", "crash"]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("boot ")
+    });
+    assert_ne!(
+        s.ok(&["logs", "crash"]),
+        previous,
+        "two runs, two logs (their uptimes differ)"
+    );
+    let mut follow = s
+        .kubectl_cmd(&["logs", "-f", "crash"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = follow.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = follow.kill();
+            panic!("kubectl logs -f of a stopped container did not end");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+
     // --- exec over SPDY, the fallback older servers need
     let spdy = s
         .kubectl_cmd(&[
@@ -422,4 +484,72 @@ fn logs_exec_and_port_forward_through_the_api_server() {
             );
         }
     }
+}
+
+/// What the API server says when it cannot get to a pod's node agent: the wording
+/// kube-apiserver uses, before and without any agent. Needs no root.
+#[test]
+fn the_api_server_explains_why_it_cannot_reach_the_node() {
+    if missing_tools().contains(&"kubectl") {
+        println!("skipped: kubectl is not installed");
+        return;
+    }
+    // No scheduler: the pods stay where this test puts them.
+    let s = Server::start_with(&["--disable", "all"]);
+    s.ok(&["run", "lonely", "--image=busybox"]);
+    let err = s.fails(&["logs", "lonely"]);
+    assert!(
+        err.contains("pod lonely does not have a host assigned"),
+        "{err}"
+    );
+    let err = s.fails(&["exec", "lonely", "--", "true"]);
+    assert!(
+        err.contains("pod lonely does not have a host assigned"),
+        "{err}"
+    );
+
+    // A node whose agent does not answer at its published endpoint.
+    let dead_port = free_port();
+    let node = s.write_file(
+        "node.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: gone\n",
+    );
+    s.ok(&["create", "-f", node.to_str().unwrap()]);
+    s.ok(&[
+        "patch",
+        "node",
+        "gone",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(
+            r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"127.0.0.1"}}],"daemonEndpoints":{{"kubeletEndpoint":{{"Port":{dead_port}}}}}}}}}"#
+        ),
+    ]);
+    let pod = s.write_file(
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bound\nspec:\n  nodeName: gone\n  containers:\n  - name: main\n    image: busybox\n  - name: side\n    image: busybox\n",
+    );
+    s.ok(&["create", "-f", pod.to_str().unwrap()]);
+    let err = s.fails(&["logs", "bound", "-c", "main"]);
+    assert!(
+        err.contains("error dialing backend") && err.contains(&format!("127.0.0.1:{dead_port}")),
+        "{err}"
+    );
+    let err = s.fails(&["logs", "bound", "-c", "nope"]);
+    assert!(
+        err.contains("container nope is not valid for pod bound"),
+        "{err}"
+    );
+    // Two containers and none named: the raw API answer names the choices.
+    let raw = s.kubectl(&["get", "--raw", "/api/v1/namespaces/default/pods/bound/log"]);
+    let text = String::from_utf8_lossy(&raw.stderr);
+    assert!(
+        !raw.status.success() && text.contains("choose one of: [main side]"),
+        "{text}"
+    );
+    let err = s.fails(&["attach", "bound", "-c", "main"]);
+    assert!(err.contains("attach is not supported"), "{err}");
+    let err = s.fails(&["logs", "missing"]);
+    assert!(err.contains("pods \"missing\" not found"), "{err}");
 }
