@@ -113,10 +113,14 @@ fn main() -> anyhow::Result<()> {
     if argv.get(1).map(String::as_str) == Some("pause") {
         skiff_agent::sandbox::pause_main(argv.get(2).map(String::as_str).unwrap_or("pod"));
     }
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(agent_main())
+        .build()?;
+    if argv.get(1).map(String::as_str) == Some("images") {
+        let args = <skiff_agent::images_cli::ImagesArgs as Parser>::parse_from(&argv[1..]);
+        return Ok(runtime.block_on(skiff_agent::images_cli::run(args, &mut std::io::stdout()))?);
+    }
+    runtime.block_on(agent_main())
 }
 
 async fn agent_main() -> anyhow::Result<()> {

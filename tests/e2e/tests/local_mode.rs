@@ -595,6 +595,32 @@ fn up_load_deploy_curl_down_up_delete() {
     assert!(!env.skiffadm(&["status"]).status.success());
     assert!(env.kubectl(&["get", "nodes"], None).status.code() != Some(0));
     assert_eq!(env.live_sandboxes().len(), 2);
+    // `skiff-agent images` on the stopped node's store, and on a scratch store of its own.
+    let agent_images = |root: &Path, args: &[&str]| {
+        let out = Command::new(bin_dir().join("skiff-agent"))
+            .arg("images")
+            .arg("--root-dir")
+            .arg(root)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skiff-agent images {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(agent_images(&env.root.join("agent"), &["list"]).contains(IMAGE));
+    let scratch = env.tmp.path().join("scratch-agent");
+    let tar_s = tar.to_str().unwrap();
+    assert!(agent_images(&scratch, &["import", tar_s]).contains(&format!("imported {IMAGE}")));
+    let list = agent_images(&scratch, &["list"]);
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(list.contains(IMAGE), "{list}");
+    assert!(agent_images(&scratch, &["rm", IMAGE]).contains(&format!("removed {IMAGE}")));
+    assert_eq!(agent_images(&scratch, &["list"]).lines().count(), 1);
+
     // up resumes: same objects, same pods, same IPs.
     env.skiffadm_ok(&["up", "--bin-dir", &bin, "--wait", "240"]);
     let after = wait_demo_running(&env, Duration::from_secs(120));
