@@ -8,17 +8,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use skiff_e2e::agent::{eventually, is_root, Agent};
 use skiff_e2e::registry::Registry;
 use skiff_e2e::{bin_dir, free_port, Server};
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Kills a helper process (kubectl logs -f, port-forward) even when an assertion fails.
 struct Reaped(Child);
@@ -28,74 +20,6 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Leaves nothing behind even when an assertion fails: the pods deleted through the agent,
-/// then recorded sandbox processes killed and mounts under the agent's root removed.
-struct Cleanup<'a> {
-    server: &'a Server,
-    root: std::path::PathBuf,
-}
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let _ = self.server.kubectl(&[
-            "delete",
-            "pod",
-            "--all",
-            "--grace-period=0",
-            "--force",
-            "--wait=false",
-        ]);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline
-            && std::fs::read_dir(self.root.join("sandboxes")).is_ok_and(|mut d| d.next().is_some())
-        {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        for entry in std::fs::read_dir(self.root.join("sandboxes"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let state: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(entry.path()).unwrap_or_default())
-                    .unwrap_or_default();
-            if let Some(pid) = state["pid"].as_i64() {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-        }
-        let root = self.root.display().to_string();
-        for line in std::fs::read_to_string("/proc/self/mounts")
-            .unwrap_or_default()
-            .lines()
-        {
-            if let Some(target) = line
-                .split_whitespace()
-                .nth(1)
-                .filter(|t| t.starts_with(&root))
-            {
-                let _ = Command::new("umount").args(["-l", target]).status();
-            }
-        }
-    }
-}
-
-fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        .unwrap_or(false)
 }
 
 fn missing_tools() -> Vec<&'static str> {
@@ -170,8 +94,6 @@ fn logs_exec_and_port_forward_through_the_api_server() {
         ],
     );
     let s = Server::start();
-    let root = s.dir.path().join("agent");
-    let logs = s.dir.path().join("pod-logs");
     let api_port = free_port();
     // The pod's loopback comes up through CNI (skiff-cni's loopback plugin), as with
     // kubelet; port-forward connects to it inside the pod.
@@ -185,41 +107,19 @@ fn logs_exec_and_port_forward_through_the_api_server() {
         r#"{"cniVersion": "1.0.0", "name": "lo", "plugins": [{"type": "loopback"}]}"#,
     )
     .unwrap();
-    let log = std::fs::File::create(s.dir.path().join("agent.log")).unwrap();
-    let _agent = Agent(
-        Command::new(bin_dir().join("skiff-agent"))
-            .arg("--kubeconfig")
-            .arg(s.kubeconfig())
-            .args([
-                "--node-name",
-                "node-1",
-                "--allow-missing-cgroup-controllers",
-                "--node-api-port",
-                &api_port.to_string(),
-            ])
-            .arg("--root-dir")
-            .arg(&root)
-            .arg("--pod-logs-dir")
-            .arg(&logs)
-            .arg("--cni-conf-dir")
-            .arg(&cni_conf)
-            .arg("--cni-bin-dir")
-            .arg(&cni_bin)
-            .arg("--shim")
-            .arg(bin_dir().join("skiff-shim"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+    // Its drop deletes the pods through the agent, then removes whatever is left.
+    let _agent = Agent::start(
+        &s,
+        "node-1",
+        &[
+            "--node-api-port",
+            &api_port.to_string(),
+            "--cni-conf-dir",
+            cni_conf.to_str().unwrap(),
+            "--cni-bin-dir",
+            cni_bin.to_str().unwrap(),
+        ],
     );
-    // Declared after the agent, so it runs first on drop, while the agent still works.
-    let _cleanup = Cleanup {
-        server: &s,
-        root: root.clone(),
-    };
-    eventually("node-1 registered", Duration::from_secs(30), || {
-        s.kubectl(&["get", "node", "node-1"]).status.success()
-    });
     let node = s.json(&["get", "node", "node-1"]);
     assert_eq!(
         node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"], api_port,
