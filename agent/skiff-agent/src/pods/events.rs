@@ -1,18 +1,23 @@
 //! Events about a pod, written as kubelet writes them (core/v1, source kubelet on this
 //! host). A repeated event (same object, reason, message) bumps the count of the first
-//! one instead of piling up new objects.
+//! one instead of piling up new objects. Writing never holds up the pod's worker.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
+/// (pod uid, fieldPath, reason, message) → (event name, count).
+type Seen = Arc<Mutex<HashMap<(String, String, String, String), (String, i32)>>>;
+
 pub struct Recorder {
     client: kube::Client,
     node: String,
-    /// (fieldPath, reason, message) → (event name, count).
-    seen: HashMap<(String, String, String), (String, i32)>,
+    seen: Seen,
+    /// Keeps one pod's events in order: each write waits for the one before.
+    last: Option<tokio::task::JoinHandle<()>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,16 +26,24 @@ pub enum Kind {
     Warning,
 }
 
+struct Draft {
+    namespace: String,
+    key: (String, String, String, String),
+    event: serde_json::Value,
+    stamp: String,
+}
+
 impl Recorder {
     pub fn new(client: kube::Client, node: String) -> Self {
         Recorder {
             client,
             node,
-            seen: HashMap::new(),
+            seen: Arc::default(),
+            last: None,
         }
     }
 
-    /// Records an event; `container` names the container it is about, if any.
+    /// Records an event in the background; `container` names the container it is about.
     pub async fn record(
         &mut self,
         pod: &Pod,
@@ -39,6 +52,24 @@ impl Recorder {
         reason: &str,
         message: &str,
     ) {
+        let draft = self.draft(pod, container, kind, reason, message);
+        let (client, seen, previous) = (self.client.clone(), self.seen.clone(), self.last.take());
+        self.last = Some(tokio::spawn(async move {
+            if let Some(p) = previous {
+                let _ = p.await;
+            }
+            write(client, seen, draft).await;
+        }));
+    }
+
+    fn draft(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        kind: Kind,
+        reason: &str,
+        message: &str,
+    ) -> Draft {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let field_path = container
@@ -55,21 +86,9 @@ impl Recorder {
                 }
             })
             .unwrap_or_default();
-        let now = jiff::Timestamp::now();
-        let stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        let key = (field_path.clone(), reason.to_string(), message.to_string());
-        if let Some((event_name, count)) = self.seen.get_mut(&key) {
-            *count += 1;
-            let patch = json!({"count": *count, "lastTimestamp": stamp});
-            if api
-                .patch(event_name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-        }
+        let stamp = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
         let mut involved = json!({
             "kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": name,
             "uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version,
@@ -87,19 +106,52 @@ impl Recorder {
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
             "reportingComponent": "kubelet", "reportingInstance": self.node,
         });
-        let event: Event = match serde_json::from_value(event) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "building an event failed");
-                return;
-            }
-        };
-        match api.create(&PostParams::default(), &event).await {
-            Ok(created) => {
-                self.seen
-                    .insert(key, (created.metadata.name.unwrap_or_default(), 1));
-            }
-            Err(e) => tracing::warn!(pod = name, reason, error = %e, "recording an event failed"),
+        Draft {
+            namespace: ns,
+            key: (
+                pod.metadata.uid.clone().unwrap_or_default(),
+                field_path,
+                reason.to_string(),
+                message.to_string(),
+            ),
+            event,
+            stamp,
         }
+    }
+}
+
+async fn write(client: kube::Client, seen: Seen, draft: Draft) {
+    let api: Api<Event> = Api::namespaced(client, &draft.namespace);
+    let repeat = {
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get_mut(&draft.key).map(|(name, count)| {
+            *count += 1;
+            (name.clone(), *count)
+        })
+    };
+    if let Some((name, count)) = repeat {
+        let patch = json!({"count": count, "lastTimestamp": draft.stamp});
+        if api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let event: Event = match serde_json::from_value(draft.event) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "building an event failed");
+            return;
+        }
+    };
+    match api.create(&PostParams::default(), &event).await {
+        Ok(created) => {
+            seen.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(draft.key, (created.metadata.name.unwrap_or_default(), 1));
+        }
+        Err(e) => tracing::warn!(reason = draft.key.2, error = %e, "recording an event failed"),
     }
 }
