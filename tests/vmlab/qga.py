@@ -2,13 +2,14 @@
 """A client for the QEMU guest agent on a VM lab virtio-serial socket.
 
     qga.py SOCKET ping [--timeout S]
-    qga.py SOCKET exec [--timeout S] [-e K=V]... CMD [ARG...]
+    qga.py SOCKET exec [--timeout S] [--stream] [-e K=V]... CMD [ARG...]
     qga.py SOCKET push LOCAL REMOTE [--mode OCTAL]
     qga.py SOCKET pull REMOTE LOCAL
 
 exec runs CMD in the guest (through /bin/sh so that PATH applies), prints its
 stdout and stderr once it has exited (the agent hands them over only then),
 and exits with its status: the exit code, 128+signal, or 124 on timeout.
+With --stream, stdout and stderr (merged) are printed while CMD runs.
 """
 
 import base64
@@ -165,6 +166,72 @@ def run(sock_path, argv, env, timeout):
     return int(st.get("exitcode", 1))
 
 
+def read_from(agent, path, offset):
+    """Bytes of `path` in the guest from `offset` on (b"" if it does not exist yet).
+
+    Opened anew each time: the agent's reads stop at the first end of file."""
+    try:
+        h = agent.call("guest-file-open", {"path": path, "mode": "r"})
+    except AgentError:
+        return b""
+    data = b""
+    try:
+        agent.call("guest-file-seek", {"handle": h, "offset": offset, "whence": "set"})
+        while True:
+            r = agent.call("guest-file-read", {"handle": h, "count": 1 << 20})
+            chunk = base64.b64decode(r.get("buf-b64", ""))
+            data += chunk
+            if r.get("eof") or not chunk:
+                break
+    finally:
+        agent.call("guest-file-close", {"handle": h})
+    return data
+
+
+def run_streaming(sock_path, argv, env, timeout):
+    """Like run, but prints the output (stdout and stderr merged) while the
+    command runs: it goes to a file in the guest that is read as it grows."""
+    agent = connect(sock_path, 30)
+    full_env = {"PATH": GUEST_PATH, "HOME": "/root", "LANG": "C.UTF-8",
+                "SKIFF_BIN": "/opt/skiff/bin"}
+    full_env.update(env)
+    out = f"/run/vmlab-exec-{random.randrange(1, 2**31)}.log"
+    started = agent.call("guest-exec", {
+        "path": "/bin/sh",
+        "arg": ["-c", 'out="$1"; shift; exec "$@" >"$out" 2>&1 </dev/null', "sh", out] + argv,
+        "env": [f"{k}={v}" for k, v in full_env.items()],
+    })
+    pid = started["pid"]
+    deadline = time.monotonic() + timeout
+    offset = 0
+    rc = None
+    while rc is None:
+        st = agent.call("guest-exec-status", {"pid": pid})
+        if st.get("exited"):
+            rc = 128 + int(st["signal"]) if "signal" in st else int(st.get("exitcode", 1))
+        data = read_from(agent, out, offset)
+        offset += len(data)
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        if rc is None:
+            if time.monotonic() > deadline:
+                try:
+                    agent.call("guest-exec", {"path": "/bin/kill", "arg": ["-KILL", str(pid)]})
+                except AgentError:
+                    pass
+                print(f"qga: {' '.join(argv)}: timed out after {timeout:.0f} s (killed pid {pid})",
+                      file=sys.stderr)
+                rc = 124
+            else:
+                time.sleep(1)
+    try:
+        agent.call("guest-exec", {"path": "/bin/rm", "arg": ["-f", out]})
+    except AgentError:
+        pass
+    agent.close()
+    return rc
+
+
 def push(sock_path, local, remote, mode):
     agent = connect(sock_path, 30)
     with open(local, "rb") as f:
@@ -212,6 +279,7 @@ def main(argv):
     timeout = 600.0
     env = {}
     mode = None
+    stream = False
     args = []
     i = 0
     while i < len(rest):
@@ -223,6 +291,9 @@ def main(argv):
             k, _, v = rest[i + 1].partition("=")
             env[k] = v
             i += 2
+        elif not args and a == "--stream":
+            stream = True
+            i += 1
         elif not args and a == "--mode":
             mode = rest[i + 1]
             i += 2
@@ -235,6 +306,8 @@ def main(argv):
     try:
         if cmd == "ping":
             return ping(sock_path, timeout)
+        if cmd == "exec" and args and stream:
+            return run_streaming(sock_path, args, env, timeout)
         if cmd == "exec" and args:
             return run(sock_path, args, env, timeout)
         if cmd == "push" and len(args) == 2:
