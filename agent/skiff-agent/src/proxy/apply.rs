@@ -44,6 +44,7 @@ pub struct Proxier<K: Kernel> {
     applied: Option<Ruleset>,
     last_model: Option<Model>,
     conntrack_warned: bool,
+    cache: render::RenderCache,
 }
 
 /// The endpoints traffic of a port actually goes to (cluster-wide and local ones).
@@ -128,6 +129,7 @@ impl<K: Kernel> Proxier<K> {
             applied: None,
             last_model: None,
             conntrack_warned: false,
+            cache: render::RenderCache::default(),
         }
     }
 
@@ -141,7 +143,7 @@ impl<K: Kernel> Proxier<K> {
             self.applied = None;
         }
         let started = Instant::now();
-        let new = render::render(model);
+        let new = render::render_cached(model, &mut self.cache);
         let full = self.applied.is_none();
         let mut stale = Vec::new();
         let mut jumps = Vec::new();

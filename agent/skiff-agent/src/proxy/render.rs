@@ -5,13 +5,14 @@
 //! Rules are written in the form `iptables-save` prints them back (address masks, `-m tcp`,
 //! `--set-xmark`), so a rendered chain can be compared with the kernel's copy.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use data_encoding::BASE32;
 use sha2::{Digest, Sha256};
 
-use super::model::{Endpoint, Model, ServicePort, ServicePortName};
+use super::model::{Endpoint, Model, NodeInfo, ServicePort, ServicePortName};
 
 pub const KUBE_SERVICES: &str = "KUBE-SERVICES";
 pub const KUBE_EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";
@@ -163,8 +164,49 @@ pub fn sep_chain(id: &ServicePortName, ep: &Endpoint) -> String {
     )
 }
 
+/// Each service port's own rules (its chains, and its lines in the shared chains), kept
+/// while the port and the node are unchanged: a sync after one service changed renders one
+/// service, not all of them.
+#[derive(Debug, Default)]
+pub struct RenderCache {
+    node: Option<NodeInfo>,
+    services: HashMap<ServicePortName, (ServicePort, Arc<Ruleset>)>,
+}
+
+impl RenderCache {
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+}
+
+fn merge(into: &mut TableRules, part: &TableRules) {
+    for (chain, lines) in &part.chains {
+        match into.chains.get_mut(chain) {
+            Some(have) => have.extend(lines.iter().cloned()),
+            None => {
+                into.chains.insert(chain.clone(), lines.clone());
+            }
+        }
+    }
+}
+
 /// The whole ruleset for a model.
 pub fn render(model: &Model) -> Ruleset {
+    render_cached(model, &mut RenderCache::default())
+}
+
+/// `render`, reusing the rules of service ports that are the same as in the cache.
+pub fn render_cached(model: &Model, cache: &mut RenderCache) -> Ruleset {
+    if cache.node.as_ref() != Some(&model.node) {
+        cache.services.clear();
+        cache.node = Some(model.node.clone());
+    }
+    cache
+        .services
+        .retain(|id, _| model.services.contains_key(id));
     let mut rs = Ruleset::default();
     let nat = &mut rs.nat;
     let filter = &mut rs.filter;
@@ -208,7 +250,20 @@ pub fn render(model: &Model) -> Ruleset {
     );
 
     for sp in model.services.values() {
-        render_service(model, sp, &mut rs);
+        let part = match cache.services.get(&sp.id) {
+            Some((seen, part)) if seen == sp => part.clone(),
+            _ => {
+                let mut part = Ruleset::default();
+                render_service(model, sp, &mut part);
+                let part = Arc::new(part);
+                cache
+                    .services
+                    .insert(sp.id.clone(), (sp.clone(), part.clone()));
+                part
+            }
+        };
+        merge(&mut rs.nat, &part.nat);
+        merge(&mut rs.filter, &part.filter);
     }
 
     let nodeports = "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
@@ -806,6 +861,30 @@ mod tests {
             restore_text(&x, None, &[], &[]),
             restore_text(&y, None, &[], &[])
         );
+    }
+
+    #[test]
+    fn the_cache_gives_what_a_fresh_render_gives() {
+        let mut cache = RenderCache::default();
+        let a = web(three());
+        let mut b = web(three());
+        b.id = id("other", "api", "", Protocol::Udp);
+        b.cluster_ip = Ipv4Addr::new(10, 96, 0, 21);
+        let m1 = model(vec![a.clone(), b.clone()]);
+        assert_eq!(render_cached(&m1, &mut cache), render(&m1));
+        assert_eq!(cache.len(), 2);
+        // One service changes, one goes: still identical to rendering from scratch.
+        let mut a2 = a.clone();
+        a2.endpoints.pop();
+        let m2 = model(vec![a2]);
+        assert_eq!(render_cached(&m2, &mut cache), render(&m2));
+        assert_eq!(cache.len(), 1);
+        // A node change (addresses, CIDRs) invalidates everything.
+        let mut m3 = m2.clone();
+        m3.node.cluster_cidr = "10.200.0.0/16".parse().unwrap();
+        let r3 = render_cached(&m3, &mut cache);
+        assert_eq!(r3, render(&m3));
+        assert!(r3.nat.chains[&svc_chain(&a.id)][0].contains("! -s 10.200.0.0/16"));
     }
 
     #[test]
