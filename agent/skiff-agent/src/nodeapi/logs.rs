@@ -237,26 +237,93 @@ pub fn with_rotated(file: &Path) -> Vec<PathBuf> {
     rotated
 }
 
-/// Reads everything in `file` and its rotations; returns the bytes and, for following,
-/// the open current file positioned at its end.
-pub fn read_all(file: &Path) -> Result<(Vec<u8>, Option<File>), NodeApiError> {
-    let mut data = Vec::new();
-    let files = with_rotated(file);
-    let mut current = None;
-    for (i, p) in files.iter().enumerate() {
-        let mut f = match File::open(p) {
-            Ok(f) => f,
-            // Rotated away between the listing and the open.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && i + 1 < files.len() => continue,
-            Err(e) => return Err(NodeApiError::io("open", p, e)),
+/// Logs are read in blocks of this size, so that a large log is never held in memory.
+pub const BLOCK: usize = 64 * 1024;
+
+fn open_optional(p: &Path) -> Result<Option<File>, NodeApiError> {
+    match File::open(p) {
+        Ok(f) => Ok(Some(f)),
+        // Rotated away between the listing and the open.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(NodeApiError::io("open", p, e)),
+    }
+}
+
+/// Where the last `n` complete lines of `files` (read as one stream) begin: the index of
+/// the file and the offset in it. Reads backwards from the end, only as far as needed.
+pub fn tail_start(files: &[PathBuf], n: u64) -> Result<(usize, u64), NodeApiError> {
+    // The last line's own newline is the first one met; the line before the tail ends at
+    // newline n + 1.
+    let mut seen = 0u64;
+    let mut buf = vec![0u8; BLOCK];
+    for (i, p) in files.iter().enumerate().rev() {
+        let Some(mut f) = open_optional(p)? else {
+            continue;
         };
-        f.read_to_end(&mut data)
-            .map_err(|e| NodeApiError::io("read", p, e))?;
-        if i + 1 == files.len() {
-            current = Some(f);
+        let mut end = f
+            .metadata()
+            .map_err(|e| NodeApiError::io("stat", p, e))?
+            .len();
+        while end > 0 {
+            let from = end.saturating_sub(BLOCK as u64);
+            let chunk = &mut buf[..(end - from) as usize];
+            f.seek(std::io::SeekFrom::Start(from))
+                .and_then(|_| f.read_exact(chunk))
+                .map_err(|e| NodeApiError::io("read", p, e))?;
+            for (j, b) in chunk.iter().enumerate().rev() {
+                if *b == b'\n' {
+                    seen += 1;
+                    if seen == n + 1 {
+                        return Ok((i, from + j as u64 + 1));
+                    }
+                }
+            }
+            end = from;
         }
     }
-    Ok((data, current))
+    Ok((0, 0))
+}
+
+/// Reads `files` from `start` on, handing complete lines to `emit` in blocks; `emit`
+/// returns whether to go on. Returns the last file, open at its end, and the torn line
+/// after its last newline (what following continues from), or `None` if `emit` stopped.
+pub fn read_from(
+    files: &[PathBuf],
+    start: (usize, u64),
+    mut emit: impl FnMut(&[u8]) -> bool,
+) -> Result<Option<(File, Vec<u8>)>, NodeApiError> {
+    let mut pending = Vec::new();
+    let mut buf = vec![0u8; BLOCK];
+    let mut last = None;
+    for (i, p) in files.iter().enumerate().skip(start.0) {
+        let Some(mut f) = open_optional(p)? else {
+            continue;
+        };
+        if i == start.0 {
+            f.seek(std::io::SeekFrom::Start(start.1))
+                .map_err(|e| NodeApiError::io("seek", p, e))?;
+        }
+        loop {
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| NodeApiError::io("read", p, e))?;
+            if n == 0 {
+                break;
+            }
+            pending.extend_from_slice(&buf[..n]);
+            if let Some(end) = pending.iter().rposition(|b| *b == b'\n') {
+                let rest = pending.split_off(end + 1);
+                if !emit(&pending) {
+                    return Ok(None);
+                }
+                pending = rest;
+            }
+        }
+        if i + 1 == files.len() {
+            last = Some(f);
+        }
+    }
+    Ok(last.map(|f| (f, pending)))
 }
 
 /// Follows a log file as it grows and rotates. `poll` gives new complete lines; it keeps a
@@ -447,9 +514,17 @@ mod tests {
         std::fs::write(dir.path().join("0.log.2"), "a\n").unwrap();
         std::fs::write(dir.path().join("0.log.1"), "b\n").unwrap();
         std::fs::write(&f, "c\nhalf").unwrap();
-        let (data, file) = read_all(&f).unwrap();
-        assert_eq!(data, b"a\nb\nc\nhalf");
-        let mut follower = Follower::new(f.clone(), file.unwrap(), b"half".to_vec());
+        let files = with_rotated(&f);
+        let mut data = Vec::new();
+        let (file, torn) = read_from(&files, (0, 0), |c| {
+            data.extend_from_slice(c);
+            true
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(data, b"a\nb\nc\n");
+        assert_eq!(torn, b"half");
+        let mut follower = Follower::new(f.clone(), file, torn);
         assert!(follower.poll().unwrap().is_empty(), "a torn line is held");
         std::fs::OpenOptions::new()
             .append(true)
@@ -467,6 +542,47 @@ mod tests {
         std::fs::write(&f, "f\n").unwrap();
         assert_eq!(follower.poll().unwrap(), b"e\nf\n");
         assert!(follower.poll().unwrap().is_empty());
+    }
+
+    #[test]
+    fn tail_reads_backwards_across_rotated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("3.log");
+        // More than one block in the current file, a short rotated one before it.
+        std::fs::write(dir.path().join("3.log.1"), "r1\nr2\n").unwrap();
+        let mut current = String::new();
+        for i in 0..20_000 {
+            current.push_str(&format!("line {i}\n"));
+        }
+        current.push_str("torn");
+        std::fs::write(&f, &current).unwrap();
+        let files = with_rotated(&f);
+        let read = |start| {
+            let mut out = Vec::new();
+            read_from(&files, start, |c| {
+                out.extend_from_slice(c);
+                true
+            })
+            .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            read(tail_start(&files, 2).unwrap()),
+            "line 19998\nline 19999\n"
+        );
+        assert_eq!(read(tail_start(&files, 0).unwrap()), "");
+        let all = read(tail_start(&files, 20_001).unwrap());
+        assert!(all.starts_with("r2\nline 0\n"), "{}", &all[..20]);
+        assert_eq!(tail_start(&files, 20_002).unwrap(), (0, 0));
+        assert!(read((0, 0)).starts_with("r1\nr2\nline 0\n"));
+        // A consumer that stops early ends the read.
+        let mut calls = 0;
+        let stopped = read_from(&files, (0, 0), |_| {
+            calls += 1;
+            false
+        })
+        .unwrap();
+        assert!(stopped.is_none() && calls == 1);
     }
 
     #[test]

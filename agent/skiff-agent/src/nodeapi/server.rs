@@ -359,28 +359,49 @@ impl NodeApi {
         let p = self.container(ns, pod, container).await?;
         let dir = logs::pod_log_dir(&self.logs_dir, ns, pod, &p.uid).join(container);
         let file = logs::pick_log(&dir, opts.previous, container)?;
-        let read_path = file.clone();
-        let (data, current) = tokio::task::spawn_blocking(move || logs::read_all(&read_path))
-            .await
-            .map_err(|e| NodeApiError::Internal(format!("reading logs: {e}")))??;
-        let complete = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         let cutoff = opts.cutoff(jiff::Timestamp::now());
-        let mut first =
-            logs::render_all(&data[..complete], opts.tail_lines, cutoff, opts.timestamps);
-        let mut sent = 0u64;
-        let done = logs::apply_limit(&mut first, &mut sent, opts.limit_bytes);
-        let current = match current {
-            Some(f) if opts.follow && !opts.previous && !done => f,
-            _ => return Ok(full(200, "text/plain", first)),
-        };
+        let files = logs::with_rotated(&file);
         let generation = logs::log_generations(&dir).last().copied().unwrap_or(0);
-        let mut follower = logs::Follower::new(file, current, data[complete..].to_vec());
+        // Files are read on a blocking thread in blocks; the blocks travel to the body
+        // through a short channel, so a slow client holds back the reading.
+        let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let tail = opts.tail_lines;
+        let reader = tokio::task::spawn_blocking(move || {
+            let start = match tail {
+                Some(n) => logs::tail_start(&files, n)?,
+                None => (0, 0),
+            };
+            logs::read_from(&files, start, |chunk| {
+                raw_tx.blocking_send(chunk.to_vec()).is_ok()
+            })
+        });
         let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(8);
         let (shim_root, id) = (self.shim_root.clone(), format!("{}-{container}", p.uid));
         tokio::spawn(async move {
-            if !first.is_empty() && tx.send_data(Bytes::from(first)).await.is_err() {
+            let mut sent = 0u64;
+            while let Some(raw) = raw_rx.recv().await {
+                let mut out = logs::render_all(&raw, None, cutoff, opts.timestamps);
+                let limit_reached = logs::apply_limit(&mut out, &mut sent, opts.limit_bytes);
+                if !out.is_empty() && tx.send_data(Bytes::from(out)).await.is_err() {
+                    return; // the client went away
+                }
+                if limit_reached {
+                    return;
+                }
+            }
+            let (current, torn) = match reader.await {
+                Ok(Ok(Some(end))) => end,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "reading a log");
+                    return;
+                }
+                Err(_) => return,
+            };
+            if !opts.follow || opts.previous {
                 return;
             }
+            let mut follower = logs::Follower::new(file, current, torn);
             loop {
                 let stopped = container_gone(&shim_root, &id, &dir, generation).await;
                 let (fresh, f) = match tokio::task::spawn_blocking(move || {
