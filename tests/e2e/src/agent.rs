@@ -35,9 +35,17 @@ impl<'a> Agent<'a> {
             extra,
         };
         a.spawn();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: on a loaded 2-core machine the first start of a debug agent is slow.
+        let deadline = Instant::now() + Duration::from_secs(90);
         while !server.kubectl(&["get", "node", name]).status.success() {
-            assert!(Instant::now() < deadline, "node {name} never registered");
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(a.log_path()).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                panic!(
+                    "node {name} never registered; agent log (last lines, newest first):\n{}",
+                    tail.join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
         a

@@ -72,7 +72,7 @@ fn restarts_follow_policy_backoff_and_probes() {
     let Some((_registry, s, image)) = setup() else {
         return;
     };
-    let _node = Agent::start(&s, "node-1", &[]);
+    let node = Agent::start(&s, "node-1", &[]);
     apply(
         &s,
         &pod_manifest(
@@ -205,6 +205,22 @@ fn restarts_follow_policy_backoff_and_probes() {
     let c = container(&s, "oneshot");
     assert_eq!(c["state"]["terminated"]["reason"], "Completed", "{c}");
     assert_eq!(c["restartCount"], 0);
+    let uid = s.json(&["get", "pod", "oneshot"])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(
+        "a finished pod gives its sandbox back",
+        Duration::from_secs(30),
+        || {
+            !node
+                .root
+                .join("sandboxes")
+                .join(format!("{uid}.json"))
+                .exists()
+        },
+    );
+    assert_eq!(status(&s, "oneshot")["phase"], "Succeeded");
 
     eventually(
         "withinit Running after its init container",

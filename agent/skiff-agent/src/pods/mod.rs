@@ -273,6 +273,15 @@ impl PodManager {
 
     /// Stops and removes everything the pod had on this node. Safe to repeat.
     pub fn teardown(&self, uid: &str, namespace: &str, name: &str) {
+        if self.release(uid, namespace, name) {
+            let _ = std::fs::remove_dir_all(self.pod_dir(uid));
+        }
+    }
+
+    /// Stops the pod's containers and gives back its sandbox, network (the IP) and volume
+    /// mounts, keeping its directory (state, restart counts); false when something stayed
+    /// mounted, so the directory must not be removed. Safe to repeat.
+    pub fn release(&self, uid: &str, namespace: &str, name: &str) -> bool {
         let rt = self.runtime();
         let containers_dir = self.pod_dir(uid).join("containers");
         let names: Vec<String> = std::fs::read_dir(&containers_dir)
@@ -319,9 +328,9 @@ impl PodManager {
         // that nothing is deleted through a mount.
         if let Err(e) = crate::volumes::teardown(&self.pod_dir(uid)) {
             tracing::warn!(uid, error = %e, "tearing down the pod's volumes failed; keeping its directory");
-            return;
+            return false;
         }
-        let _ = std::fs::remove_dir_all(self.pod_dir(uid));
+        true
     }
 }
 

@@ -61,6 +61,8 @@ struct Worker {
     last_status: Option<Value>,
     initialized: bool,
     failed: Option<(String, String)>,
+    /// The pod has finished (Succeeded or Failed): nothing runs or restarts any more.
+    terminal: bool,
 }
 
 fn unix_now() -> u64 {
@@ -130,6 +132,7 @@ pub async fn run(mgr: Arc<PodManager>, uid: String, mut rx: watch::Receiver<Opti
         last_status: None,
         initialized: false,
         failed: None,
+        terminal: false,
     };
     loop {
         let pod = rx.borrow_and_update().clone();
@@ -146,6 +149,7 @@ pub async fn run(mgr: Arc<PodManager>, uid: String, mut rx: watch::Receiver<Opti
                 w.sync(&pod).await;
                 w.save();
                 w.report(&pod).await;
+                w.release_if_finished(&pod).await;
             }
         }
         let wake = w.next_wakeup();
@@ -222,7 +226,13 @@ impl Worker {
         if self.state.start_time.is_empty() {
             self.state.start_time = rfc3339_now();
         }
-        if self.failed.is_some() {
+        if self.failed.is_some() || self.terminal {
+            return;
+        }
+        // A pod that finished before this worker existed (an agent restart) stays finished.
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) && self.last_status.is_none() {
+            self.terminal = true;
             return;
         }
         // Without init containers a pod is initialised from the start, as kubelet reports.
@@ -954,6 +964,28 @@ impl Worker {
                 tracing::warn!(pod = pod.name_any(), error = %e, "deleting the terminated pod failed");
             }
         }
+    }
+
+    /// Once the pod has finished, its sandbox, IP and volumes go back, as kubelet gives them
+    /// back; the pod object and its final status stay until someone deletes it.
+    async fn release_if_finished(&mut self, pod: &Pod) {
+        let finished = self
+            .last_status
+            .as_ref()
+            .and_then(|s| s["phase"].as_str())
+            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        if !finished || self.terminal {
+            return;
+        }
+        self.terminal = true;
+        self.probers.clear();
+        let mgr = self.mgr.clone();
+        let (uid, ns, name) = (
+            self.uid.clone(),
+            pod.namespace().unwrap_or_default(),
+            pod.name_any(),
+        );
+        let _ = tokio::task::spawn_blocking(move || mgr.release(&uid, &ns, &name)).await;
     }
 
     /// The pod is gone from the API without a graceful deletion: stop at once.
