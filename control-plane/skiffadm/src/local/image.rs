@@ -46,7 +46,7 @@ pub async fn load(root: &Path, file: &Path) -> Result<(), LocalError> {
         )));
     }
     let running = live_pid(&layout.supervisor_pid(), "local-supervise").is_some();
-    let _hold = if running {
+    let hold = if running {
         super::write_atomic(&layout.agent_hold(), b"image load\n", 0o644)?;
         let hold = Hold(&layout);
         wait_for("pausing the agent", 30, || {
@@ -69,7 +69,7 @@ pub async fn load(root: &Path, file: &Path) -> Result<(), LocalError> {
             path: file.to_path_buf(),
             message: e.to_string(),
         })?;
-    drop(_hold);
+    drop(hold);
     for img in &images {
         println!("Loaded {} ({})", img.reference, img.config_digest);
     }

@@ -79,6 +79,25 @@ pub enum Event {
     Held(String),
 }
 
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Started(n) => write!(f, "{n}: started"),
+            Event::StartFailed(n, e) => write!(f, "{n}: could not start: {e}"),
+            Event::Exited {
+                name,
+                how,
+                restart_in,
+            } => write!(
+                f,
+                "{name}: exited ({how}); restarting in {}s",
+                restart_in.as_secs_f32()
+            ),
+            Event::Held(n) => write!(f, "{n}: stopped while held"),
+        }
+    }
+}
+
 pub struct Supervisor<L: Launcher> {
     launcher: L,
     slots: Vec<Slot<L::Child>>,
@@ -349,7 +368,7 @@ pub fn run_daemon(root: &Path) -> Result<(), LocalError> {
             _ => true,
         };
         for event in sup.tick(Instant::now(), &may_run) {
-            log_line(&format!("{event:?}"));
+            log_line(&event.to_string());
         }
         std::thread::sleep(Duration::from_millis(200));
     }
