@@ -22,7 +22,8 @@ impl LeaderConfig {
             namespace: "kube-system".into(),
             name: "skiff-controller-manager".into(),
             identity,
-            lease_duration: Duration::from_secs(15),
+            // A dead leader is replaced within lease + one retry: about 12 s.
+            lease_duration: Duration::from_secs(10),
             renew_every: Duration::from_secs(2),
         }
     }
@@ -64,7 +65,8 @@ async fn try_acquire(api: &Api<Lease>, cfg: &LeaderConfig) -> Result<bool, kube:
             let expired = match &spec.renew_time {
                 Some(t) => {
                     let duration = spec.lease_duration_seconds.unwrap_or(secs) as i64;
-                    jiff::Timestamp::now().as_second() > t.0.as_second() + duration
+                    let age_ms = jiff::Timestamp::now().as_millisecond() - t.0.as_millisecond();
+                    age_ms > duration * 1000
                 }
                 None => true,
             };
