@@ -5,3 +5,4 @@
 
 pub mod query;
 pub mod records;
+pub mod server;
