@@ -58,6 +58,15 @@ struct Args {
     /// CA whose client certificates the node API accepts (default: the kubeconfig's CA).
     #[arg(long)]
     client_ca_file: Option<PathBuf>,
+    /// Serve cluster DNS on this address, UDP and TCP (`<node-ip>:53`, `0.0.0.0:53`); off when unset.
+    #[arg(long)]
+    cluster_dns_bind: Option<std::net::SocketAddr>,
+    /// Resolvers for names outside the cluster, `IP[:port]` (default: /etc/resolv.conf's).
+    #[arg(long, value_delimiter = ',')]
+    dns_upstream: Vec<String>,
+    /// The cluster's DNS domain, served by the cluster DNS and searched by pods.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
     /// Registries reached over plain HTTP (loopback ones always are).
     #[arg(long, value_delimiter = ',')]
     insecure_registry: Vec<String>,
@@ -210,10 +219,24 @@ async fn agent_main() -> anyhow::Result<()> {
         agent_binary,
         cni,
         cluster_dns: args.cluster_dns.clone(),
-        cluster_domain: "cluster.local".into(),
+        cluster_domain: args.cluster_domain.clone(),
         logs_dir: args.pod_logs_dir.clone(),
         node_memory: facts.memory_bytes,
     });
+    if let Some(bind) = args.cluster_dns_bind {
+        let settings = skiff_agent::dns::Settings {
+            bind,
+            upstreams: args.dns_upstream.clone(),
+            resolv_conf: "/etc/resolv.conf".into(),
+            domain: args.cluster_domain.clone(),
+            cluster_dns: args.cluster_dns.parse().ok(),
+            node: cfg.name.clone(),
+            node_ip: cfg.ip.parse().context("--node-ip is not an IP address")?,
+        };
+        skiff_agent::dns::start(client.clone(), settings)
+            .await
+            .context("starting cluster DNS")?;
+    }
     // Pods get a network only once the subnet file the overlay plugin reads exists.
     let subnet_file = args.subnet_file.clone().or_else(|| {
         let rt = manager.cni.as_ref()?;

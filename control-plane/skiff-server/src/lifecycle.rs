@@ -75,6 +75,7 @@ pub async fn bootstrap(
         });
         create_if_missing(server, &slice_key, &obj).await?;
     }
+    ensure_kube_dns(server, &now).await?;
     // Cascading deletions that were under way when the server stopped go on.
     for rt in RESOURCES {
         let (items, _) = server.cache.list(&rt.key_prefix(None), None);
@@ -106,6 +107,50 @@ pub async fn bootstrap(
         }
     }
     Ok(())
+}
+
+/// The cluster DNS Service, `kube-system/kube-dns` at the 10th address of the service range
+/// (10.96.0.10), as kubeadm sets it up. It has no selector: the agents serve DNS on their nodes
+/// and each publishes its own EndpointSlice for it, so the service proxy spreads 10.96.0.10
+/// over the nodes' DNS servers.
+async fn ensure_kube_dns(server: &ApiServer, now: &str) -> Result<(), skiff_store::StoreError> {
+    let key = registry::services().key(Some("kube-system"), "kube-dns");
+    if server.cache.get(&key).is_some() {
+        return Ok(());
+    }
+    let ip = server.settings.service_cidr.nth(10).to_string();
+    let (services, _) = server
+        .cache
+        .list(&registry::services().key_prefix(None), None);
+    if let Some((_, holder)) = services
+        .iter()
+        .find(|(_, s)| s.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(ip.as_str()))
+    {
+        // A cluster created before kube-dns existed may have given the address away.
+        let holder = holder
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        tracing::warn!(
+            ip,
+            holder,
+            "not creating kube-system/kube-dns: its address is taken"
+        );
+        return Ok(());
+    }
+    let obj = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "uid": uuid::Uuid::new_v4().to_string(),
+                     "creationTimestamp": now,
+                     "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS", "kubernetes.io/cluster-service": "true"}},
+        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "sessionAffinity": "None",
+                 "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster",
+                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                           {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]},
+        "status": {"loadBalancer": {}},
+    });
+    create_if_missing(server, &key, &obj).await
 }
 
 async fn create_if_missing(

@@ -137,6 +137,11 @@ impl Table {
         Ok(t)
     }
 
+    /// Whether the table was built from the cluster's objects.
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
     /// The SOA serial of this version of the zone.
     pub fn serial(&self) -> u32 {
         self.serial
