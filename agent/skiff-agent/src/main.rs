@@ -61,6 +61,10 @@ struct Args {
     /// Serve cluster DNS on this address, UDP and TCP (`<node-ip>:53`, `0.0.0.0:53`); off when unset.
     #[arg(long)]
     cluster_dns_bind: Option<std::net::SocketAddr>,
+    /// The address announced as this node's kube-dns endpoint (default: the bound address, or
+    /// --node-ip when bound to a wildcard; loopback ones only when given here).
+    #[arg(long)]
+    cluster_dns_advertise: Option<std::net::IpAddr>,
     /// Resolvers for names outside the cluster, `IP[:port]` (default: /etc/resolv.conf's).
     #[arg(long, value_delimiter = ',')]
     dns_upstream: Vec<String>,
@@ -232,6 +236,7 @@ async fn agent_main() -> anyhow::Result<()> {
             cluster_dns: args.cluster_dns.parse().ok(),
             node: cfg.name.clone(),
             node_ip: cfg.ip.parse().context("--node-ip is not an IP address")?,
+            advertise: args.cluster_dns_advertise,
         };
         skiff_agent::dns::start(client.clone(), settings)
             .await

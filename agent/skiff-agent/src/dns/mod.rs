@@ -29,6 +29,8 @@ pub struct Settings {
     pub node: String,
     /// Announced when `bind` is a wildcard address.
     pub node_ip: IpAddr,
+    /// Announced instead of the bound or node address, even a loopback one (asked for).
+    pub advertise: Option<IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,12 +65,12 @@ pub async fn start(client: kube::Client, s: Settings) -> Result<SocketAddr, DnsE
             tracing::error!(error = %e, "cluster DNS: watches stopped");
         }
     });
-    let address = if addr.ip().is_unspecified() {
-        s.node_ip
-    } else {
-        addr.ip()
+    let address = match s.advertise {
+        Some(ip) => ip,
+        None if addr.ip().is_unspecified() => s.node_ip,
+        None => addr.ip(),
     };
-    if address.is_loopback() {
+    if address.is_loopback() && s.advertise.is_none() {
         tracing::warn!(%address, "cluster DNS: not announced as a kube-dns endpoint: pods cannot reach a loopback address");
         return Ok(addr);
     }
