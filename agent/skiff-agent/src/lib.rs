@@ -6,6 +6,7 @@ pub mod cni;
 pub mod env;
 pub mod images_cli;
 pub mod dns;
+pub mod env;
 pub mod node;
 pub mod nodeapi;
 pub mod pods;
