@@ -3,10 +3,9 @@
 
 pub mod bundle;
 pub mod cni;
-pub mod env;
-pub mod images_cli;
 pub mod dns;
 pub mod env;
+pub mod images_cli;
 pub mod node;
 pub mod nodeapi;
 pub mod pods;
