@@ -669,10 +669,6 @@ impl ApiServer {
         match t.subresource.as_deref() {
             None | Some("status") => Ok(self.respond_object(t.rt, ctx, 200, &obj)),
             Some("scale") => Ok(json_response(200, &scale_of(t.rt, &obj))),
-            Some("log" | "exec" | "attach" | "portforward") => Err(ApiError::bad_request(format!(
-                "pod {name} does not have a host assigned; {} needs a node agent",
-                t.subresource.as_deref().unwrap_or("")
-            ))),
             Some(other) => Err(ApiError::method_not_allowed(format!(
                 "GET is not supported on {other}"
             ))),
