@@ -288,6 +288,8 @@ async fn agent_main() -> anyhow::Result<()> {
             root: args.root_dir.clone(),
             shim_root: args.root_dir.join("shim"),
             logs_dir: args.pod_logs_dir.clone(),
+            node_name: cfg.name.clone(),
+            cgroup_root: args.cgroup_root.clone(),
         }),
     ));
     start_proxy(&args, &client, &cfg.name)?;

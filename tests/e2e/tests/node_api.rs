@@ -150,6 +150,26 @@ fn logs_exec_and_port_forward_through_the_api_server() {
         s.json(&["get", "pod", "web"])["status"]["phase"] == "Running"
     });
 
+    // --- the node's summary lists its pods
+    let summary = Command::new("curl")
+        .args(["-sk", "--cert"])
+        .arg(pki.join("admin.crt"))
+        .arg("--key")
+        .arg(pki.join("admin.key"))
+        .arg(format!("https://127.0.0.1:{api_port}/stats/summary"))
+        .output()
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&summary.stdout).expect("JSON summary");
+    assert_eq!(summary["node"]["nodeName"], "node-1");
+    assert!(
+        summary["node"]["cpu"]["usageCoreNanoSeconds"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(summary["pods"][0]["podRef"]["name"], "web", "{summary}");
+    assert_eq!(summary["pods"][0]["containers"][0]["name"], "web");
+
     // --- logs
     eventually(
         "both lines in kubectl logs",

@@ -6,12 +6,14 @@
 //! - `logs`: CRI log files to plain text (tail, since, timestamps, previous, follow).
 //! - `exec` over `websocket` (v5.channel.k8s.io) or over `spdy` (the fallback).
 //! - `portforward`: SPDY streams to a TCP port inside the pod's network namespace.
+//! - `stats`: `/stats/summary`, node and pod usage in kubelet's Summary shape.
 
 pub mod exec;
 pub mod logs;
 pub mod portforward;
 pub mod server;
 pub mod spdy;
+pub mod stats;
 pub mod websocket;
 
 use std::path::{Path, PathBuf};

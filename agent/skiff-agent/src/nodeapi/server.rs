@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use super::exec::{self, ExecRequest};
 use super::logs::{self, LogOptions};
 use super::portforward;
+use super::stats;
 use super::NodeApiError;
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -32,6 +33,9 @@ pub struct NodeApi {
     /// Where skiff-shim keeps container state (`<root>/shim`).
     pub shim_root: PathBuf,
     pub logs_dir: PathBuf,
+    pub node_name: String,
+    /// The shim's `--cgroup-root`, where pod and container usage is read for the summary.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// The cluster CA that signs the clients allowed in: `--client-ca-file`, else the
@@ -288,6 +292,7 @@ impl NodeApi {
         let not_found = || NodeApiError::NotFound(format!("{path}: not found"));
         match (req.method(), segs.as_slice()) {
             (&Method::GET, ["healthz"]) => Ok(full(200, "text/plain", b"ok".to_vec())),
+            (&Method::GET, ["stats", "summary"]) => self.stats_summary().await,
             (&Method::GET, ["containerLogs", ns, pod, container]) => {
                 let query = query_pairs(&req);
                 self.logs(ns, pod, container, &query).await
@@ -302,6 +307,52 @@ impl NodeApi {
             }
             _ => Err(not_found()),
         }
+    }
+
+    async fn stats_summary(&self) -> Result<Response<Body>, NodeApiError> {
+        let api: kube::Api<Pod> = kube::Api::all(self.client.clone());
+        let lp =
+            kube::api::ListParams::default().fields(&format!("spec.nodeName={}", self.node_name));
+        let list = api
+            .list(&lp)
+            .await
+            .map_err(|e| NodeApiError::Internal(format!("listing this node's pods: {e}")))?;
+        let pods: Vec<stats::PodInfo> = list
+            .items
+            .into_iter()
+            .map(|p| stats::PodInfo {
+                name: p.metadata.name.unwrap_or_default(),
+                namespace: p.metadata.namespace.unwrap_or_default(),
+                uid: p.metadata.uid.unwrap_or_default(),
+                start_time: p.status.and_then(|s| s.start_time).map(|t| t.0.to_string()),
+                containers: p
+                    .spec
+                    .map(|s| s.containers.into_iter().map(|c| c.name).collect())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let (name, root, cg) = (
+            self.node_name.clone(),
+            self.root.clone(),
+            self.cgroup_root.clone(),
+        );
+        let summary = tokio::task::spawn_blocking(move || {
+            stats::summary(
+                &name,
+                Path::new("/proc"),
+                &root,
+                cg.as_deref(),
+                &pods,
+                &jiff::Timestamp::now().to_string(),
+            )
+        })
+        .await
+        .map_err(|e| NodeApiError::Internal(e.to_string()))?;
+        Ok(full(
+            200,
+            "application/json",
+            serde_json::to_vec(&summary).unwrap_or_default(),
+        ))
     }
 
     async fn pod(&self, ns: &str, name: &str) -> Result<PodRef, NodeApiError> {
