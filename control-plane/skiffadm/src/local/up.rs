@@ -167,6 +167,33 @@ pub fn resolve_settings(
     })
 }
 
+/// The agent's node API port (skiff-agent's default).
+pub const NODE_API_PORT: u16 = 10250;
+
+/// Says which port is taken before anything starts, instead of a server that keeps
+/// restarting on a bind error.
+fn ports_free(settings: &Settings) -> Result<(), LocalError> {
+    let checks = [
+        (
+            "127.0.0.1".to_string(),
+            settings.port,
+            "the API server (--port)",
+        ),
+        (settings.node_ip.clone(), NODE_API_PORT, "the node API"),
+    ];
+    for (ip, port, what) in checks {
+        let addr: std::net::IpAddr = ip
+            .parse()
+            .map_err(|_| LocalError::Invalid(format!("{ip:?} is not an IP address")))?;
+        if let Err(e) = std::net::TcpListener::bind((addr, port)) {
+            return Err(LocalError::Preflight(format!(
+                "{ip}:{port}, needed by {what}, is not available: {e}; is another cluster running here?"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn supervisor_running(layout: &Layout) -> Option<i32> {
     live_pid(&layout.supervisor_pid(), "local-supervise")
 }
@@ -343,6 +370,9 @@ pub async fn run(args: UpArgs) -> Result<(), LocalError> {
             settings.bin_dir.display()
         )));
     }
+    // Children of a supervisor that was killed would hold the port and the store.
+    super::stop::stop_processes(&layout);
+    ports_free(&settings)?;
     println!("[local] {}", limits.line());
     for dir in [
         layout.root.clone(),
@@ -365,8 +395,6 @@ pub async fn run(args: UpArgs) -> Result<(), LocalError> {
         if resuming { "restarting" } else { "starting" },
         layout.logs_dir().display()
     );
-    // Children of a supervisor that was killed would hold the port and the store.
-    super::stop::stop_processes(&layout);
     spawn_supervisor(&layout)?;
     // The supervisor writes its pid file right after it starts.
     let deadline = Instant::now() + Duration::from_secs(10);
