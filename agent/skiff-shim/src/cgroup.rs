@@ -1,9 +1,17 @@
-//! cgroupfs placement on a cgroup v2 hierarchy: `linux.cgroupsPath` becomes
-//! a directory under a root given on the command line (`--cgroup-root`),
-//! the init process is moved into it before it sets anything up, and the
-//! directory is removed at delete. Resource limits are not written: the
-//! hierarchy on the hosts this runs on may have no controllers enabled, and
-//! the shim reports that (see [`Cgroup::limits_enforced`]).
+//! cgroup v2 placement and limits, with two drivers:
+//!
+//! - cgroupfs: `linux.cgroupsPath` is a directory under a root given on the
+//!   command line (`--cgroup-root`); the shim creates it, enables the
+//!   controllers its limits need in the `cgroup.subtree_control` of every
+//!   level below that root (never above it), and removes it at delete.
+//! - systemd: `linux.cgroupsPath` is runc's `slice:prefix:name`; the init
+//!   process goes into a transient scope `prefix-name.scope` under the
+//!   slice, started over D-Bus with `Delegate=yes` (see [`systemd`]).
+//!
+//! Either way the limits of `linux.resources` are then written into the
+//! container's cgroup. A limit whose controller this host lacks is not an
+//! error (hosts such as CI machines have none): it is reported, with the
+//! reason, in the container's state as not enforced.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -11,9 +19,18 @@ use nix::unistd::Pid;
 
 use crate::error::{Result, ShimError};
 
+pub mod systemd;
+
+/// Controllers enabled even when no limit asks for them: memory for OOM
+/// accounting (memory.events), cpu and memory for the agent's stats, pids
+/// for pids.current.
+const ALWAYS: &[&str] = &["cpu", "memory", "pids"];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cgroup {
     pub path: PathBuf,
+    /// The transient scope holding the cgroup, with the systemd driver.
+    pub unit: Option<String>,
 }
 
 /// The directory for `cgroups_path` under `root`. Only plain relative
@@ -43,63 +60,162 @@ pub fn cgroup_dir(root: &Path, cgroups_path: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// The controller an interface file belongs to ("memory.swap.max" →
+/// "memory"); `None` for the core `cgroup.*` files, which always exist.
+pub fn controller_of(file: &str) -> Option<&str> {
+    match file.split_once('.') {
+        Some(("cgroup", _)) | None => None,
+        Some((c, _)) => Some(c),
+    }
+}
+
+fn words(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Controllers that could not be enabled for a cgroup, with the reason.
+pub type Unavailable = Vec<(String, String)>;
+
+/// Enable `wanted` controllers from `root` down to the parent of `dir`
+/// (each level's `cgroup.subtree_control` decides what its children get).
+/// Levels already enabled are left untouched, so an operator's root is only
+/// written when something is missing. Returns what could not be enabled:
+/// a controller missing from a level's `cgroup.controllers`, or a write the
+/// kernel refused (e.g. a level that holds processes itself).
+pub fn enable_controllers(root: &Path, dir: &Path, wanted: &[String]) -> Unavailable {
+    let rel = dir.strip_prefix(root).unwrap_or(Path::new(""));
+    let mut level = root.to_path_buf();
+    let mut missing: Unavailable = Vec::new();
+    for part in rel.components() {
+        let available = words(&level.join("cgroup.controllers"));
+        let enabled = words(&level.join("cgroup.subtree_control"));
+        let ctl_file = level.join("cgroup.subtree_control");
+        for c in wanted {
+            if missing.iter().any(|(m, _)| m == c) || enabled.contains(c) {
+                continue;
+            }
+            if !available.contains(c) {
+                missing.push((
+                    c.clone(),
+                    format!(
+                        "{c} controller absent (not in {})",
+                        level.join("cgroup.controllers").display()
+                    ),
+                ));
+                continue;
+            }
+            // One write per controller: a combined write fails as a whole.
+            if let Err(e) = std::fs::write(&ctl_file, format!("+{c}")) {
+                missing.push((
+                    c.clone(),
+                    format!(
+                        "{c} controller could not be enabled in {}: {e}",
+                        ctl_file.display()
+                    ),
+                ));
+            }
+        }
+        level.push(part);
+    }
+    missing
+}
+
+/// The controllers `limits` need, plus [`ALWAYS`], without duplicates.
+pub fn controllers_for(limits: &[(String, String)]) -> Vec<String> {
+    let mut out: Vec<String> = ALWAYS.iter().map(|s| s.to_string()).collect();
+    for (file, _) in limits {
+        if let Some(c) = controller_of(file) {
+            if !out.iter().any(|o| o == c) {
+                out.push(c.to_string());
+            }
+        }
+    }
+    out
+}
+
+fn check_file_name(file: &str) -> Result<()> {
+    if file.is_empty() || file.contains('/') || file.starts_with('.') || !file.contains('.') {
+        return Err(ShimError::spec(
+            "linux.resources.unified",
+            format!("{file:?}: not a cgroup interface file"),
+        ));
+    }
+    Ok(())
+}
+
+/// Write `limits` into the cgroup `dir`. A file that does not exist is not
+/// written: its limit is returned as not enforced, with the reason (from
+/// `unavailable` when enabling its controller failed higher up).
+pub fn write_limits(
+    dir: &Path,
+    limits: &[(String, String)],
+    unavailable: &Unavailable,
+) -> Result<Vec<String>> {
+    for (file, _) in limits {
+        check_file_name(file)?;
+    }
+    let mut not_enforced = Vec::new();
+    for (file, value) in limits {
+        let p = dir.join(file);
+        if p.exists() {
+            std::fs::write(&p, value).map_err(|e| ShimError::io("write", &p, e))?;
+            continue;
+        }
+        let why = match controller_of(file) {
+            Some(c) => match unavailable.iter().find(|(m, _)| m == c) {
+                Some((_, reason)) => reason.clone(),
+                None if !words(&dir.join("cgroup.controllers"))
+                    .iter()
+                    .any(|w| w == c) =>
+                {
+                    format!("{c} controller not enabled for {}", dir.display())
+                }
+                None => format!("the kernel has no {file}"),
+            },
+            None => format!("the kernel has no {file}"),
+        };
+        not_enforced.push(format!("{file}={value}: {why}"));
+    }
+    Ok(not_enforced)
+}
+
 impl Cgroup {
+    /// A cgroup known by its directory (from a container's saved state).
+    pub fn at(path: PathBuf, unit: Option<String>) -> Self {
+        Cgroup { path, unit }
+    }
+
     /// Create the directory (and missing parents).
     pub fn create(root: &Path, cgroups_path: &Path) -> Result<Self> {
         let path = cgroup_dir(root, cgroups_path)?;
         std::fs::create_dir_all(&path).map_err(|e| ShimError::io("mkdir", &path, e))?;
-        Ok(Cgroup { path })
+        Ok(Cgroup { path, unit: None })
     }
 
-    /// Create the directory under `root`, enabling the cpu, memory and
-    /// pids controllers (those the hierarchy has) on the way down, and
-    /// write `limits`. Returns the limits that could not be written
-    /// because their controller is missing (not enforced).
+    /// Create the directory under `root`, enabling the controllers the
+    /// limits need (and cpu, memory, pids) on the way down, and write
+    /// `limits`. Returns the limits that are not enforced, each with why.
     pub fn create_with_limits(
         root: &Path,
         cgroups_path: &Path,
         limits: &[(String, String)],
     ) -> Result<(Self, Vec<String>)> {
+        for (file, _) in limits {
+            check_file_name(file)?;
+        }
         let cg = Cgroup::create(root, cgroups_path)?;
-        if limits.is_empty() {
-            return Ok((cg, Vec::new()));
-        }
-        let mut dir = root.to_path_buf();
-        let rel = cg
-            .path
-            .strip_prefix(root)
-            .unwrap_or(Path::new(""))
-            .to_path_buf();
-        for part in rel.components() {
-            let available =
-                std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-            let want: Vec<String> = ["cpu", "memory", "pids"]
-                .iter()
-                .filter(|c| available.split_whitespace().any(|a| a == **c))
-                .map(|c| format!("+{c}"))
-                .collect();
-            if !want.is_empty() {
-                let p = dir.join("cgroup.subtree_control");
-                std::fs::write(&p, want.join(" ")).map_err(|e| ShimError::io("write", p, e))?;
+        let unavailable = enable_controllers(root, &cg.path, &controllers_for(limits));
+        match write_limits(&cg.path, limits, &unavailable) {
+            Ok(not_enforced) => Ok((cg, not_enforced)),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&cg.path);
+                Err(e)
             }
-            dir.push(part);
         }
-        let mut not_enforced = Vec::new();
-        for (file, value) in limits {
-            if file.contains('/') || file.starts_with('.') {
-                return Err(ShimError::spec(
-                    "linux.resources.unified",
-                    format!("{file}: not a cgroup interface file"),
-                ));
-            }
-            let p = cg.path.join(file);
-            if !p.exists() {
-                not_enforced.push(format!("{file}={value}"));
-                continue;
-            }
-            std::fs::write(&p, value).map_err(|e| ShimError::io("write", p, e))?;
-        }
-        Ok((cg, not_enforced))
     }
 
     /// Move a process in.
@@ -138,17 +254,18 @@ impl Cgroup {
     /// Whether memory, cpu and pids controllers are enabled for this cgroup.
     pub fn limits_enforced(&self) -> bool {
         let parent = self.path.parent().unwrap_or(&self.path);
-        let ctl =
-            std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
-        ["cpu", "memory", "pids"]
-            .iter()
-            .all(|c| ctl.split_whitespace().any(|w| w == *c))
+        let ctl = words(&parent.join("cgroup.subtree_control"));
+        ALWAYS.iter().all(|c| ctl.iter().any(|w| w == c))
     }
 
-    /// Remove the directory (it must be empty of processes); a few retries
-    /// because the kernel frees a cgroup slightly after its last process
-    /// is reaped.
+    /// Remove the cgroup (it must be empty of processes): a scope is stopped
+    /// through systemd, which removes its directory; a directory is removed
+    /// with a few retries, because the kernel frees a cgroup slightly after
+    /// its last process is reaped.
     pub fn remove(&self) -> Result<()> {
+        if let Some(unit) = &self.unit {
+            systemd::stop_unit(unit)?;
+        }
         let mut last = None;
         for _ in 0..50 {
             match std::fs::remove_dir(&self.path) {

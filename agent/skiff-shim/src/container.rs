@@ -32,8 +32,14 @@ pub struct Options {
     /// State directory (`--root`).
     pub root: PathBuf,
     /// cgroup v2 directory under which `linux.cgroupsPath` is created;
-    /// `None` leaves processes in the shim's cgroup.
+    /// `None` leaves processes in the shim's cgroup (cgroupfs driver). With
+    /// the systemd driver: the cgroup2 mount (default: found in
+    /// /proc/self/mounts).
     pub cgroup_root: Option<PathBuf>,
+    /// runc's `--systemd-cgroup`: cgroupsPath is `slice:prefix:name` and the
+    /// container goes into a transient scope. A cgroupsPath of that form
+    /// (no '/', two ':') selects the driver too.
+    pub systemd_cgroup: bool,
     /// Container stdout/stderr to this file in CRI format (else inherited).
     pub log_path: Option<PathBuf>,
     pub log_rotation: Rotation,
@@ -47,6 +53,7 @@ impl Default for Options {
         Options {
             root: PathBuf::from("/run/skiff/shim"),
             cgroup_root: None,
+            systemd_cgroup: false,
             log_path: None,
             log_rotation: Rotation::default(),
             console_socket: None,
@@ -71,11 +78,13 @@ fn prepare(opts: &Options, id: &str, bundle: &Path, run_mode: bool) -> Result<(S
             "create with terminal=true needs --console-socket",
         ));
     }
-    if plan.cgroups_path.is_some() {
-        if let Some(root) = &opts.cgroup_root {
-            // Validate now, before anything is created.
-            crate::cgroup::cgroup_dir(root, plan.cgroups_path.as_deref().unwrap_or(Path::new("")))?;
+    // Validate now, before anything is created.
+    match placement(opts, &plan)? {
+        Placement::Systemd { .. } => crate::cgroup::systemd::check_running()?,
+        Placement::Dir { root, path } => {
+            crate::cgroup::cgroup_dir(&root, &path)?;
         }
+        Placement::None => {}
     }
     std::fs::create_dir_all(&opts.root).map_err(|e| ShimError::io("mkdir", &opts.root, e))?;
     std::fs::create_dir(&sd.dir).map_err(|e| {
@@ -86,6 +95,60 @@ fn prepare(opts: &Options, id: &str, bundle: &Path, run_mode: bool) -> Result<(S
         }
     })?;
     Ok((sd, plan))
+}
+
+/// Where the container's cgroup goes.
+enum Placement {
+    None,
+    Dir {
+        root: PathBuf,
+        path: PathBuf,
+    },
+    Systemd {
+        root: PathBuf,
+        scope: crate::cgroup::systemd::ScopePath,
+    },
+}
+
+/// The cgroup2 mount point, from /proc/self/mounts.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .collect();
+    found
+        .iter()
+        .find(|p| *p == Path::new("/sys/fs/cgroup"))
+        .or(found.first())
+        .cloned()
+}
+
+fn placement(opts: &Options, plan: &Plan) -> Result<Placement> {
+    let Some(cp) = &plan.cgroups_path else {
+        return Ok(Placement::None);
+    };
+    let text = cp.to_string_lossy();
+    if opts.systemd_cgroup || crate::cgroup::systemd::is_systemd_form(&text) {
+        let scope = crate::cgroup::systemd::ScopePath::parse(&text)?;
+        let root = match &opts.cgroup_root {
+            Some(r) => r.clone(),
+            None => cgroup2_mount().ok_or_else(|| {
+                ShimError::Init("systemd cgroup driver: no cgroup2 hierarchy is mounted".into())
+            })?,
+        };
+        return Ok(Placement::Systemd { root, scope });
+    }
+    Ok(match &opts.cgroup_root {
+        Some(root) => Placement::Dir {
+            root: root.clone(),
+            path: cp.clone(),
+        },
+        None => Placement::None,
+    })
 }
 
 /// Everything that exists once the init is set up.
@@ -112,16 +175,22 @@ fn spawn_container(opts: &Options, sd: &StateDir, plan: &Plan, monitor: Pid) -> 
     let mut cgroup = None;
     let res = (|| {
         let mut not_enforced = Vec::new();
-        if let (Some(root), Some(cp)) = (&opts.cgroup_root, &plan.cgroups_path) {
-            let (cg, missing) = Cgroup::create_with_limits(root, cp, &plan.cgroup_limits)?;
-            cgroup = Some(cg);
-            not_enforced = missing;
-        } else if !plan.cgroup_limits.is_empty() {
-            not_enforced = plan
-                .cgroup_limits
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+        let place = placement(opts, plan)?;
+        match &place {
+            Placement::Dir { root, path } => {
+                let (cg, missing) = Cgroup::create_with_limits(root, path, &plan.cgroup_limits)?;
+                cgroup = Some(cg);
+                not_enforced = missing;
+            }
+            Placement::None => {
+                not_enforced = plan
+                    .cgroup_limits
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}: no cgroup (no --cgroup-root)"))
+                    .collect();
+            }
+            // The scope needs the init's pid: it is started below.
+            Placement::Systemd { .. } => {}
         }
         let cg = cgroup.clone();
         // With a log file the container writes into pipes that this
@@ -148,10 +217,25 @@ fn spawn_container(opts: &Options, sd: &StateDir, plan: &Plan, monitor: Pid) -> 
         let stdio = child_ends
             .as_ref()
             .map(|(i, o, e)| [i.as_raw_fd(), o.as_raw_fd(), e.as_raw_fd()]);
-        let init = spawn(plan, stdio, &mut |pid| match &cg {
-            Some(c) => c.add(pid),
-            None => Ok(()),
-        })?;
+        let mut scope_cg = None;
+        let spawned = spawn(plan, stdio, &mut |pid| match (&cg, &place) {
+            (Some(c), _) => c.add(pid),
+            (None, Placement::Systemd { root, scope }) => {
+                let dir =
+                    crate::cgroup::systemd::start_scope(root, scope, pid, &plan.cgroup_limits)?;
+                let c = Cgroup::at(dir, Some(scope.scope.clone()));
+                // Delegate=yes: the scope's files are the shim's to write.
+                not_enforced =
+                    crate::cgroup::write_limits(&c.path, &plan.cgroup_limits, &Vec::new())?;
+                scope_cg = Some(c);
+                Ok(())
+            }
+            (None, _) => Ok(()),
+        });
+        if scope_cg.is_some() {
+            cgroup = scope_cg;
+        }
+        let init = spawned?;
         drop(child_ends);
         let saved = Saved {
             oci_version: "1.0.2".to_string(),
@@ -164,6 +248,7 @@ fn spawn_container(opts: &Options, sd: &StateDir, plan: &Plan, monitor: Pid) -> 
             rootfs: plan.rootfs.clone(),
             created: now_rfc3339(),
             cgroup_path: cgroup.as_ref().map(|c| c.path.clone()),
+            systemd_unit: cgroup.as_ref().and_then(|c| c.unit.clone()),
             limits_not_enforced: not_enforced,
         };
         sd.save(&saved)?;
@@ -548,7 +633,7 @@ pub fn kill_container(opts: &Options, id: &str, sig: Signal, all: bool) -> Resul
     }
     if all {
         if let Some(p) = &s.cgroup_path {
-            return Cgroup { path: p.clone() }.kill_all(sig);
+            return Cgroup::at(p.clone(), s.systemd_unit.clone()).kill_all(sig);
         }
     }
     kill(Pid::from_raw(s.pid), sig).ctx("kill", s.pid)
@@ -577,7 +662,7 @@ pub fn delete(opts: &Options, id: &str, force: bool) -> Result<()> {
     }
     if st != Status::Stopped {
         if let Some(p) = &s.cgroup_path {
-            let _ = Cgroup { path: p.clone() }.kill_all(Signal::SIGKILL);
+            let _ = Cgroup::at(p.clone(), s.systemd_unit.clone()).kill_all(Signal::SIGKILL);
         }
         let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
     }
@@ -593,7 +678,7 @@ pub fn delete(opts: &Options, id: &str, force: bool) -> Result<()> {
         std::thread::sleep(Duration::from_millis(1));
     }
     if let Some(p) = &s.cgroup_path {
-        Cgroup { path: p.clone() }.remove()?;
+        Cgroup::at(p.clone(), s.systemd_unit.clone()).remove()?;
     }
     sd.remove()
 }

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use skiff_shim::container;
 use skiff_shim::Options;
 
-const USAGE: &str = "usage: skiff-shim [--root DIR] [--cgroup-root DIR] COMMAND
+const USAGE: &str = "usage: skiff-shim [--root DIR] [--cgroup-root DIR] [--systemd-cgroup] COMMAND
 commands:
   run    [--bundle|-b DIR] [LOG] ID  create, start, wait, delete; exits with the container's code
   create [--bundle|-b DIR] [--pid-file FILE] [--console-socket SOCK] [LOG] ID
@@ -45,11 +45,12 @@ fn parse_global(argv: Vec<String>) -> anyhow::Result<Args> {
         match name.as_str() {
             "--root" => opts.root = PathBuf::from(value("--root")?),
             "--cgroup-root" => opts.cgroup_root = Some(PathBuf::from(value("--cgroup-root")?)),
+            "--systemd-cgroup" => opts.systemd_cgroup = true,
             // Accepted for runc compatibility, without effect.
             "--log" | "--log-format" => {
                 value(&name)?;
             }
-            "--debug" | "--systemd-cgroup" => {}
+            "--debug" => {}
             "-h" | "--help" | "help" => bail!("{USAGE}"),
             _ if a.starts_with('-') => bail!("unknown option {a}\n{USAGE}"),
             _ => {

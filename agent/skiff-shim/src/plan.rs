@@ -226,7 +226,29 @@ pub fn shares_to_weight(shares: u64) -> u64 {
     1 + ((s - 2) * 9999) / 262_142
 }
 
-fn cgroup_limits(r: &oci_spec::runtime::LinuxResources) -> CgroupLimits {
+/// runc's conversion of OCI `memory.swap` (memory + swap) to cgroup v2's
+/// `memory.swap.max` (swap alone); `None` leaves the file alone.
+pub fn swap_max(swap: i64, memory: Option<i64>) -> Result<Option<String>> {
+    let bad = |m: String| ShimError::spec("linux.resources.memory.swap", m);
+    let memory = memory.unwrap_or(0);
+    match swap {
+        -1 => return Ok(Some("max".into())),
+        0 => return Ok(None),
+        s if s < -1 => return Err(bad(format!("{s} is negative"))),
+        _ => {}
+    }
+    if memory <= 0 {
+        return Err(bad("a swap limit needs a memory limit".into()));
+    }
+    if swap < memory {
+        return Err(bad(format!(
+            "memory+swap {swap} is below the memory limit {memory}"
+        )));
+    }
+    Ok(Some((swap - memory).to_string()))
+}
+
+fn cgroup_limits(r: &oci_spec::runtime::LinuxResources) -> Result<CgroupLimits> {
     let mut out = Vec::new();
     if let Some(cpu) = r.cpu() {
         if let Some(sh) = cpu.shares() {
@@ -250,6 +272,11 @@ fn cgroup_limits(r: &oci_spec::runtime::LinuxResources) -> CgroupLimits {
             };
             out.push(("memory.max".to_string(), v));
         }
+        if let Some(s) = m.swap() {
+            if let Some(v) = swap_max(s, m.limit())? {
+                out.push(("memory.swap.max".to_string(), v));
+            }
+        }
     }
     if let Some(p) = r.pids() {
         let l = p.limit();
@@ -263,9 +290,11 @@ fn cgroup_limits(r: &oci_spec::runtime::LinuxResources) -> CgroupLimits {
     if let Some(u) = r.unified() {
         let mut kv: Vec<_> = u.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         kv.sort();
+        // An explicit unified key wins over the value derived above.
+        out.retain(|(f, _)| !u.contains_key(f));
         out.extend(kv);
     }
-    out
+    Ok(out)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -860,6 +889,7 @@ pub fn build_plan(bundle: &Path, spec: &Spec) -> Result<Plan> {
             .resources()
             .as_ref()
             .map(cgroup_limits)
+            .transpose()?
             .unwrap_or_default(),
     })
 }

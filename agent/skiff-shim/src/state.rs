@@ -28,6 +28,9 @@ pub struct Saved {
     pub created: String,
     #[serde(default)]
     pub cgroup_path: Option<PathBuf>,
+    /// The transient scope of the systemd cgroup driver, stopped at delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd_unit: Option<String>,
     /// `linux.resources` limits that could not be applied (no cgroup, or
     /// its controller is missing on this host).
     #[serde(default)]

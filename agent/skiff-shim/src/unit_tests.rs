@@ -81,7 +81,7 @@ fn plan_of(cfg: serde_json::Value) -> crate::Result<Plan> {
     Bundle::new(&cfg).plan()
 }
 
-fn err_text(r: crate::Result<Plan>) -> String {
+fn err_text<T>(r: crate::Result<T>) -> String {
     match r {
         Ok(_) => panic!("expected an error"),
         Err(e) => e.to_string(),
@@ -579,6 +579,7 @@ fn state_dir_roundtrip_and_status() {
         rootfs: "/b/rootfs".into(),
         created: "t".into(),
         cgroup_path: None,
+        systemd_unit: None,
         limits_not_enforced: vec![],
     };
     sd.save(&saved).unwrap();
@@ -858,10 +859,197 @@ fn resources_become_cgroup_v2_limits() {
         std::fs::read_to_string(root.join("pod/cgroup.subtree_control")).unwrap(),
         "+memory"
     );
+    let absent = |c: &str| {
+        format!(
+            "{c} controller absent (not in {})",
+            root.join("cgroup.controllers").display()
+        )
+    };
     assert_eq!(
         missing,
-        vec!["cpu.weight=20", "cpu.max=50000 100000", "pids.max=100"]
+        vec![
+            format!("cpu.weight=20: {}", absent("cpu")),
+            format!("cpu.max=50000 100000: {}", absent("cpu")),
+            format!("pids.max=100: {}", absent("pids")),
+        ]
     );
+}
+
+#[test]
+fn swap_and_unified_limits() {
+    use crate::plan::swap_max;
+    assert_eq!(swap_max(-1, Some(100)).unwrap().as_deref(), Some("max"));
+    assert_eq!(swap_max(0, Some(100)).unwrap(), None);
+    // memory+swap equal to memory: no swap at all.
+    assert_eq!(swap_max(100, Some(100)).unwrap().as_deref(), Some("0"));
+    assert_eq!(swap_max(150, Some(100)).unwrap().as_deref(), Some("50"));
+    assert!(err_text(swap_max(50, Some(100))).contains("below the memory limit"));
+    assert!(err_text(swap_max(50, None)).contains("needs a memory limit"));
+    let mut c = runc_like();
+    c["linux"]["resources"] = serde_json::json!({
+        "memory": {"limit": 1000, "swap": 1000},
+        "pids": {"limit": 5},
+        "unified": {"pids.max": "7", "io.weight": "50"}
+    });
+    let p = plan_of(c).unwrap();
+    assert_eq!(
+        p.cgroup_limits,
+        vec![
+            ("memory.max".to_string(), "1000".to_string()),
+            ("memory.swap.max".to_string(), "0".to_string()),
+            ("io.weight".to_string(), "50".to_string()),
+            ("pids.max".to_string(), "7".to_string()),
+        ]
+    );
+    let mut bad = runc_like();
+    bad["linux"]["resources"] = serde_json::json!({"memory": {"swap": 1000}});
+    assert!(err_text(plan_of(bad)).contains("linux.resources.memory.swap"));
+}
+
+#[test]
+fn controllers_enabled_level_by_level_inside_the_root() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    std::fs::create_dir_all(root.join("kubepods/pod1")).unwrap();
+    std::fs::write(root.join("cgroup.controllers"), "cpu io memory pids").unwrap();
+    // Already enabled at the root: not written again.
+    std::fs::write(root.join("cgroup.subtree_control"), "cpu io memory pids").unwrap();
+    std::fs::write(root.join("kubepods/cgroup.controllers"), "cpu memory pids").unwrap();
+    std::fs::write(
+        root.join("kubepods/pod1/cgroup.controllers"),
+        "cpu memory pids",
+    )
+    .unwrap();
+    // Outside the root: must stay untouched.
+    std::fs::write(d.path().join("cgroup.subtree_control"), "").unwrap();
+    let limits = vec![
+        ("memory.max".to_string(), "4096".to_string()),
+        ("io.weight".to_string(), "10".to_string()),
+    ];
+    let ctr = root.join("kubepods/pod1/ctr");
+    std::fs::create_dir_all(&ctr).unwrap();
+    std::fs::write(ctr.join("memory.max"), "max").unwrap();
+    let (cg, missing) =
+        crate::cgroup::Cgroup::create_with_limits(&root, Path::new("kubepods/pod1/ctr"), &limits)
+            .unwrap();
+    assert_eq!(cg.path, ctr);
+    assert_eq!(cg.unit, None);
+    assert_eq!(
+        std::fs::read_to_string(ctr.join("memory.max")).unwrap(),
+        "4096"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
+        "cpu io memory pids"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("cgroup.subtree_control")).unwrap(),
+        ""
+    );
+    // In a fake hierarchy each write replaces the file: the last one wins.
+    assert_eq!(
+        std::fs::read_to_string(root.join("kubepods/pod1/cgroup.subtree_control")).unwrap(),
+        "+pids"
+    );
+    assert_eq!(missing.len(), 1);
+    assert!(
+        missing[0].starts_with("io.weight=10: io controller absent (not in ")
+            && missing[0].contains("kubepods/cgroup.controllers"),
+        "{missing:?}"
+    );
+    // An interface file name with a path in it is refused before anything is made.
+    let evil = vec![("../../cgroup.procs".to_string(), "1".to_string())];
+    let e = crate::cgroup::Cgroup::create_with_limits(&root, Path::new("kubepods/x"), &evil);
+    assert!(err_text(e).contains("not a cgroup interface file"));
+    assert!(!root.join("kubepods/x").exists());
+}
+
+#[test]
+fn systemd_cgroups_path() {
+    use crate::cgroup::systemd::{expand_slice, is_systemd_form, start_scope_args, ScopePath};
+    assert!(is_systemd_form("kubepods.slice:skiff:abc"));
+    assert!(!is_systemd_form("kubepods/pod1/abc"));
+    let sp = ScopePath::parse("kubepods-burstable-pod12_34.slice:skiff:12-34-web").unwrap();
+    assert_eq!(sp.slice, "kubepods-burstable-pod12_34.slice");
+    assert_eq!(sp.scope, "skiff-12-34-web.scope");
+    assert_eq!(
+        sp.dir(Path::new("/sys/fs/cgroup")).unwrap(),
+        Path::new("/sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12_34.slice/skiff-12-34-web.scope")
+    );
+    assert_eq!(ScopePath::parse("::x").unwrap().slice, "system.slice");
+    assert_eq!(ScopePath::parse(":p:x").unwrap().scope, "p-x.scope");
+    assert_eq!(ScopePath::parse("a.slice::x").unwrap().scope, "x.scope");
+    assert_eq!(expand_slice("-.slice").unwrap(), Path::new(""));
+    for bad in [
+        "a:b",
+        "a.service:p:n",
+        "a.slice:p:",
+        "a.slice:p:n/x",
+        "a b.slice:p:n",
+    ] {
+        assert!(
+            err_text(ScopePath::parse(bad)).contains("linux.cgroupsPath"),
+            "{bad}"
+        );
+    }
+    assert!(expand_slice("a--b.slice").is_err());
+    assert!(expand_slice("-a.slice").is_err());
+    let limits = vec![
+        ("cpu.weight".to_string(), "39".to_string()),
+        ("cpu.max".to_string(), "25000 100000".to_string()),
+        ("memory.max".to_string(), "1048576".to_string()),
+        ("pids.max".to_string(), "max".to_string()),
+    ];
+    let a = start_scope_args(&sp, nix::unistd::Pid::from_raw(4242), &limits);
+    let tail: Vec<&str> = a[7..].iter().map(String::as_str).collect();
+    assert_eq!(
+        tail,
+        vec![
+            "StartTransientUnit",
+            "ssa(sv)a(sa(sv))",
+            "skiff-12-34-web.scope",
+            "fail",
+            "10",
+            "PIDs",
+            "au",
+            "1",
+            "4242",
+            "Description",
+            "s",
+            "skiff container skiff-12-34-web.scope",
+            "Slice",
+            "s",
+            "kubepods-burstable-pod12_34.slice",
+            "Delegate",
+            "b",
+            "true",
+            "DefaultDependencies",
+            "b",
+            "false",
+            "CPUWeight",
+            "t",
+            "39",
+            "CPUQuotaPerSecUSec",
+            "t",
+            "250000",
+            "CPUQuotaPeriodUSec",
+            "t",
+            "100000",
+            "MemoryMax",
+            "t",
+            "1048576",
+            "TasksMax",
+            "t",
+            "18446744073709551615",
+            "0"
+        ]
+    );
+    assert!(a.iter().any(|x| x.starts_with("--timeout=")));
+    // 1 ms of every 100 ms is 10 ms/s, systemd's granularity: kept as is.
+    let p = crate::cgroup::systemd::unit_properties(&[("cpu.max".into(), "1000 100000".into())]);
+    assert_eq!(p[0][2], "10000");
+    let p = crate::cgroup::systemd::unit_properties(&[("cpu.max".into(), "1500 100000".into())]);
+    assert_eq!(p[0][2], "20000");
 }
 
 #[test]

@@ -520,7 +520,12 @@ fn cgroup_placement_under_given_root() {
         let written = std::fs::read_to_string(&p)
             .map(|s| s.trim() == value)
             .unwrap_or(false);
-        let reported = missing.contains(&format!("{file}={value}"));
+        // Reported as "file=value: why", the why naming the controller.
+        let controller = file.split('.').next().unwrap();
+        let reported = missing.iter().any(|m| {
+            m.starts_with(&format!("{file}={value}: "))
+                && m.contains(&format!("{controller} controller"))
+        });
         assert!(
             written ^ reported,
             "{file}: written={written} reported={reported} ({missing:?})"
