@@ -17,6 +17,8 @@ pub enum BundleError {
     UnknownUser { container: String, user: String },
     #[error("container {container}: capability {cap:?} is not a Linux capability")]
     UnknownCapability { container: String, cap: String },
+    #[error("container {container}: resources: {message}")]
+    Resources { container: String, message: String },
 }
 
 /// What the image says about how to run it (OCI image config).
@@ -525,9 +527,17 @@ pub fn config(input: &BundleInput<'_>) -> Result<Value, BundleError> {
         None => json!({"type": "uts"}),
     });
     let uid_str = pod.metadata.uid.clone().unwrap_or_default();
+    let resources = crate::cgroups::bundle_resources(c).map_err(|e| BundleError::Resources {
+        container: c.name.clone(),
+        message: e.to_string(),
+    })?;
     let mut linux = json!({
         "namespaces": namespaces,
-        "cgroupsPath": format!("{}/{}-{}", input.sandbox.cgroup_parent, uid_str, c.name),
+        "cgroupsPath": crate::cgroups::container_cgroups_path(
+            &input.sandbox.cgroup_parent,
+            &format!("{uid_str}-{}", c.name),
+        ),
+        "resources": resources,
     });
     if !privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
@@ -785,5 +795,56 @@ mod tests {
             cfg["linux"]["cgroupsPath"],
             "/kubepods/besteffort/podu-1/u-1-web"
         );
+        // BestEffort: the minimum cpu shares and no swap.
+        assert_eq!(
+            cfg["linux"]["resources"],
+            json!({"cpu": {"shares": 2}, "unified": {"memory.swap.max": "0"}})
+        );
+        let r = spec.linux().as_ref().unwrap().resources().clone().unwrap();
+        assert_eq!(r.cpu().as_ref().unwrap().shares(), Some(2));
+        // Under a systemd slice the path takes runc's slice:prefix:name form, with limits.
+        let limited = container(json!({"name": "web", "image": "busybox", "args": ["x"],
+            "resources": {"limits": {"cpu": "250m", "memory": "32Mi"}}}));
+        let slice = Sandbox {
+            cgroup_parent: "kubepods-pod0f1e2d3c_aaaa.slice".into(),
+            ..sandbox.clone()
+        };
+        let cfg = config(&BundleInput {
+            pod: &p,
+            container: &limited,
+            image: &image,
+            image_passwd: "",
+            env: &[],
+            rootfs: "/rootfs".into(),
+            sandbox: &slice,
+            volumes: &[],
+            oom_score_adj: -997,
+        })
+        .unwrap();
+        assert_eq!(
+            cfg["linux"]["cgroupsPath"],
+            "kubepods-pod0f1e2d3c_aaaa.slice:skiff:u-1-web"
+        );
+        assert_eq!(
+            cfg["linux"]["resources"],
+            json!({"cpu": {"shares": 256, "quota": 25000, "period": 100000},
+                   "memory": {"limit": 33554432}, "unified": {"memory.swap.max": "0"}})
+        );
+        let bad = container(json!({"name": "web", "image": "busybox", "args": ["x"],
+            "resources": {"limits": {"memory": "32Q"}}}));
+        let e = config(&BundleInput {
+            pod: &p,
+            container: &bad,
+            image: &image,
+            image_passwd: "",
+            env: &[],
+            rootfs: "/rootfs".into(),
+            sandbox: &slice,
+            volumes: &[],
+            oom_score_adj: 0,
+        })
+        .unwrap_err();
+        assert!(matches!(e, BundleError::Resources { .. }), "{e}");
+        assert!(e.to_string().contains("32Q"), "{e}");
     }
 }

@@ -2,6 +2,7 @@
 //! alive (status and Lease); running pods arrives with the runtime integration.
 
 pub mod bundle;
+pub mod cgroups;
 pub mod cni;
 pub mod dns;
 pub mod env;

@@ -37,9 +37,16 @@ struct Args {
     /// The container runtime shim (default: `skiff-shim` next to this binary).
     #[arg(long)]
     shim: Option<PathBuf>,
-    /// cgroup v2 directory under which containers get their cgroups.
+    /// cgroup v2 directory under which containers get their cgroups (cgroupfs driver;
+    /// without it pods run in the agent's cgroup).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
+    /// `systemd` or `cgroupfs` (default: systemd when it runs the host).
+    #[arg(long)]
+    cgroup_driver: Option<skiff_agent::cgroups::Driver>,
+    /// pids.max of every pod's cgroup; 0 or less: no limit.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pod_max_pids: i64,
     /// CNI network configuration; without a configuration pods only get loopback.
     #[arg(long)]
     cni_conf_dir: Option<PathBuf>,
@@ -129,6 +136,11 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if argv.get(1).map(String::as_str) == Some("cgroups") {
+        let out = skiff_agent::cgroups::cli::run(&argv[2..], runtime.handle().clone())?;
+        println!("{out}");
+        return Ok(());
+    }
     if argv.get(1).map(String::as_str) == Some("images") {
         let args = <skiff_agent::images_cli::ImagesArgs as Parser>::parse_from(&argv[1..]);
         return Ok(runtime.block_on(skiff_agent::images_cli::run(args, &mut std::io::stdout()))?);
@@ -154,6 +166,40 @@ async fn agent_main() -> anyhow::Result<()> {
             "cgroup v2 controllers cpu/memory/pids are missing: pods run without enforced limits"
         );
     }
+    let driver = skiff_agent::cgroups::select_driver(
+        args.cgroup_driver,
+        std::path::Path::new(skiff_agent::cgroups::SYSTEMD_MARKER),
+    );
+    preflight::check_cgroup_driver(&host, driver)?;
+    // The pod manager creates pod cgroups through this (QoS parents, pod-level limits).
+    let cgroup_manager = match (driver, &args.cgroup_root, &host.cgroup_root) {
+        (skiff_agent::cgroups::Driver::Systemd, _, Some(mount)) => {
+            Some(skiff_agent::cgroups::manager(
+                driver,
+                mount.clone(),
+                mount.clone(),
+                tokio::runtime::Handle::current(),
+            ))
+        }
+        (skiff_agent::cgroups::Driver::Cgroupfs, Some(root), Some(mount)) => {
+            Some(skiff_agent::cgroups::manager(
+                driver,
+                root.clone(),
+                mount.clone(),
+                tokio::runtime::Handle::current(),
+            ))
+        }
+        _ => None,
+    };
+    match &cgroup_manager {
+        Some(m) => {
+            tracing::info!(driver = %m.driver(), root = %m.shim_root().display(), pod_max_pids = args.pod_max_pids, "cgroups")
+        }
+        None => {
+            tracing::warn!(driver = %driver, "no cgroup root (--cgroup-root): pods run in the agent's cgroup")
+        }
+    }
+    let enforced = enforced && cgroup_manager.is_some();
     std::fs::create_dir_all(&args.root_dir)
         .with_context(|| format!("creating {}", args.root_dir.display()))?;
     let name = args.node_name.clone().unwrap_or_else(|| {

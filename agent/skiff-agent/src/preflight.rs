@@ -9,6 +9,8 @@ pub struct Host {
     /// The cgroup v2 mount: `/sys/fs/cgroup` on a unified host, `/sys/fs/cgroup/unified`
     /// on a hybrid one (like this project's CI machine), none on a v1-only host.
     pub cgroup_root: Option<PathBuf>,
+    /// Present while systemd runs the host (`/run/systemd/system`).
+    pub systemd_marker: PathBuf,
 }
 
 impl Default for Host {
@@ -17,6 +19,7 @@ impl Default for Host {
         Self {
             proc_swaps: "/proc/swaps".into(),
             cgroup_root: cgroup2_mount(&mounts),
+            systemd_marker: crate::cgroups::SYSTEMD_MARKER.into(),
         }
     }
 }
@@ -45,6 +48,21 @@ pub enum PreflightError {
     NoCgroupV2(String),
     #[error("the cgroup v2 hierarchy at {root} lacks the controllers {missing:?}; limits cannot be enforced. Enable them (they may be bound to cgroup v1), or start with --allow-missing-cgroup-controllers to run pods without enforced limits")]
     MissingControllers { root: String, missing: Vec<String> },
+    #[error("--cgroup-driver=systemd, but systemd is not running on this host ({0} does not exist); start with --cgroup-driver=cgroupfs --cgroup-root DIR")]
+    DriverMismatch(String),
+}
+
+/// kubelet's driver check: the systemd driver needs systemd as init.
+pub fn check_cgroup_driver(
+    host: &Host,
+    driver: crate::cgroups::Driver,
+) -> Result<(), PreflightError> {
+    if driver == crate::cgroups::Driver::Systemd && !host.systemd_marker.exists() {
+        return Err(PreflightError::DriverMismatch(
+            host.systemd_marker.display().to_string(),
+        ));
+    }
+    Ok(())
 }
 
 /// Active swap devices, from /proc/swaps (a header line, then one line per device).
@@ -115,6 +133,7 @@ mod tests {
         Host {
             proc_swaps: dir.join("swaps"),
             cgroup_root: Some(cg),
+            systemd_marker: dir.join("run-systemd-system"),
         }
     }
 
@@ -156,11 +175,27 @@ mod tests {
         let v1_only = Host {
             proc_swaps: none.proc_swaps.clone(),
             cgroup_root: None,
+            systemd_marker: none.systemd_marker.clone(),
         };
         assert!(matches!(
             check_cgroups(&v1_only, true),
             Err(PreflightError::NoCgroupV2(_))
         ));
+    }
+
+    #[test]
+    fn systemd_driver_needs_systemd() {
+        use crate::cgroups::Driver;
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(dir.path(), "", Some("cpu memory pids"));
+        assert_eq!(check_cgroup_driver(&h, Driver::Cgroupfs), Ok(()));
+        let err = check_cgroup_driver(&h, Driver::Systemd).unwrap_err();
+        assert!(
+            matches!(err, PreflightError::DriverMismatch(ref m) if m.ends_with("run-systemd-system"))
+        );
+        assert!(err.to_string().contains("--cgroup-driver=cgroupfs"));
+        std::fs::create_dir(&h.systemd_marker).unwrap();
+        assert_eq!(check_cgroup_driver(&h, Driver::Systemd), Ok(()));
     }
 
     #[test]

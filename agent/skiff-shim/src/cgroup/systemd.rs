@@ -138,10 +138,7 @@ pub fn unit_properties(limits: &[(String, String)]) -> Vec<[String; 3]> {
                     .and_then(|p| p.parse::<u64>().ok())
                     .unwrap_or(100_000);
                 if let Some(q) = quota {
-                    let mut per_sec = q * 1_000_000 / period.max(1);
-                    if per_sec % 10_000 != 0 {
-                        per_sec = (per_sec / 10_000 + 1) * 10_000;
-                    }
+                    let per_sec = (q * 1_000_000 / period.max(1)).div_ceil(10_000) * 10_000;
                     out.push(prop("CPUQuotaPerSecUSec", per_sec.to_string()));
                     out.push(prop("CPUQuotaPeriodUSec", period.to_string()));
                 }
