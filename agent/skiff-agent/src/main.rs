@@ -166,11 +166,9 @@ async fn agent_main() -> anyhow::Result<()> {
             "cgroup v2 controllers cpu/memory/pids are missing: pods run without enforced limits"
         );
     }
-    let driver = skiff_agent::cgroups::select_driver(
-        args.cgroup_driver,
-        std::path::Path::new(skiff_agent::cgroups::SYSTEMD_MARKER),
-    );
-    preflight::check_cgroup_driver(&host, driver)?;
+    let systemd_marker = std::path::Path::new(skiff_agent::cgroups::SYSTEMD_MARKER);
+    let driver = skiff_agent::cgroups::select_driver(args.cgroup_driver, systemd_marker);
+    preflight::check_cgroup_driver(driver, systemd_marker)?;
     // The pod manager creates pod cgroups through this (QoS parents, pod-level limits).
     let cgroup_manager = match (driver, &args.cgroup_root, &host.cgroup_root) {
         (skiff_agent::cgroups::Driver::Systemd, _, Some(mount)) => {

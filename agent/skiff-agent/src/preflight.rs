@@ -9,8 +9,6 @@ pub struct Host {
     /// The cgroup v2 mount: `/sys/fs/cgroup` on a unified host, `/sys/fs/cgroup/unified`
     /// on a hybrid one (like this project's CI machine), none on a v1-only host.
     pub cgroup_root: Option<PathBuf>,
-    /// Present while systemd runs the host (`/run/systemd/system`).
-    pub systemd_marker: PathBuf,
 }
 
 impl Default for Host {
@@ -19,7 +17,6 @@ impl Default for Host {
         Self {
             proc_swaps: "/proc/swaps".into(),
             cgroup_root: cgroup2_mount(&mounts),
-            systemd_marker: crate::cgroups::SYSTEMD_MARKER.into(),
         }
     }
 }
@@ -52,14 +49,15 @@ pub enum PreflightError {
     DriverMismatch(String),
 }
 
-/// kubelet's driver check: the systemd driver needs systemd as init.
+/// kubelet's driver check: the systemd driver needs systemd as init, which
+/// `systemd_marker` (`/run/systemd/system`) shows.
 pub fn check_cgroup_driver(
-    host: &Host,
     driver: crate::cgroups::Driver,
+    systemd_marker: &Path,
 ) -> Result<(), PreflightError> {
-    if driver == crate::cgroups::Driver::Systemd && !host.systemd_marker.exists() {
+    if driver == crate::cgroups::Driver::Systemd && !systemd_marker.exists() {
         return Err(PreflightError::DriverMismatch(
-            host.systemd_marker.display().to_string(),
+            systemd_marker.display().to_string(),
         ));
     }
     Ok(())
@@ -133,7 +131,6 @@ mod tests {
         Host {
             proc_swaps: dir.join("swaps"),
             cgroup_root: Some(cg),
-            systemd_marker: dir.join("run-systemd-system"),
         }
     }
 
@@ -175,7 +172,6 @@ mod tests {
         let v1_only = Host {
             proc_swaps: none.proc_swaps.clone(),
             cgroup_root: None,
-            systemd_marker: none.systemd_marker.clone(),
         };
         assert!(matches!(
             check_cgroups(&v1_only, true),
@@ -187,15 +183,15 @@ mod tests {
     fn systemd_driver_needs_systemd() {
         use crate::cgroups::Driver;
         let dir = tempfile::tempdir().unwrap();
-        let h = host(dir.path(), "", Some("cpu memory pids"));
-        assert_eq!(check_cgroup_driver(&h, Driver::Cgroupfs), Ok(()));
-        let err = check_cgroup_driver(&h, Driver::Systemd).unwrap_err();
+        let marker = dir.path().join("run-systemd-system");
+        assert_eq!(check_cgroup_driver(Driver::Cgroupfs, &marker), Ok(()));
+        let err = check_cgroup_driver(Driver::Systemd, &marker).unwrap_err();
         assert!(
             matches!(err, PreflightError::DriverMismatch(ref m) if m.ends_with("run-systemd-system"))
         );
         assert!(err.to_string().contains("--cgroup-driver=cgroupfs"));
-        std::fs::create_dir(&h.systemd_marker).unwrap();
-        assert_eq!(check_cgroup_driver(&h, Driver::Systemd), Ok(()));
+        std::fs::create_dir(&marker).unwrap();
+        assert_eq!(check_cgroup_driver(Driver::Systemd, &marker), Ok(()));
     }
 
     #[test]
