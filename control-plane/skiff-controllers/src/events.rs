@@ -2,7 +2,7 @@
 //! core/v1 Events, repeated ones folded into one with a count, as kube's recorder does.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -18,11 +18,21 @@ pub enum EventType {
 /// (involved uid, reason, message) → (event name, namespace, count).
 type Seen = HashMap<(String, String, String), (String, String, i32)>;
 
+/// Writes go out in the background, a few at a time, so that a controller creating 500
+/// pods never waits on 500 event writes and never floods the API server with them.
+#[derive(Clone)]
 pub struct EventRecorder {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     client: kube::Client,
     component: String,
     seen: Mutex<Seen>,
+    in_flight: tokio::sync::Semaphore,
 }
+
+const MAX_IN_FLIGHT: usize = 8;
 
 pub fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
     let mut r = obj.object_ref(&());
@@ -33,13 +43,17 @@ pub fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
 impl EventRecorder {
     pub fn new(client: kube::Client, component: &str) -> Self {
         Self {
-            client,
-            component: component.to_string(),
-            seen: Mutex::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                client,
+                component: component.to_string(),
+                seen: Mutex::new(HashMap::new()),
+                in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+            }),
         }
     }
 
-    /// Records an event about `object`; failures are logged, never fatal to a reconcile.
+    /// Records an event about `object` in the background; failures are logged, never fatal
+    /// to a reconcile.
     pub async fn record(
         &self,
         object: &ObjectReference,
@@ -47,6 +61,19 @@ impl EventRecorder {
         reason: &str,
         message: &str,
     ) {
+        let inner = self.inner.clone();
+        let (object, reason, message) = (object.clone(), reason.to_string(), message.to_string());
+        tokio::spawn(async move {
+            let Ok(_permit) = inner.in_flight.acquire().await else {
+                return;
+            };
+            inner.write(&object, kind, &reason, &message).await;
+        });
+    }
+}
+
+impl Inner {
+    async fn write(&self, object: &ObjectReference, kind: EventType, reason: &str, message: &str) {
         let namespace = object.namespace.clone().unwrap_or_else(|| "default".into());
         let uid = object.uid.clone().unwrap_or_default();
         let key = (uid, reason.to_string(), message.to_string());
