@@ -27,7 +27,7 @@ WORK=/run/vmlab-cgroups
 CGROOT=/sys/fs/cgroup
 PARENT=skiff-vmlab-cg
 SLICE=kubepods-besteffort-podvmlab.slice
-IDS="cg-oom cg-fork cg-cpu cg-sd"
+IDS="cg-oom cg-fork cg-cpu cg-sd cg-pod"
 fails=0
 
 ok() { echo "ok   $*"; }
@@ -44,6 +44,7 @@ field() { state "$1" | jq -r "$2"; }
 cleanup() {
     for id in $IDS; do
         shim delete --force "$id" >/dev/null 2>&1 || true
+        "$SHIM" --root "$WORK/state" --cgroup-root "$CGROOT/$PARENT-agent" delete --force "$id" >/dev/null 2>&1 || true
     done
     for d in "$CGROOT/$PARENT"/*/ "$CGROOT/$PARENT"; do
         [ -d "$d" ] && rmdir "$d" 2>/dev/null || true
@@ -249,10 +250,23 @@ JSON
         check "pod slice cpu.max = 50 ms per 100 ms ($(cat "$pdir/cpu.max" 2>&1))" [ "$(cat "$pdir/cpu.max")" = "50000 100000" ]
         check "pod slice cpu.weight = 10 for 250m ($(cat "$pdir/cpu.weight" 2>&1))" [ "$(cat "$pdir/cpu.weight")" = 10 ]
         check "pod slice pids.max = 100 ($(cat "$pdir/pids.max" 2>&1))" [ "$(cat "$pdir/pids.max")" = 100 ]
-        if st=$("$AGENT" cgroups stats --driver systemd "$WORK/pod.json" 2>&1); then
-            ok "stats of the pod slice: $st"
-        else
-            bad "stats: $st"
+        # A container of the pod, placed by the shim as the pod manager's bundle says.
+        bundle cg-pod '["/bin/sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec sleep 600"]' \
+            "$pslice:skiff:cg-pod" '{"cpu": {"shares": 256}}'
+        if create cg-pod; then
+            shim start cg-pod
+            check "the container's scope sits in the pod slice" \
+                grep -qx "$(field cg-pod .pid)" "$pdir/skiff-cg-pod.scope/cgroup.procs"
+            sleep 3
+            if st=$("$AGENT" cgroups stats --driver systemd "$WORK/pod.json" 2>&1); then
+                echo "  stats of the pod slice: $st"
+                check "stats: cpu usage > 0" [ "$(echo "$st" | jq .cpuUsageUsec)" -gt 0 ]
+                check "stats: memory working set > 0" [ "$(echo "$st" | jq .memoryWorkingSetBytes)" -gt 0 ]
+                check "stats: 1 pid" [ "$(echo "$st" | jq .pidsCurrent)" = 1 ]
+            else
+                bad "stats: $st"
+            fi
+            shim delete --force cg-pod
         fi
         "$AGENT" cgroups remove-pod --driver systemd "$WORK/pod.json" || bad "remove-pod (systemd)"
         check "systemd: the pod slice is stopped" sh -c "[ \"\$(systemctl is-active $pslice)\" != active ]"
@@ -268,6 +282,13 @@ JSON
         check "cgroupfs: pod dir cpu.max ($(cat "$pdir/cpu.max" 2>&1))" [ "$(cat "$pdir/cpu.max")" = "50000 100000" ]
         check "cgroupfs: the pod enables controllers for its containers ($(cat "$pdir/cgroup.subtree_control"))" \
             grep -qw memory "$pdir/cgroup.subtree_control"
+        bundle cg-pod '["/bin/sleep", "600"]' \
+            "kubepods/burstable/pod7d1e0c52-1b7e-4c0e-9a55-0d5b2cf1a001/cg-pod" '{"memory": {"limit": 33554432}}'
+        if create cg-pod --cgroup-root "$aroot"; then
+            check "cgroupfs: the shim's container cgroup is in the agent's pod dir" \
+                [ "$(cat "$pdir/cg-pod/memory.max" 2>&1)" = 33554432 ]
+            "$SHIM" --root "$WORK/state" --cgroup-root "$aroot" delete --force cg-pod
+        fi
         "$AGENT" cgroups remove-pod --driver cgroupfs --cgroup-root "$aroot" "$WORK/pod.json" || bad "remove-pod (cgroupfs)"
         check "cgroupfs: the pod dir is gone" [ ! -e "$pdir" ]
     else

@@ -183,6 +183,19 @@ pub trait CgroupManager: Send + Sync {
     /// Remove the pod's cgroup once its containers are gone. Missing is fine.
     fn remove_pod(&self, pod: &PodCgroup) -> Result<(), CgroupError>;
 
+    /// Remove a pod's cgroup knowing only its uid (teardown after the pod object is
+    /// gone): every QoS place is tried, missing ones are fine.
+    fn remove_pod_by_uid(&self, uid: &str) -> Result<(), CgroupError> {
+        for qos in [
+            QosClass::Guaranteed,
+            QosClass::Burstable,
+            QosClass::BestEffort,
+        ] {
+            self.remove_pod(&PodCgroup::new(uid, qos)?)?;
+        }
+        Ok(())
+    }
+
     fn pod_stats(&self, pod: &PodCgroup) -> Result<CgroupStats, CgroupError> {
         read_stats(&self.pod_dir(pod))
     }

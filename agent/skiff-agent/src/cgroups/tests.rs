@@ -527,6 +527,13 @@ fn cgroupfs_removal() {
     assert!(!fs.pod_dir(&p).exists());
     assert!(root.join("kubepods").is_dir(), "the QoS level stays");
     fs.remove_pod(&p).unwrap();
+    // By uid alone: whichever QoS level holds it.
+    let b = pc(QosClass::BestEffort);
+    std::fs::create_dir_all(fs.pod_dir(&b)).unwrap();
+    fs.remove_pod_by_uid(&b.uid).unwrap();
+    assert!(!fs.pod_dir(&b).exists());
+    assert!(root.join("kubepods/besteffort").is_dir());
+    assert!(fs.remove_pod_by_uid("../x").is_err());
 }
 
 #[test]
