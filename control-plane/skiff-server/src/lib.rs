@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod bootstrap;
 pub mod cache;
 pub mod gc;
 pub mod lifecycle;

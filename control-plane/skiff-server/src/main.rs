@@ -205,6 +205,11 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("creating the system namespaces and the kubernetes Service took over 60 s: the store does not deliver its writes back through its watch")??;
     tracing::info!("system objects in place");
+    skiff_server::bootstrap::spawn_cluster_info_signer(
+        api.clone(),
+        server_url.clone(),
+        pki.ca.cert_pem.clone(),
+    );
 
     let tls = serve::tls_config(&pki)?;
     let addr = SocketAddr::new(args.bind_address, args.secure_port);

@@ -290,11 +290,31 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> &str {
 }
 
 impl ApiServer {
-    fn authenticate(&self, headers: &HeaderMap, peer: Option<&User>) -> Option<User> {
+    fn authenticate(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        peer: Option<&User>,
+    ) -> Result<User, ApiError> {
         if let Some(token) = header_str(headers, header::AUTHORIZATION).strip_prefix("Bearer ") {
-            return self.tokens.authenticate(token.trim());
+            let token = token.trim();
+            if let Some(user) = self.tokens.authenticate(token) {
+                return Ok(user);
+            }
+            return match self.authenticate_bootstrap_token(token) {
+                Some(Ok(user)) => Ok(user),
+                Some(Err(why)) => Err(ApiError::new(401, "Unauthorized", why.to_string())),
+                None => Err(ApiError::unauthorized()),
+            };
         }
-        peer.cloned()
+        if let Some(user) = peer {
+            return Ok(user.clone());
+        }
+        if crate::bootstrap::anonymous_allowed(method, path) {
+            return Ok(crate::bootstrap::anonymous_user());
+        }
+        Err(ApiError::unauthorized())
     }
 
     pub async fn handle(
@@ -324,9 +344,7 @@ impl ApiServer {
                 _ => bytes_response(200, "text/plain; charset=utf-8", b"ok".to_vec()),
             });
         }
-        let user = self
-            .authenticate(req.headers(), peer.as_ref())
-            .ok_or_else(ApiError::unauthorized)?;
+        let user = self.authenticate(req.method(), &path, req.headers(), peer.as_ref())?;
         let accept = header_str(req.headers(), header::ACCEPT).to_string();
         let method = req.method().clone();
         if method == Method::GET {
