@@ -9,6 +9,7 @@ pub mod env;
 pub mod images_cli;
 pub mod node;
 pub mod nodeapi;
+pub mod overlay;
 pub mod pods;
 pub mod preflight;
 pub mod proxy;

@@ -98,6 +98,9 @@ struct Args {
     /// MTU of pod interfaces written into the subnet file (default: the bridge's default).
     #[arg(long)]
     pod_mtu: Option<u32>,
+    /// Pod network between nodes: `vxlan` (the skiff.1 overlay) or `none`.
+    #[arg(long, default_value = "none")]
+    overlay: String,
 }
 
 fn parse_reserved(s: &str) -> anyhow::Result<(u64, u64)> {
@@ -292,7 +295,8 @@ async fn agent_main() -> anyhow::Result<()> {
         skiff_agent::subnet::overlay_subnet_file(&rt.load().ok()?.plugins)
     });
     let (subnet_client, subnet_node) = (client.clone(), cfg.name.clone());
-    let (network, mtu) = (args.cluster_cidr.clone(), args.pod_mtu);
+    let overlay_mtu = start_overlay(&args, &client, &cfg.name)?;
+    let (network, mtu) = (args.cluster_cidr.clone(), args.pod_mtu.or(overlay_mtu));
     tokio::spawn(async move {
         if let Some(path) = subnet_file {
             if let Err(e) = skiff_agent::subnet::wait_and_write(
@@ -339,6 +343,40 @@ async fn agent_main() -> anyhow::Result<()> {
     start_proxy(&args, &client, &cfg.name)?;
     node::register_and_heartbeat(client, cfg).await?;
     Ok(())
+}
+
+/// Starts the VxLAN overlay controller if asked for; returns the pod MTU it implies.
+fn start_overlay(args: &Args, client: &kube::Client, node: &str) -> anyhow::Result<Option<u32>> {
+    use skiff_agent::overlay::{controller, desired::Subnet, netlink::NetlinkKernel};
+    match args.overlay.as_str() {
+        "none" => return Ok(None),
+        "vxlan" => {}
+        other => anyhow::bail!("--overlay: {other:?} is neither vxlan nor none"),
+    }
+    let node_ip = args
+        .node_ip
+        .parse()
+        .context("--overlay vxlan needs an IPv4 --node-ip")?;
+    let mut kernel = NetlinkKernel::open()?;
+    let spec = controller::spec_from_kernel(&mut kernel, node_ip)?;
+    let cfg = controller::OverlayConfig {
+        node_name: node.to_string(),
+        node_ip,
+        cluster_cidr: Subnet::parse(&args.cluster_cidr).ok_or_else(|| {
+            skiff_agent::overlay::OverlayError::BadClusterCidr(args.cluster_cidr.clone())
+        })?,
+        resync: std::time::Duration::from_secs(5),
+        sysctl_root: "/proc/sys".into(),
+    };
+    let firewall = skiff_agent::proxy::kernel::Iptables::detect(vec![])
+        .context("detecting the iptables backend")?;
+    let client = client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = controller::run(client, cfg, kernel, firewall).await {
+            tracing::error!("overlay controller stopped: {e}");
+        }
+    });
+    Ok(Some(spec.mtu))
 }
 
 /// The service proxy runs where pods have a network; without CNI there is nothing to route to.

@@ -116,8 +116,10 @@ impl Netlink {
         })
     }
 
-    /// Sends one request and collects the replies (for dumps) or the ACK.
-    fn request(
+    /// Sends one request and collects the replies (for dumps) or the ACK. Public so that
+    /// other rtnetlink users (the agent's overlay: VxLAN, neighbours, FDB) share this socket
+    /// code instead of keeping a second copy.
+    pub fn request(
         &mut self,
         msg: RouteNetlinkMessage,
         flags: u16,
