@@ -2,6 +2,7 @@
 //! true. Each controller is a kube-rs client of the API server (as kube-controller-manager
 //! is), so it can run inside skiff-server or on its own.
 
+pub mod csrapproving;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -33,6 +34,7 @@ pub const CONTROLLERS: &[&str] = &[
     "serviceaccount",
     "nodelifecycle",
     "nodeipam",
+    "csrapproving",
 ];
 
 #[derive(Clone, Debug)]
@@ -104,6 +106,9 @@ fn spawn_one(set: &mut JoinSet<()>, name: &str, ctx: Arc<Context>) {
         }
         "daemonset" => {
             set.spawn(daemonset::run(ctx));
+        }
+        "csrapproving" => {
+            set.spawn(csrapproving::run(ctx));
         }
         "serviceaccount" => {
             set.spawn(serviceaccount::run(ctx));

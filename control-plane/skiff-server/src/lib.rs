@@ -6,10 +6,12 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod cache;
+pub mod csr;
 pub mod gc;
 pub mod lifecycle;
 pub mod pki;
 pub mod registry;
+pub mod sd_notify;
 pub mod serve;
 
 /// The Kubernetes version this server speaks; kubectl's dispatcher picks its build by it.

@@ -210,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
         server_url.clone(),
         pki.ca.cert_pem.clone(),
     );
+    skiff_server::csr::spawn_signer(api.clone(), pki.ca.clone(), pki.dir.clone());
 
     let tls = serve::tls_config(&pki)?;
     let addr = SocketAddr::new(args.bind_address, args.secure_port);
@@ -268,6 +269,9 @@ async fn main() -> anyhow::Result<()> {
             identity,
             args.disable.clone(),
         ));
+    }
+    if let Err(e) = skiff_server::sd_notify::ready() {
+        tracing::warn!(error = %e, "telling systemd we are ready");
     }
     serve::serve(listener, tls, api).await;
     Ok(())

@@ -88,7 +88,7 @@ fn write_pair(dir: &Path, name: &str, pair: &CertAndKey) -> Result<(), PkiError>
     write_private(&dir.join(format!("{name}.crt")), &pair.cert_pem)
 }
 
-fn ca_issuer(ca: &CertAndKey, dir: &Path) -> Result<Issuer<'static, KeyPair>, PkiError> {
+pub fn ca_issuer(ca: &CertAndKey, dir: &Path) -> Result<Issuer<'static, KeyPair>, PkiError> {
     let key = KeyPair::from_pem(&ca.key_pem).map_err(|e| PkiError::Invalid {
         path: dir.join("ca.key"),
         message: e.to_string(),

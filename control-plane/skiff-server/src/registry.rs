@@ -5,7 +5,10 @@ use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
 use k8s_openapi::api::discovery::v1 as discovery;
-use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coordination, core::v1 as core};
+use k8s_openapi::api::{
+    apps::v1 as apps, certificates::v1 as certificates, coordination::v1 as coordination,
+    core::v1 as core,
+};
 
 /// Decodes `value` as the typed object and encodes it again: this rejects wrong types and
 /// yields the canonical form (unknown fields dropped), as kube-apiserver's decoder does.
@@ -142,6 +145,9 @@ pub static RESOURCES: &[ResourceType] = &[
           namespaced: true, short: [], categories: [], sub: [], spec_status: false),
     kind!("discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", discovery::EndpointSlice,
           namespaced: true, short: [], categories: [], sub: [], spec_status: false),
+    kind!("certificates.k8s.io", "v1", "certificatesigningrequests", "certificatesigningrequest", "CertificateSigningRequest",
+          certificates::CertificateSigningRequest,
+          namespaced: false, short: ["csr"], categories: [], sub: ["status", "approval"], spec_status: true),
 ];
 
 /// Groups in discovery order, each with its versions.

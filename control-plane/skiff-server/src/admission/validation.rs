@@ -574,6 +574,7 @@ pub fn validate(kind: &str, namespaced: bool, obj: &Value) -> Vec<FieldError> {
             data_keys("binaryData", obj.get("binaryData"), &mut errors);
         }
         "Secret" => data_keys("data", obj.get("data"), &mut errors),
+        "CertificateSigningRequest" => crate::csr::validate(obj, &mut errors),
         _ => {}
     }
     errors
@@ -598,6 +599,7 @@ pub fn immutable(kind: &str, old: &Value, new: &Value) -> Vec<FieldError> {
         }
         "Service" => check("/spec/clusterIP", "spec.clusterIP", "field is immutable"),
         "Pod" => check("/spec/nodeName", "spec.nodeName", "field is immutable"),
+        "CertificateSigningRequest" => check("/spec", "spec", "field is immutable"),
         _ => {}
     }
     if kind == "Pod" {

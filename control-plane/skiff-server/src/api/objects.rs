@@ -860,6 +860,9 @@ impl ApiServer {
         if let Some(ns) = &t.namespace {
             ensure_namespace_active(self, ns)?;
         }
+        if t.rt.kind == "CertificateSigningRequest" {
+            crate::csr::stamp_requester(&mut input, &ctx.user);
+        }
         let (mut obj, warnings) = self.admit(t.rt, ctx, input, None)?;
         let kind = t.rt.kind;
         let qos = obj
@@ -1057,6 +1060,14 @@ impl ApiServer {
                 .unwrap_or(Value::Null);
             merged["status"] = input.get("status").cloned().unwrap_or(json!({}));
             input = merged;
+        } else if t.subresource.as_deref() == Some("approval") {
+            // Approval changes only the conditions; the certificate is the signer's.
+            let mut merged = old.clone();
+            merged["status"]["conditions"] = input
+                .pointer("/status/conditions")
+                .cloned()
+                .unwrap_or(json!([]));
+            input = merged;
         } else if t.subresource.as_deref() == Some("finalize") {
             let mut merged = old.clone();
             merged["spec"]["finalizers"] = input
@@ -1142,7 +1153,7 @@ impl ApiServer {
                 &field_manager(ctx),
                 t.subresource
                     .as_deref()
-                    .filter(|s| *s == "status" || *s == "scale"),
+                    .filter(|s| matches!(*s, "status" | "scale" | "approval")),
             );
         }
         Ok(obj)

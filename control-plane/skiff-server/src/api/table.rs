@@ -128,6 +128,14 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Age", 0),
         ],
         "Lease" => vec![col("Name", 0), col("Holder", 0), col("Age", 0)],
+        "CertificateSigningRequest" => vec![
+            col("Name", 0),
+            col("Age", 0),
+            col("SignerName", 0),
+            col("Requestor", 0),
+            col("RequestedDuration", 0),
+            col("Condition", 0),
+        ],
         "EndpointSlice" => vec![
             col("Name", 0),
             col("AddressType", 0),
@@ -642,6 +650,21 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 .map(|r| format!("{}/{}", s(r, "/kind").to_lowercase(), s(r, "/name")))
                 .unwrap_or_else(|| "<none>".into());
             vec![name, json!(controller), json!(n(o, "/revision")), age]
+        }
+        "CertificateSigningRequest" => {
+            let duration = o
+                .pointer("/spec/expirationSeconds")
+                .and_then(Value::as_i64)
+                .map(human_duration)
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                age,
+                json!(s(o, "/spec/signerName")),
+                json!(s(o, "/spec/username")),
+                json!(duration),
+                json!(crate::csr::condition_summary(o)),
+            ]
         }
         "Lease" => vec![
             name,
