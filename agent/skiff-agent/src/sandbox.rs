@@ -198,6 +198,11 @@ pub fn pause_main(hostname: &str) -> ! {
     if let Err(e) = nix::unistd::sethostname(hostname) {
         fail("sethostname", e);
     }
+    // Every pod has a working loopback, with or without a CNI configuration (the CNI
+    // loopback plugin finds it up already, which it accepts).
+    if let Err(e) = loopback_up() {
+        fail("bringing lo up", e);
+    }
     let mut out = std::io::stdout();
     let _ = out.write_all(b"r");
     let _ = out.flush();
@@ -215,6 +220,35 @@ pub fn pause_main(hostname: &str) -> ! {
     loop {
         nix::unistd::pause();
     }
+}
+
+/// `ip link set lo up` in the current network namespace, with the classic interface ioctls
+/// (no netlink needed for one flag, and this runs in the single-threaded pause process).
+fn loopback_up() -> Result<(), nix::Error> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data; a zeroed one with the name set is what the
+    // SIOCGIFFLAGS/SIOCSIFFLAGS ioctls expect, and the kernel writes only inside it.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(nix::Error::last());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(nix::Error::last());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
