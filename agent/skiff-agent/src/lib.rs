@@ -1,6 +1,7 @@
 //! skiff-agent: Skiff's node agent. Today it checks the host, registers the node and keeps it
 //! alive (status and Lease); running pods arrives with the runtime integration.
 
+pub mod bootstrap;
 pub mod bundle;
 pub mod cgroups;
 pub mod cni;
@@ -15,5 +16,6 @@ pub mod preflight;
 pub mod proxy;
 pub mod quantity;
 pub mod sandbox;
+pub mod sd_notify;
 pub mod subnet;
 pub mod volumes;

@@ -10,9 +10,16 @@ use skiff_agent::{node, preflight};
 #[derive(Parser, Debug)]
 #[command(name = "skiff-agent", version)]
 struct Args {
-    /// Credentials and address of the API server.
+    /// Credentials and address of the API server; made by TLS bootstrap if it is missing
+    /// and --bootstrap-kubeconfig is given.
     #[arg(long)]
     kubeconfig: PathBuf,
+    /// Bootstrap-token credentials used to obtain this node's client certificate.
+    #[arg(long)]
+    bootstrap_kubeconfig: Option<PathBuf>,
+    /// Where the bootstrapped client key and certificate are kept.
+    #[arg(long, default_value = "/var/lib/skiff/agent/pki")]
+    cert_dir: PathBuf,
     /// This node's name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
@@ -216,6 +223,14 @@ async fn agent_main() -> anyhow::Result<()> {
             .with_context(|| format!("--node-labels: {l:?} is not key=value"))?;
         labels.insert(k.to_string(), v.to_string());
     }
+    skiff_agent::bootstrap::ensure_kubeconfig(
+        &args.kubeconfig,
+        args.bootstrap_kubeconfig.as_deref(),
+        &args.cert_dir,
+        &name,
+        std::time::Duration::from_secs(900),
+    )
+    .await?;
     let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
     let client_ca = skiff_agent::nodeapi::server::client_ca(

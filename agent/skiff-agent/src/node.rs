@@ -202,6 +202,10 @@ pub async fn register_and_heartbeat(
         }
         Err(e) => return Err(e),
     }
+    // Registered is what `Type=notify` waits for: the node exists for the scheduler.
+    if let Err(e) = crate::sd_notify::ready() {
+        tracing::warn!(error = %e, "telling systemd we are ready");
+    }
     let leases: Api<Lease> = Api::namespaced(client, LEASE_NAMESPACE);
     let mut last_status = tokio::time::Instant::now() - STATUS_EVERY;
     loop {

@@ -15,11 +15,22 @@ pub struct Agent<'a> {
     pub logs: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
+    kubeconfig: PathBuf,
 }
 
 impl<'a> Agent<'a> {
     /// Starts an agent registered as `name` and waits until its Node exists.
     pub fn start(server: &'a Server, name: &str, extra: &[&str]) -> Self {
+        Self::start_with_kubeconfig(server, name, &server.kubeconfig(), extra)
+    }
+
+    /// Like `start`, with the agent's own `--kubeconfig` (which TLS bootstrap may create).
+    pub fn start_with_kubeconfig(
+        server: &'a Server,
+        name: &str,
+        kubeconfig: &std::path::Path,
+        extra: &[&str],
+    ) -> Self {
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         // The default :10250 is taken as soon as two agents run at once (tests in parallel);
         // kept in `extra`, the port survives restarts.
@@ -33,6 +44,7 @@ impl<'a> Agent<'a> {
             logs: server.dir.path().join(format!("pod-logs-{name}")),
             child: None,
             extra,
+            kubeconfig: kubeconfig.to_path_buf(),
         };
         a.spawn();
         // Generous: on a loaded 2-core machine the first start of a debug agent is slow.
@@ -59,7 +71,7 @@ impl<'a> Agent<'a> {
             .unwrap();
         let child = Command::new(bin_dir().join("skiff-agent"))
             .arg("--kubeconfig")
-            .arg(self.server.kubeconfig())
+            .arg(&self.kubeconfig)
             .args([
                 "--node-name",
                 &self.name,
