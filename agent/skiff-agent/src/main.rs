@@ -281,13 +281,18 @@ async fn agent_main() -> anyhow::Result<()> {
         images,
         registry,
         shim,
-        shim_cgroup_root: args.cgroup_root.clone(),
+        shim_cgroup_root: cgroup_manager
+            .as_ref()
+            .map(|m| m.shim_root())
+            .or(args.cgroup_root.clone()),
         agent_binary,
         cni,
         cluster_dns: args.cluster_dns.clone(),
         cluster_domain: args.cluster_domain.clone(),
         logs_dir: args.pod_logs_dir.clone(),
         node_memory: facts.memory_bytes,
+        cgroups: cgroup_manager.clone(),
+        pod_max_pids: args.pod_max_pids,
     });
     if let Some(bind) = args.cluster_dns_bind {
         let settings = skiff_agent::dns::Settings {

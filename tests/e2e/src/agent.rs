@@ -166,6 +166,15 @@ impl<'a> Agent<'a> {
 
 impl Drop for Agent<'_> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- agent {} log, last lines ---\n{}",
+                self.name,
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            );
+        }
         if self.child.is_some() {
             let _ = self.server.kubectl(&[
                 "delete",

@@ -297,7 +297,19 @@ fn graceful_deletion_runs_pre_stop_then_sigterm_then_sigkill() {
     let Some((_registry, s, image)) = setup() else {
         return;
     };
-    let node = Agent::start(&s, "node-1", &[]);
+    // Pod cgroups under a directory of this test's own in the cgroup v2 hierarchy (this
+    // host's has no controllers, so only placement and removal are checked).
+    let cgroup_root = cgroup2_mount().map(|m| m.join(format!("skiff-e2e-{}", std::process::id())));
+    let _cgroup_guard = cgroup_root.clone().map(CgroupDir);
+    let root_arg = cgroup_root.as_ref().map(|r| r.display().to_string());
+    let extra: Vec<&str> = match &root_arg {
+        Some(r) => vec!["--cgroup-driver", "cgroupfs", "--cgroup-root", r],
+        None => {
+            println!("no cgroup v2 mount: pod cgroups not checked");
+            vec![]
+        }
+    };
+    let node = Agent::start(&s, "node-1", &extra);
     // The shell is PID 1, which ignores SIGTERM unless it traps it.
     apply(
         &s,
@@ -333,6 +345,14 @@ fn graceful_deletion_runs_pre_stop_then_sigterm_then_sigkill() {
             .unwrap_or_default()
             .contains("up")
     });
+    if let Some(root) = &cgroup_root {
+        assert!(
+            pod_cgroups(root).iter().any(|d| d.contains(&uid)),
+            "the pod has its cgroup under {}: {:?}",
+            root.display(),
+            pod_cgroups(root)
+        );
+    }
     s.ok(&["delete", "pod", "polite", "stubborn", "--wait=false"]);
     let mut seen = String::new();
     eventually(
@@ -354,7 +374,10 @@ fn graceful_deletion_runs_pre_stop_then_sigterm_then_sigkill() {
             && !s.kubectl(&["get", "pod", "stubborn"]).status.success()
     });
     eventually("nothing left on the node", Duration::from_secs(30), || {
-        std::fs::read_dir(node.root.join("sandboxes")).is_ok_and(|mut d| d.next().is_none())
+        cgroup_root
+            .as_ref()
+            .is_none_or(|r| pod_cgroups(r).is_empty())
+            && std::fs::read_dir(node.root.join("sandboxes")).is_ok_and(|mut d| d.next().is_none())
             && !std::fs::read_to_string("/proc/self/mountinfo")
                 .unwrap()
                 .contains(node.root.to_str().unwrap())
@@ -425,4 +448,53 @@ fn a_killed_agent_comes_back_without_restarting_containers() {
     );
     assert_eq!(status(&s, "keeper")["phase"], "Running");
     assert_eq!(condition(&status(&s, "keeper"), "Ready"), "True");
+}
+
+fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    std::fs::read_to_string("/proc/self/mounts")
+        .ok()?
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(std::path::PathBuf::from)
+}
+
+/// Every pod cgroup under `root`.
+fn pod_cgroups(root: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let name = entry.file_name().to_string_lossy().to_string();
+                // pod<uid> or kubepods-<qos>-pod<uid>.slice; not the kubepods parents.
+                if name.contains("pod") && name.len() > 36 {
+                    found.push(name);
+                }
+                stack.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// Removes the test's cgroup tree, deepest first (cgroup dirs go with rmdir only).
+struct CgroupDir(std::path::PathBuf);
+
+impl Drop for CgroupDir {
+    fn drop(&mut self) {
+        let mut dirs = Vec::new();
+        let mut stack = vec![self.0.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                }
+            }
+            dirs.push(dir);
+        }
+        for d in dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
 }

@@ -93,6 +93,8 @@ impl CgroupManager for Cgroupfs {
 
     fn ensure_pod(&self, pod: &PodCgroup, res: &Resources) -> Result<Vec<String>, CgroupError> {
         let mut not_enforced = Vec::new();
+        // `--cgroup-root` names a directory of ours inside the hierarchy; make it on first use.
+        Self::mkdir(&self.root)?;
         let mut dir = self.root.clone();
         let levels: Vec<PathBuf> = Self::rel_pod(pod)
             .components()

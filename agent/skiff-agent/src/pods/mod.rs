@@ -42,6 +42,10 @@ pub struct PodManager {
     pub cluster_domain: String,
     pub logs_dir: PathBuf,
     pub node_memory: u64,
+    /// Pod cgroups (QoS parents, pod-level limits); `None` leaves containers under the
+    /// shim's root without a pod cgroup of their own.
+    pub cgroups: Option<Arc<dyn crate::cgroups::CgroupManager>>,
+    pub pod_max_pids: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,8 @@ pub enum PodError {
     Bundle(#[from] bundle::BundleError),
     #[error("{0}")]
     Runtime(#[from] runtime::RuntimeError),
+    #[error("{0}")]
+    Cgroup(#[from] crate::cgroups::CgroupError),
     #[error("{what}: {message}")]
     Mount { what: String, message: String },
     #[error("{path}: {source}")]
@@ -160,6 +166,18 @@ impl PodManager {
         for (name, content) in &files {
             std::fs::write(dir.join(name), content).map_err(io(&dir.join(name)))?;
         }
+        let cgroup_parent = match &self.cgroups {
+            Some(m) => {
+                let pc = crate::cgroups::PodCgroup::for_pod(pod)?;
+                let resources = crate::cgroups::pod_resources(pod, self.pod_max_pids)?;
+                let not_enforced = m.ensure_pod(&pc, &resources)?;
+                if !not_enforced.is_empty() {
+                    tracing::info!(uid, ?not_enforced, "pod cgroup limits not enforced");
+                }
+                m.cgroup_parent(&pc)
+            }
+            None => format!("skiff/pod{uid}"),
+        };
         Ok(PodNetwork {
             sandbox: bundle::Sandbox {
                 netns: sb.netns(),
@@ -168,7 +186,7 @@ impl PodManager {
                 hosts: dir.join("etc-hosts"),
                 hostname: dir.join("etc-hostname"),
                 resolv_conf: dir.join("resolv.conf"),
-                cgroup_parent: format!("skiff/pod{uid}"),
+                cgroup_parent,
             },
             pod_ip,
         })
@@ -250,7 +268,11 @@ impl PodManager {
             .as_ref()
             .and_then(|s| s.qos_class.clone())
             .unwrap_or_else(|| "BestEffort".into());
-        let memory_request = 0;
+        let memory_request = crate::cgroups::resources::container_cpu_mem(c)
+            .ok()
+            .and_then(|(requests, _)| requests.memory)
+            .unwrap_or(0)
+            .max(0) as u64;
         let config = bundle::config(&BundleInput {
             pod,
             container: c,
@@ -323,6 +345,11 @@ impl PodManager {
         }
         if let Err(e) = sandbox::stop(&self.root, uid) {
             tracing::warn!(uid, error = %e, "stopping the sandbox failed");
+        }
+        if let Some(m) = &self.cgroups {
+            if let Err(e) = m.remove_pod_by_uid(uid) {
+                tracing::warn!(uid, error = %e, "removing the pod cgroup failed");
+            }
         }
         // Volume mounts go first; a pod dir with something still mounted is left alone so
         // that nothing is deleted through a mount.
