@@ -370,7 +370,8 @@ impl Worker {
                 resolved.vars
             }
             Err(e) => {
-                self.config_error(pod, c, e.reason(), &e.to_string()).await;
+                self.container_error(pod, c, e.reason(), &e.to_string())
+                    .await;
                 return;
             }
         };
@@ -386,7 +387,7 @@ impl Worker {
                         "volume mount failed"
                     );
                 }
-                self.config_error(pod, c, e.reason(), &e.message()).await;
+                self.container_error(pod, c, e.reason(), &e.message()).await;
                 return;
             }
         };
@@ -465,29 +466,16 @@ impl Worker {
                 }
             }
             Ok(Err(e)) => {
-                let (reason, what) = match &e {
-                    super::PodError::Runtime(_) => ("RunContainerError", "Error"),
-                    _ => ("CreateContainerError", "Error"),
+                let reason = match &e {
+                    super::PodError::Runtime(_) => "RunContainerError",
+                    _ => "CreateContainerError",
                 };
                 let message = e.to_string();
                 if rec.waiting.as_ref().map(|w| &w.1) != Some(&message) {
                     tracing::warn!(pod = pod.name_any(), container = c.name, error = %e, "starting a container failed");
                 }
-                rec.waiting = Some((reason.into(), message.clone()));
                 // Failing to start counts against the back-off like a crash does.
-                let now = unix_now();
-                if !rec.backoff.waiting(now) {
-                    rec.backoff.crashed(now, now);
-                }
-                self.events
-                    .record(
-                        pod,
-                        Some(&c.name),
-                        Kind::Warning,
-                        "Failed",
-                        &format!("{what}: {message}"),
-                    )
-                    .await;
+                self.container_error(pod, c, reason, &message).await;
             }
             Err(e) => tracing::warn!(error = %e, "the container start task failed"),
         }
@@ -626,9 +614,10 @@ impl Worker {
         }
     }
 
-    /// The container cannot be configured (a missing ConfigMap key, a subPath that leaves
-    /// its volume …): it waits with kubelet's reason, and the worker tries again later.
-    async fn config_error(&mut self, pod: &Pod, c: &Container, reason: &str, message: &str) {
+    /// The container cannot be configured or started (a missing ConfigMap key, a subPath
+    /// that leaves its volume, a command not found …): it waits with kubelet's reason, and
+    /// the worker tries again after its back-off.
+    async fn container_error(&mut self, pod: &Pod, c: &Container, reason: &str, message: &str) {
         self.set_waiting(&c.name, reason, message);
         let rec = self.state.containers.entry(c.name.clone()).or_default();
         let now = unix_now();
