@@ -118,6 +118,10 @@ fn logs_exec_and_port_forward_through_the_api_server() {
             cni_conf.to_str().unwrap(),
             "--cni-bin-dir",
             cni_bin.to_str().unwrap(),
+            // This agent runs in the host's network namespace: the service proxy must not
+            // program the host's iptables.
+            "--proxy-mode",
+            "none",
         ],
     );
     let node = s.json(&["get", "node", "node-1"]);
