@@ -45,6 +45,11 @@ ROOTS = [
     ("policy/v1", "Eviction", "io.k8s.api.policy.v1.Eviction"),
     ("coordination.k8s.io/v1", "Lease", "io.k8s.api.coordination.v1.Lease"),
     ("discovery.k8s.io/v1", "EndpointSlice", "io.k8s.api.discovery.v1.EndpointSlice"),
+    (
+        "certificates.k8s.io/v1",
+        "CertificateSigningRequest",
+        "io.k8s.api.certificates.v1.CertificateSigningRequest",
+    ),
     ("*", "DeleteOptions", "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions"),
 ]
 
@@ -56,6 +61,8 @@ SPECIAL = {
     "io.k8s.apimachinery.pkg.api.resource.Quantity": "Quantity",
     "io.k8s.apimachinery.pkg.runtime.RawExtension": "RawExtension",
     "io.k8s.apimachinery.pkg.apis.meta.v1.FieldsV1": "FieldsV1",
+    # CertificateSigningRequest.spec.extra values: {1: repeated string} whose JSON is the list.
+    "io.k8s.api.certificates.v1.ExtraValue": "StringList",
 }
 
 SCALARS = {

@@ -73,6 +73,12 @@ fn value(tag: u32, ty: Ty, json: &str, out: &mut Vec<u8>) {
             ld(1, br#"{"f:x":{}}"#, &mut t);
             ld(tag, &t, out);
         }
+        Ty::StringList => {
+            let mut t = Vec::new();
+            ld(1, b"a", &mut t);
+            ld(1, b"b", &mut t);
+            ld(tag, &t, out);
+        }
     }
 }
 
@@ -122,6 +128,9 @@ fn typed_round_trip(kind: &str, v: &Value) -> Result<Value, String> {
         "Eviction" => round_trip::<k8s_openapi::api::policy::v1::Eviction>(v),
         "Lease" => round_trip::<k8s_openapi::api::coordination::v1::Lease>(v),
         "EndpointSlice" => round_trip::<k8s_openapi::api::discovery::v1::EndpointSlice>(v),
+        "CertificateSigningRequest" => {
+            round_trip::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>(v)
+        }
         "DeleteOptions" => {
             round_trip::<k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions>(v)
         }

@@ -345,6 +345,7 @@ impl Ctx {
             None => match field.ty {
                 Ty::Str | Ty::Bytes => Value::String(String::new()),
                 Ty::Quantity => Value::String("0".into()),
+                Ty::StringList => Value::Array(Vec::new()),
                 Ty::Msg(_) => Value::Object(Map::new()),
                 Ty::Int32 | Ty::Int64 => Value::from(0),
                 Ty::Bool => Value::Bool(false),
@@ -420,6 +421,17 @@ impl Ctx {
             Ty::RawExtension | Ty::FieldsV1 => {
                 let (b, off) = r.len_delimited(tag)?;
                 self.raw_json(field.ty, b, off)?
+            }
+            Ty::StringList => {
+                let (b, off) = r.len_delimited(tag)?;
+                let mut items = Vec::new();
+                for_each(b, off, "certificates.v1.ExtraValue", |f, wt, key_off, r| {
+                    expect_wire_type("certificates.v1.ExtraValue", f, wt, WT_LEN, key_off, f == 1)?;
+                    let (s, o) = r.len_delimited(f)?;
+                    items.push(Value::String(utf8("certificates.v1.ExtraValue", f, o, s)?));
+                    Ok(())
+                })?;
+                Value::Array(items)
             }
         })
     }

@@ -27,7 +27,8 @@
 //!   does), `meta.v1.MicroTime` → `"2024-01-02T03:04:05.123456Z"`, both `null` when empty;
 //!   `intstr.IntOrString` → number or string; `resource.Quantity` → string;
 //!   `runtime.RawExtension` and `meta.v1.FieldsV1` → the embedded JSON (a nested `k8s\0` body in
-//!   a RawExtension is decoded recursively); `bytes` → base64.
+//!   a RawExtension is decoded recursively); certificates `ExtraValue` → array of strings;
+//!   `bytes` → base64.
 //! * Unknown field numbers, wire-type mismatches, truncated input, invalid UTF-8 and unknown
 //!   kinds are errors. The decoder never panics.
 //!
@@ -189,7 +190,7 @@ mod tests {
     #[test]
     fn supported_kinds_cover_wave_one() {
         let kinds: Vec<_> = supported_kinds().collect();
-        assert_eq!(kinds.len(), 20);
+        assert_eq!(kinds.len(), 21);
         for want in [
             ("v1", "Pod"),
             ("apps/v1", "Deployment"),

@@ -29,6 +29,8 @@ pub(crate) enum Ty {
     RawExtension,
     /// `meta.v1.FieldsV1` → the embedded JSON document.
     FieldsV1,
+    /// A `{1: repeated string}` wrapper (certificates `ExtraValue`) → JSON array of strings.
+    StringList,
 }
 
 /// How often a field occurs.

@@ -26,206 +26,210 @@ pub(crate) const M_AUTOSCALING_V1_SCALE: u16 = 15;
 pub(crate) const M_POLICY_V1_EVICTION: u16 = 16;
 pub(crate) const M_COORDINATION_V1_LEASE: u16 = 17;
 pub(crate) const M_DISCOVERY_V1_ENDPOINTSLICE: u16 = 18;
-pub(crate) const M_META_V1_DELETEOPTIONS: u16 = 19;
-pub(crate) const M_META_V1_OBJECTMETA: u16 = 20;
-pub(crate) const M_CORE_V1_NAMESPACESPEC: u16 = 21;
-pub(crate) const M_CORE_V1_NAMESPACESTATUS: u16 = 22;
-pub(crate) const M_CORE_V1_PODSPEC: u16 = 23;
-pub(crate) const M_CORE_V1_PODSTATUS: u16 = 24;
-pub(crate) const M_CORE_V1_SERVICESPEC: u16 = 25;
-pub(crate) const M_CORE_V1_SERVICESTATUS: u16 = 26;
-pub(crate) const M_CORE_V1_ENDPOINTSUBSET: u16 = 27;
-pub(crate) const M_CORE_V1_NODESPEC: u16 = 28;
-pub(crate) const M_CORE_V1_NODESTATUS: u16 = 29;
-pub(crate) const M_CORE_V1_OBJECTREFERENCE: u16 = 30;
-pub(crate) const M_CORE_V1_EVENTSOURCE: u16 = 31;
-pub(crate) const M_CORE_V1_EVENTSERIES: u16 = 32;
-pub(crate) const M_CORE_V1_LOCALOBJECTREFERENCE: u16 = 33;
-pub(crate) const M_APPS_V1_DEPLOYMENTSPEC: u16 = 34;
-pub(crate) const M_APPS_V1_DEPLOYMENTSTATUS: u16 = 35;
-pub(crate) const M_APPS_V1_REPLICASETSPEC: u16 = 36;
-pub(crate) const M_APPS_V1_REPLICASETSTATUS: u16 = 37;
-pub(crate) const M_APPS_V1_DAEMONSETSPEC: u16 = 38;
-pub(crate) const M_APPS_V1_DAEMONSETSTATUS: u16 = 39;
-pub(crate) const M_APPS_V1_STATEFULSETSPEC: u16 = 40;
-pub(crate) const M_APPS_V1_STATEFULSETSTATUS: u16 = 41;
-pub(crate) const M_AUTOSCALING_V1_SCALESPEC: u16 = 42;
-pub(crate) const M_AUTOSCALING_V1_SCALESTATUS: u16 = 43;
-pub(crate) const M_COORDINATION_V1_LEASESPEC: u16 = 44;
-pub(crate) const M_DISCOVERY_V1_ENDPOINT: u16 = 45;
-pub(crate) const M_DISCOVERY_V1_ENDPOINTPORT: u16 = 46;
-pub(crate) const M_META_V1_PRECONDITIONS: u16 = 47;
-pub(crate) const M_META_V1_OWNERREFERENCE: u16 = 48;
-pub(crate) const M_META_V1_MANAGEDFIELDSENTRY: u16 = 49;
-pub(crate) const M_CORE_V1_NAMESPACECONDITION: u16 = 50;
-pub(crate) const M_CORE_V1_VOLUME: u16 = 51;
-pub(crate) const M_CORE_V1_CONTAINER: u16 = 52;
-pub(crate) const M_CORE_V1_EPHEMERALCONTAINER: u16 = 53;
-pub(crate) const M_CORE_V1_PODSECURITYCONTEXT: u16 = 54;
-pub(crate) const M_CORE_V1_AFFINITY: u16 = 55;
-pub(crate) const M_CORE_V1_TOLERATION: u16 = 56;
-pub(crate) const M_CORE_V1_HOSTALIAS: u16 = 57;
-pub(crate) const M_CORE_V1_PODDNSCONFIG: u16 = 58;
-pub(crate) const M_CORE_V1_PODREADINESSGATE: u16 = 59;
-pub(crate) const M_CORE_V1_TOPOLOGYSPREADCONSTRAINT: u16 = 60;
-pub(crate) const M_CORE_V1_PODOS: u16 = 61;
-pub(crate) const M_CORE_V1_PODSCHEDULINGGATE: u16 = 62;
-pub(crate) const M_CORE_V1_PODRESOURCECLAIM: u16 = 63;
-pub(crate) const M_CORE_V1_RESOURCEREQUIREMENTS: u16 = 64;
-pub(crate) const M_CORE_V1_WORKLOADREFERENCE: u16 = 65;
-pub(crate) const M_CORE_V1_PODCONDITION: u16 = 66;
-pub(crate) const M_CORE_V1_HOSTIP: u16 = 67;
-pub(crate) const M_CORE_V1_PODIP: u16 = 68;
-pub(crate) const M_CORE_V1_CONTAINERSTATUS: u16 = 69;
-pub(crate) const M_CORE_V1_PODRESOURCECLAIMSTATUS: u16 = 70;
-pub(crate) const M_CORE_V1_PODEXTENDEDRESOURCECLAIMSTATUS: u16 = 71;
-pub(crate) const M_CORE_V1_SERVICEPORT: u16 = 72;
-pub(crate) const M_CORE_V1_SESSIONAFFINITYCONFIG: u16 = 73;
-pub(crate) const M_CORE_V1_LOADBALANCERSTATUS: u16 = 74;
-pub(crate) const M_META_V1_CONDITION: u16 = 75;
-pub(crate) const M_CORE_V1_ENDPOINTADDRESS: u16 = 76;
-pub(crate) const M_CORE_V1_ENDPOINTPORT: u16 = 77;
-pub(crate) const M_CORE_V1_TAINT: u16 = 78;
-pub(crate) const M_CORE_V1_NODECONFIGSOURCE: u16 = 79;
-pub(crate) const M_CORE_V1_NODECONDITION: u16 = 80;
-pub(crate) const M_CORE_V1_NODEADDRESS: u16 = 81;
-pub(crate) const M_CORE_V1_NODEDAEMONENDPOINTS: u16 = 82;
-pub(crate) const M_CORE_V1_NODESYSTEMINFO: u16 = 83;
-pub(crate) const M_CORE_V1_CONTAINERIMAGE: u16 = 84;
-pub(crate) const M_CORE_V1_ATTACHEDVOLUME: u16 = 85;
-pub(crate) const M_CORE_V1_NODECONFIGSTATUS: u16 = 86;
-pub(crate) const M_CORE_V1_NODERUNTIMEHANDLER: u16 = 87;
-pub(crate) const M_CORE_V1_NODEFEATURES: u16 = 88;
-pub(crate) const M_META_V1_LABELSELECTOR: u16 = 89;
-pub(crate) const M_CORE_V1_PODTEMPLATESPEC: u16 = 90;
-pub(crate) const M_APPS_V1_DEPLOYMENTSTRATEGY: u16 = 91;
-pub(crate) const M_APPS_V1_DEPLOYMENTCONDITION: u16 = 92;
-pub(crate) const M_APPS_V1_REPLICASETCONDITION: u16 = 93;
-pub(crate) const M_APPS_V1_DAEMONSETUPDATESTRATEGY: u16 = 94;
-pub(crate) const M_APPS_V1_DAEMONSETCONDITION: u16 = 95;
-pub(crate) const M_CORE_V1_PERSISTENTVOLUMECLAIM: u16 = 96;
-pub(crate) const M_APPS_V1_STATEFULSETUPDATESTRATEGY: u16 = 97;
-pub(crate) const M_APPS_V1_STATEFULSETPERSISTENTVOLUMECLAIMRETENTIONPOLICY: u16 = 98;
-pub(crate) const M_APPS_V1_STATEFULSETORDINALS: u16 = 99;
-pub(crate) const M_APPS_V1_STATEFULSETCONDITION: u16 = 100;
-pub(crate) const M_DISCOVERY_V1_ENDPOINTCONDITIONS: u16 = 101;
-pub(crate) const M_DISCOVERY_V1_ENDPOINTHINTS: u16 = 102;
-pub(crate) const M_CORE_V1_VOLUMESOURCE: u16 = 103;
-pub(crate) const M_CORE_V1_CONTAINERPORT: u16 = 104;
-pub(crate) const M_CORE_V1_ENVFROMSOURCE: u16 = 105;
-pub(crate) const M_CORE_V1_ENVVAR: u16 = 106;
-pub(crate) const M_CORE_V1_CONTAINERRESIZEPOLICY: u16 = 107;
-pub(crate) const M_CORE_V1_CONTAINERRESTARTRULE: u16 = 108;
-pub(crate) const M_CORE_V1_VOLUMEMOUNT: u16 = 109;
-pub(crate) const M_CORE_V1_VOLUMEDEVICE: u16 = 110;
-pub(crate) const M_CORE_V1_PROBE: u16 = 111;
-pub(crate) const M_CORE_V1_LIFECYCLE: u16 = 112;
-pub(crate) const M_CORE_V1_SECURITYCONTEXT: u16 = 113;
-pub(crate) const M_CORE_V1_EPHEMERALCONTAINERCOMMON: u16 = 114;
-pub(crate) const M_CORE_V1_SELINUXOPTIONS: u16 = 115;
-pub(crate) const M_CORE_V1_WINDOWSSECURITYCONTEXTOPTIONS: u16 = 116;
-pub(crate) const M_CORE_V1_SYSCTL: u16 = 117;
-pub(crate) const M_CORE_V1_SECCOMPPROFILE: u16 = 118;
-pub(crate) const M_CORE_V1_APPARMORPROFILE: u16 = 119;
-pub(crate) const M_CORE_V1_NODEAFFINITY: u16 = 120;
-pub(crate) const M_CORE_V1_PODAFFINITY: u16 = 121;
-pub(crate) const M_CORE_V1_PODANTIAFFINITY: u16 = 122;
-pub(crate) const M_CORE_V1_PODDNSCONFIGOPTION: u16 = 123;
-pub(crate) const M_CORE_V1_RESOURCECLAIM: u16 = 124;
-pub(crate) const M_CORE_V1_CONTAINERSTATE: u16 = 125;
-pub(crate) const M_CORE_V1_VOLUMEMOUNTSTATUS: u16 = 126;
-pub(crate) const M_CORE_V1_CONTAINERUSER: u16 = 127;
-pub(crate) const M_CORE_V1_RESOURCESTATUS: u16 = 128;
-pub(crate) const M_CORE_V1_CONTAINEREXTENDEDRESOURCEREQUEST: u16 = 129;
-pub(crate) const M_CORE_V1_CLIENTIPCONFIG: u16 = 130;
-pub(crate) const M_CORE_V1_LOADBALANCERINGRESS: u16 = 131;
-pub(crate) const M_CORE_V1_CONFIGMAPNODECONFIGSOURCE: u16 = 132;
-pub(crate) const M_CORE_V1_DAEMONENDPOINT: u16 = 133;
-pub(crate) const M_CORE_V1_NODESWAPSTATUS: u16 = 134;
-pub(crate) const M_CORE_V1_NODERUNTIMEHANDLERFEATURES: u16 = 135;
-pub(crate) const M_META_V1_LABELSELECTORREQUIREMENT: u16 = 136;
-pub(crate) const M_APPS_V1_ROLLINGUPDATEDEPLOYMENT: u16 = 137;
-pub(crate) const M_APPS_V1_ROLLINGUPDATEDAEMONSET: u16 = 138;
-pub(crate) const M_CORE_V1_PERSISTENTVOLUMECLAIMSPEC: u16 = 139;
-pub(crate) const M_CORE_V1_PERSISTENTVOLUMECLAIMSTATUS: u16 = 140;
-pub(crate) const M_APPS_V1_ROLLINGUPDATESTATEFULSETSTRATEGY: u16 = 141;
-pub(crate) const M_DISCOVERY_V1_FORZONE: u16 = 142;
-pub(crate) const M_DISCOVERY_V1_FORNODE: u16 = 143;
-pub(crate) const M_CORE_V1_HOSTPATHVOLUMESOURCE: u16 = 144;
-pub(crate) const M_CORE_V1_EMPTYDIRVOLUMESOURCE: u16 = 145;
-pub(crate) const M_CORE_V1_GCEPERSISTENTDISKVOLUMESOURCE: u16 = 146;
-pub(crate) const M_CORE_V1_AWSELASTICBLOCKSTOREVOLUMESOURCE: u16 = 147;
-pub(crate) const M_CORE_V1_GITREPOVOLUMESOURCE: u16 = 148;
-pub(crate) const M_CORE_V1_SECRETVOLUMESOURCE: u16 = 149;
-pub(crate) const M_CORE_V1_NFSVOLUMESOURCE: u16 = 150;
-pub(crate) const M_CORE_V1_ISCSIVOLUMESOURCE: u16 = 151;
-pub(crate) const M_CORE_V1_GLUSTERFSVOLUMESOURCE: u16 = 152;
-pub(crate) const M_CORE_V1_PERSISTENTVOLUMECLAIMVOLUMESOURCE: u16 = 153;
-pub(crate) const M_CORE_V1_RBDVOLUMESOURCE: u16 = 154;
-pub(crate) const M_CORE_V1_FLEXVOLUMESOURCE: u16 = 155;
-pub(crate) const M_CORE_V1_CINDERVOLUMESOURCE: u16 = 156;
-pub(crate) const M_CORE_V1_CEPHFSVOLUMESOURCE: u16 = 157;
-pub(crate) const M_CORE_V1_FLOCKERVOLUMESOURCE: u16 = 158;
-pub(crate) const M_CORE_V1_DOWNWARDAPIVOLUMESOURCE: u16 = 159;
-pub(crate) const M_CORE_V1_FCVOLUMESOURCE: u16 = 160;
-pub(crate) const M_CORE_V1_AZUREFILEVOLUMESOURCE: u16 = 161;
-pub(crate) const M_CORE_V1_CONFIGMAPVOLUMESOURCE: u16 = 162;
-pub(crate) const M_CORE_V1_VSPHEREVIRTUALDISKVOLUMESOURCE: u16 = 163;
-pub(crate) const M_CORE_V1_QUOBYTEVOLUMESOURCE: u16 = 164;
-pub(crate) const M_CORE_V1_AZUREDISKVOLUMESOURCE: u16 = 165;
-pub(crate) const M_CORE_V1_PHOTONPERSISTENTDISKVOLUMESOURCE: u16 = 166;
-pub(crate) const M_CORE_V1_PROJECTEDVOLUMESOURCE: u16 = 167;
-pub(crate) const M_CORE_V1_PORTWORXVOLUMESOURCE: u16 = 168;
-pub(crate) const M_CORE_V1_SCALEIOVOLUMESOURCE: u16 = 169;
-pub(crate) const M_CORE_V1_STORAGEOSVOLUMESOURCE: u16 = 170;
-pub(crate) const M_CORE_V1_CSIVOLUMESOURCE: u16 = 171;
-pub(crate) const M_CORE_V1_EPHEMERALVOLUMESOURCE: u16 = 172;
-pub(crate) const M_CORE_V1_IMAGEVOLUMESOURCE: u16 = 173;
-pub(crate) const M_CORE_V1_CONFIGMAPENVSOURCE: u16 = 174;
-pub(crate) const M_CORE_V1_SECRETENVSOURCE: u16 = 175;
-pub(crate) const M_CORE_V1_ENVVARSOURCE: u16 = 176;
-pub(crate) const M_CORE_V1_CONTAINERRESTARTRULEONEXITCODES: u16 = 177;
-pub(crate) const M_CORE_V1_PROBEHANDLER: u16 = 178;
-pub(crate) const M_CORE_V1_LIFECYCLEHANDLER: u16 = 179;
-pub(crate) const M_CORE_V1_CAPABILITIES: u16 = 180;
-pub(crate) const M_CORE_V1_NODESELECTOR: u16 = 181;
-pub(crate) const M_CORE_V1_PREFERREDSCHEDULINGTERM: u16 = 182;
-pub(crate) const M_CORE_V1_PODAFFINITYTERM: u16 = 183;
-pub(crate) const M_CORE_V1_WEIGHTEDPODAFFINITYTERM: u16 = 184;
-pub(crate) const M_CORE_V1_CONTAINERSTATEWAITING: u16 = 185;
-pub(crate) const M_CORE_V1_CONTAINERSTATERUNNING: u16 = 186;
-pub(crate) const M_CORE_V1_CONTAINERSTATETERMINATED: u16 = 187;
-pub(crate) const M_CORE_V1_LINUXCONTAINERUSER: u16 = 188;
-pub(crate) const M_CORE_V1_RESOURCEHEALTH: u16 = 189;
-pub(crate) const M_CORE_V1_PORTSTATUS: u16 = 190;
-pub(crate) const M_CORE_V1_VOLUMERESOURCEREQUIREMENTS: u16 = 191;
-pub(crate) const M_CORE_V1_TYPEDLOCALOBJECTREFERENCE: u16 = 192;
-pub(crate) const M_CORE_V1_TYPEDOBJECTREFERENCE: u16 = 193;
-pub(crate) const M_CORE_V1_PERSISTENTVOLUMECLAIMCONDITION: u16 = 194;
-pub(crate) const M_CORE_V1_MODIFYVOLUMESTATUS: u16 = 195;
-pub(crate) const M_CORE_V1_KEYTOPATH: u16 = 196;
-pub(crate) const M_CORE_V1_DOWNWARDAPIVOLUMEFILE: u16 = 197;
-pub(crate) const M_CORE_V1_VOLUMEPROJECTION: u16 = 198;
-pub(crate) const M_CORE_V1_PERSISTENTVOLUMECLAIMTEMPLATE: u16 = 199;
-pub(crate) const M_CORE_V1_OBJECTFIELDSELECTOR: u16 = 200;
-pub(crate) const M_CORE_V1_RESOURCEFIELDSELECTOR: u16 = 201;
-pub(crate) const M_CORE_V1_CONFIGMAPKEYSELECTOR: u16 = 202;
-pub(crate) const M_CORE_V1_SECRETKEYSELECTOR: u16 = 203;
-pub(crate) const M_CORE_V1_FILEKEYSELECTOR: u16 = 204;
-pub(crate) const M_CORE_V1_EXECACTION: u16 = 205;
-pub(crate) const M_CORE_V1_HTTPGETACTION: u16 = 206;
-pub(crate) const M_CORE_V1_TCPSOCKETACTION: u16 = 207;
-pub(crate) const M_CORE_V1_GRPCACTION: u16 = 208;
-pub(crate) const M_CORE_V1_SLEEPACTION: u16 = 209;
-pub(crate) const M_CORE_V1_NODESELECTORTERM: u16 = 210;
-pub(crate) const M_CORE_V1_SECRETPROJECTION: u16 = 211;
-pub(crate) const M_CORE_V1_DOWNWARDAPIPROJECTION: u16 = 212;
-pub(crate) const M_CORE_V1_CONFIGMAPPROJECTION: u16 = 213;
-pub(crate) const M_CORE_V1_SERVICEACCOUNTTOKENPROJECTION: u16 = 214;
-pub(crate) const M_CORE_V1_CLUSTERTRUSTBUNDLEPROJECTION: u16 = 215;
-pub(crate) const M_CORE_V1_PODCERTIFICATEPROJECTION: u16 = 216;
-pub(crate) const M_CORE_V1_HTTPHEADER: u16 = 217;
-pub(crate) const M_CORE_V1_NODESELECTORREQUIREMENT: u16 = 218;
+pub(crate) const M_CERTIFICATES_V1_CERTIFICATESIGNINGREQUEST: u16 = 19;
+pub(crate) const M_META_V1_DELETEOPTIONS: u16 = 20;
+pub(crate) const M_META_V1_OBJECTMETA: u16 = 21;
+pub(crate) const M_CORE_V1_NAMESPACESPEC: u16 = 22;
+pub(crate) const M_CORE_V1_NAMESPACESTATUS: u16 = 23;
+pub(crate) const M_CORE_V1_PODSPEC: u16 = 24;
+pub(crate) const M_CORE_V1_PODSTATUS: u16 = 25;
+pub(crate) const M_CORE_V1_SERVICESPEC: u16 = 26;
+pub(crate) const M_CORE_V1_SERVICESTATUS: u16 = 27;
+pub(crate) const M_CORE_V1_ENDPOINTSUBSET: u16 = 28;
+pub(crate) const M_CORE_V1_NODESPEC: u16 = 29;
+pub(crate) const M_CORE_V1_NODESTATUS: u16 = 30;
+pub(crate) const M_CORE_V1_OBJECTREFERENCE: u16 = 31;
+pub(crate) const M_CORE_V1_EVENTSOURCE: u16 = 32;
+pub(crate) const M_CORE_V1_EVENTSERIES: u16 = 33;
+pub(crate) const M_CORE_V1_LOCALOBJECTREFERENCE: u16 = 34;
+pub(crate) const M_APPS_V1_DEPLOYMENTSPEC: u16 = 35;
+pub(crate) const M_APPS_V1_DEPLOYMENTSTATUS: u16 = 36;
+pub(crate) const M_APPS_V1_REPLICASETSPEC: u16 = 37;
+pub(crate) const M_APPS_V1_REPLICASETSTATUS: u16 = 38;
+pub(crate) const M_APPS_V1_DAEMONSETSPEC: u16 = 39;
+pub(crate) const M_APPS_V1_DAEMONSETSTATUS: u16 = 40;
+pub(crate) const M_APPS_V1_STATEFULSETSPEC: u16 = 41;
+pub(crate) const M_APPS_V1_STATEFULSETSTATUS: u16 = 42;
+pub(crate) const M_AUTOSCALING_V1_SCALESPEC: u16 = 43;
+pub(crate) const M_AUTOSCALING_V1_SCALESTATUS: u16 = 44;
+pub(crate) const M_COORDINATION_V1_LEASESPEC: u16 = 45;
+pub(crate) const M_DISCOVERY_V1_ENDPOINT: u16 = 46;
+pub(crate) const M_DISCOVERY_V1_ENDPOINTPORT: u16 = 47;
+pub(crate) const M_CERTIFICATES_V1_CERTIFICATESIGNINGREQUESTSPEC: u16 = 48;
+pub(crate) const M_CERTIFICATES_V1_CERTIFICATESIGNINGREQUESTSTATUS: u16 = 49;
+pub(crate) const M_META_V1_PRECONDITIONS: u16 = 50;
+pub(crate) const M_META_V1_OWNERREFERENCE: u16 = 51;
+pub(crate) const M_META_V1_MANAGEDFIELDSENTRY: u16 = 52;
+pub(crate) const M_CORE_V1_NAMESPACECONDITION: u16 = 53;
+pub(crate) const M_CORE_V1_VOLUME: u16 = 54;
+pub(crate) const M_CORE_V1_CONTAINER: u16 = 55;
+pub(crate) const M_CORE_V1_EPHEMERALCONTAINER: u16 = 56;
+pub(crate) const M_CORE_V1_PODSECURITYCONTEXT: u16 = 57;
+pub(crate) const M_CORE_V1_AFFINITY: u16 = 58;
+pub(crate) const M_CORE_V1_TOLERATION: u16 = 59;
+pub(crate) const M_CORE_V1_HOSTALIAS: u16 = 60;
+pub(crate) const M_CORE_V1_PODDNSCONFIG: u16 = 61;
+pub(crate) const M_CORE_V1_PODREADINESSGATE: u16 = 62;
+pub(crate) const M_CORE_V1_TOPOLOGYSPREADCONSTRAINT: u16 = 63;
+pub(crate) const M_CORE_V1_PODOS: u16 = 64;
+pub(crate) const M_CORE_V1_PODSCHEDULINGGATE: u16 = 65;
+pub(crate) const M_CORE_V1_PODRESOURCECLAIM: u16 = 66;
+pub(crate) const M_CORE_V1_RESOURCEREQUIREMENTS: u16 = 67;
+pub(crate) const M_CORE_V1_WORKLOADREFERENCE: u16 = 68;
+pub(crate) const M_CORE_V1_PODCONDITION: u16 = 69;
+pub(crate) const M_CORE_V1_HOSTIP: u16 = 70;
+pub(crate) const M_CORE_V1_PODIP: u16 = 71;
+pub(crate) const M_CORE_V1_CONTAINERSTATUS: u16 = 72;
+pub(crate) const M_CORE_V1_PODRESOURCECLAIMSTATUS: u16 = 73;
+pub(crate) const M_CORE_V1_PODEXTENDEDRESOURCECLAIMSTATUS: u16 = 74;
+pub(crate) const M_CORE_V1_SERVICEPORT: u16 = 75;
+pub(crate) const M_CORE_V1_SESSIONAFFINITYCONFIG: u16 = 76;
+pub(crate) const M_CORE_V1_LOADBALANCERSTATUS: u16 = 77;
+pub(crate) const M_META_V1_CONDITION: u16 = 78;
+pub(crate) const M_CORE_V1_ENDPOINTADDRESS: u16 = 79;
+pub(crate) const M_CORE_V1_ENDPOINTPORT: u16 = 80;
+pub(crate) const M_CORE_V1_TAINT: u16 = 81;
+pub(crate) const M_CORE_V1_NODECONFIGSOURCE: u16 = 82;
+pub(crate) const M_CORE_V1_NODECONDITION: u16 = 83;
+pub(crate) const M_CORE_V1_NODEADDRESS: u16 = 84;
+pub(crate) const M_CORE_V1_NODEDAEMONENDPOINTS: u16 = 85;
+pub(crate) const M_CORE_V1_NODESYSTEMINFO: u16 = 86;
+pub(crate) const M_CORE_V1_CONTAINERIMAGE: u16 = 87;
+pub(crate) const M_CORE_V1_ATTACHEDVOLUME: u16 = 88;
+pub(crate) const M_CORE_V1_NODECONFIGSTATUS: u16 = 89;
+pub(crate) const M_CORE_V1_NODERUNTIMEHANDLER: u16 = 90;
+pub(crate) const M_CORE_V1_NODEFEATURES: u16 = 91;
+pub(crate) const M_META_V1_LABELSELECTOR: u16 = 92;
+pub(crate) const M_CORE_V1_PODTEMPLATESPEC: u16 = 93;
+pub(crate) const M_APPS_V1_DEPLOYMENTSTRATEGY: u16 = 94;
+pub(crate) const M_APPS_V1_DEPLOYMENTCONDITION: u16 = 95;
+pub(crate) const M_APPS_V1_REPLICASETCONDITION: u16 = 96;
+pub(crate) const M_APPS_V1_DAEMONSETUPDATESTRATEGY: u16 = 97;
+pub(crate) const M_APPS_V1_DAEMONSETCONDITION: u16 = 98;
+pub(crate) const M_CORE_V1_PERSISTENTVOLUMECLAIM: u16 = 99;
+pub(crate) const M_APPS_V1_STATEFULSETUPDATESTRATEGY: u16 = 100;
+pub(crate) const M_APPS_V1_STATEFULSETPERSISTENTVOLUMECLAIMRETENTIONPOLICY: u16 = 101;
+pub(crate) const M_APPS_V1_STATEFULSETORDINALS: u16 = 102;
+pub(crate) const M_APPS_V1_STATEFULSETCONDITION: u16 = 103;
+pub(crate) const M_DISCOVERY_V1_ENDPOINTCONDITIONS: u16 = 104;
+pub(crate) const M_DISCOVERY_V1_ENDPOINTHINTS: u16 = 105;
+pub(crate) const M_CERTIFICATES_V1_CERTIFICATESIGNINGREQUESTCONDITION: u16 = 106;
+pub(crate) const M_CORE_V1_VOLUMESOURCE: u16 = 107;
+pub(crate) const M_CORE_V1_CONTAINERPORT: u16 = 108;
+pub(crate) const M_CORE_V1_ENVFROMSOURCE: u16 = 109;
+pub(crate) const M_CORE_V1_ENVVAR: u16 = 110;
+pub(crate) const M_CORE_V1_CONTAINERRESIZEPOLICY: u16 = 111;
+pub(crate) const M_CORE_V1_CONTAINERRESTARTRULE: u16 = 112;
+pub(crate) const M_CORE_V1_VOLUMEMOUNT: u16 = 113;
+pub(crate) const M_CORE_V1_VOLUMEDEVICE: u16 = 114;
+pub(crate) const M_CORE_V1_PROBE: u16 = 115;
+pub(crate) const M_CORE_V1_LIFECYCLE: u16 = 116;
+pub(crate) const M_CORE_V1_SECURITYCONTEXT: u16 = 117;
+pub(crate) const M_CORE_V1_EPHEMERALCONTAINERCOMMON: u16 = 118;
+pub(crate) const M_CORE_V1_SELINUXOPTIONS: u16 = 119;
+pub(crate) const M_CORE_V1_WINDOWSSECURITYCONTEXTOPTIONS: u16 = 120;
+pub(crate) const M_CORE_V1_SYSCTL: u16 = 121;
+pub(crate) const M_CORE_V1_SECCOMPPROFILE: u16 = 122;
+pub(crate) const M_CORE_V1_APPARMORPROFILE: u16 = 123;
+pub(crate) const M_CORE_V1_NODEAFFINITY: u16 = 124;
+pub(crate) const M_CORE_V1_PODAFFINITY: u16 = 125;
+pub(crate) const M_CORE_V1_PODANTIAFFINITY: u16 = 126;
+pub(crate) const M_CORE_V1_PODDNSCONFIGOPTION: u16 = 127;
+pub(crate) const M_CORE_V1_RESOURCECLAIM: u16 = 128;
+pub(crate) const M_CORE_V1_CONTAINERSTATE: u16 = 129;
+pub(crate) const M_CORE_V1_VOLUMEMOUNTSTATUS: u16 = 130;
+pub(crate) const M_CORE_V1_CONTAINERUSER: u16 = 131;
+pub(crate) const M_CORE_V1_RESOURCESTATUS: u16 = 132;
+pub(crate) const M_CORE_V1_CONTAINEREXTENDEDRESOURCEREQUEST: u16 = 133;
+pub(crate) const M_CORE_V1_CLIENTIPCONFIG: u16 = 134;
+pub(crate) const M_CORE_V1_LOADBALANCERINGRESS: u16 = 135;
+pub(crate) const M_CORE_V1_CONFIGMAPNODECONFIGSOURCE: u16 = 136;
+pub(crate) const M_CORE_V1_DAEMONENDPOINT: u16 = 137;
+pub(crate) const M_CORE_V1_NODESWAPSTATUS: u16 = 138;
+pub(crate) const M_CORE_V1_NODERUNTIMEHANDLERFEATURES: u16 = 139;
+pub(crate) const M_META_V1_LABELSELECTORREQUIREMENT: u16 = 140;
+pub(crate) const M_APPS_V1_ROLLINGUPDATEDEPLOYMENT: u16 = 141;
+pub(crate) const M_APPS_V1_ROLLINGUPDATEDAEMONSET: u16 = 142;
+pub(crate) const M_CORE_V1_PERSISTENTVOLUMECLAIMSPEC: u16 = 143;
+pub(crate) const M_CORE_V1_PERSISTENTVOLUMECLAIMSTATUS: u16 = 144;
+pub(crate) const M_APPS_V1_ROLLINGUPDATESTATEFULSETSTRATEGY: u16 = 145;
+pub(crate) const M_DISCOVERY_V1_FORZONE: u16 = 146;
+pub(crate) const M_DISCOVERY_V1_FORNODE: u16 = 147;
+pub(crate) const M_CORE_V1_HOSTPATHVOLUMESOURCE: u16 = 148;
+pub(crate) const M_CORE_V1_EMPTYDIRVOLUMESOURCE: u16 = 149;
+pub(crate) const M_CORE_V1_GCEPERSISTENTDISKVOLUMESOURCE: u16 = 150;
+pub(crate) const M_CORE_V1_AWSELASTICBLOCKSTOREVOLUMESOURCE: u16 = 151;
+pub(crate) const M_CORE_V1_GITREPOVOLUMESOURCE: u16 = 152;
+pub(crate) const M_CORE_V1_SECRETVOLUMESOURCE: u16 = 153;
+pub(crate) const M_CORE_V1_NFSVOLUMESOURCE: u16 = 154;
+pub(crate) const M_CORE_V1_ISCSIVOLUMESOURCE: u16 = 155;
+pub(crate) const M_CORE_V1_GLUSTERFSVOLUMESOURCE: u16 = 156;
+pub(crate) const M_CORE_V1_PERSISTENTVOLUMECLAIMVOLUMESOURCE: u16 = 157;
+pub(crate) const M_CORE_V1_RBDVOLUMESOURCE: u16 = 158;
+pub(crate) const M_CORE_V1_FLEXVOLUMESOURCE: u16 = 159;
+pub(crate) const M_CORE_V1_CINDERVOLUMESOURCE: u16 = 160;
+pub(crate) const M_CORE_V1_CEPHFSVOLUMESOURCE: u16 = 161;
+pub(crate) const M_CORE_V1_FLOCKERVOLUMESOURCE: u16 = 162;
+pub(crate) const M_CORE_V1_DOWNWARDAPIVOLUMESOURCE: u16 = 163;
+pub(crate) const M_CORE_V1_FCVOLUMESOURCE: u16 = 164;
+pub(crate) const M_CORE_V1_AZUREFILEVOLUMESOURCE: u16 = 165;
+pub(crate) const M_CORE_V1_CONFIGMAPVOLUMESOURCE: u16 = 166;
+pub(crate) const M_CORE_V1_VSPHEREVIRTUALDISKVOLUMESOURCE: u16 = 167;
+pub(crate) const M_CORE_V1_QUOBYTEVOLUMESOURCE: u16 = 168;
+pub(crate) const M_CORE_V1_AZUREDISKVOLUMESOURCE: u16 = 169;
+pub(crate) const M_CORE_V1_PHOTONPERSISTENTDISKVOLUMESOURCE: u16 = 170;
+pub(crate) const M_CORE_V1_PROJECTEDVOLUMESOURCE: u16 = 171;
+pub(crate) const M_CORE_V1_PORTWORXVOLUMESOURCE: u16 = 172;
+pub(crate) const M_CORE_V1_SCALEIOVOLUMESOURCE: u16 = 173;
+pub(crate) const M_CORE_V1_STORAGEOSVOLUMESOURCE: u16 = 174;
+pub(crate) const M_CORE_V1_CSIVOLUMESOURCE: u16 = 175;
+pub(crate) const M_CORE_V1_EPHEMERALVOLUMESOURCE: u16 = 176;
+pub(crate) const M_CORE_V1_IMAGEVOLUMESOURCE: u16 = 177;
+pub(crate) const M_CORE_V1_CONFIGMAPENVSOURCE: u16 = 178;
+pub(crate) const M_CORE_V1_SECRETENVSOURCE: u16 = 179;
+pub(crate) const M_CORE_V1_ENVVARSOURCE: u16 = 180;
+pub(crate) const M_CORE_V1_CONTAINERRESTARTRULEONEXITCODES: u16 = 181;
+pub(crate) const M_CORE_V1_PROBEHANDLER: u16 = 182;
+pub(crate) const M_CORE_V1_LIFECYCLEHANDLER: u16 = 183;
+pub(crate) const M_CORE_V1_CAPABILITIES: u16 = 184;
+pub(crate) const M_CORE_V1_NODESELECTOR: u16 = 185;
+pub(crate) const M_CORE_V1_PREFERREDSCHEDULINGTERM: u16 = 186;
+pub(crate) const M_CORE_V1_PODAFFINITYTERM: u16 = 187;
+pub(crate) const M_CORE_V1_WEIGHTEDPODAFFINITYTERM: u16 = 188;
+pub(crate) const M_CORE_V1_CONTAINERSTATEWAITING: u16 = 189;
+pub(crate) const M_CORE_V1_CONTAINERSTATERUNNING: u16 = 190;
+pub(crate) const M_CORE_V1_CONTAINERSTATETERMINATED: u16 = 191;
+pub(crate) const M_CORE_V1_LINUXCONTAINERUSER: u16 = 192;
+pub(crate) const M_CORE_V1_RESOURCEHEALTH: u16 = 193;
+pub(crate) const M_CORE_V1_PORTSTATUS: u16 = 194;
+pub(crate) const M_CORE_V1_VOLUMERESOURCEREQUIREMENTS: u16 = 195;
+pub(crate) const M_CORE_V1_TYPEDLOCALOBJECTREFERENCE: u16 = 196;
+pub(crate) const M_CORE_V1_TYPEDOBJECTREFERENCE: u16 = 197;
+pub(crate) const M_CORE_V1_PERSISTENTVOLUMECLAIMCONDITION: u16 = 198;
+pub(crate) const M_CORE_V1_MODIFYVOLUMESTATUS: u16 = 199;
+pub(crate) const M_CORE_V1_KEYTOPATH: u16 = 200;
+pub(crate) const M_CORE_V1_DOWNWARDAPIVOLUMEFILE: u16 = 201;
+pub(crate) const M_CORE_V1_VOLUMEPROJECTION: u16 = 202;
+pub(crate) const M_CORE_V1_PERSISTENTVOLUMECLAIMTEMPLATE: u16 = 203;
+pub(crate) const M_CORE_V1_OBJECTFIELDSELECTOR: u16 = 204;
+pub(crate) const M_CORE_V1_RESOURCEFIELDSELECTOR: u16 = 205;
+pub(crate) const M_CORE_V1_CONFIGMAPKEYSELECTOR: u16 = 206;
+pub(crate) const M_CORE_V1_SECRETKEYSELECTOR: u16 = 207;
+pub(crate) const M_CORE_V1_FILEKEYSELECTOR: u16 = 208;
+pub(crate) const M_CORE_V1_EXECACTION: u16 = 209;
+pub(crate) const M_CORE_V1_HTTPGETACTION: u16 = 210;
+pub(crate) const M_CORE_V1_TCPSOCKETACTION: u16 = 211;
+pub(crate) const M_CORE_V1_GRPCACTION: u16 = 212;
+pub(crate) const M_CORE_V1_SLEEPACTION: u16 = 213;
+pub(crate) const M_CORE_V1_NODESELECTORTERM: u16 = 214;
+pub(crate) const M_CORE_V1_SECRETPROJECTION: u16 = 215;
+pub(crate) const M_CORE_V1_DOWNWARDAPIPROJECTION: u16 = 216;
+pub(crate) const M_CORE_V1_CONFIGMAPPROJECTION: u16 = 217;
+pub(crate) const M_CORE_V1_SERVICEACCOUNTTOKENPROJECTION: u16 = 218;
+pub(crate) const M_CORE_V1_CLUSTERTRUSTBUNDLEPROJECTION: u16 = 219;
+pub(crate) const M_CORE_V1_PODCERTIFICATEPROJECTION: u16 = 220;
+pub(crate) const M_CORE_V1_HTTPHEADER: u16 = 221;
+pub(crate) const M_CORE_V1_NODESELECTORREQUIREMENT: u16 = 222;
 
 /// `(apiVersion, kind, message)`; apiVersion `*` matches any apiVersion.
 pub(crate) static KINDS: &[(&str, &str, u16)] = &[
@@ -256,10 +260,15 @@ pub(crate) static KINDS: &[(&str, &str, u16)] = &[
         "EndpointSlice",
         M_DISCOVERY_V1_ENDPOINTSLICE,
     ),
+    (
+        "certificates.k8s.io/v1",
+        "CertificateSigningRequest",
+        M_CERTIFICATES_V1_CERTIFICATESIGNINGREQUEST,
+    ),
     ("*", "DeleteOptions", M_META_V1_DELETEOPTIONS),
 ];
 
-pub(crate) static MESSAGES: [Message; 219] = [
+pub(crate) static MESSAGES: [Message; 223] = [
     Message {
         name: "api.core.v1.Namespace",
         fields: &[
@@ -459,6 +468,26 @@ pub(crate) static MESSAGES: [Message; 219] = [
                 false,
             ),
             Field::new(4, "addressType", Str, Single, true),
+        ],
+    },
+    Message {
+        name: "api.certificates.v1.CertificateSigningRequest",
+        fields: &[
+            Field::new(1, "metadata", Msg(M_META_V1_OBJECTMETA), Single, true),
+            Field::new(
+                2,
+                "spec",
+                Msg(M_CERTIFICATES_V1_CERTIFICATESIGNINGREQUESTSPEC),
+                Single,
+                true,
+            ),
+            Field::new(
+                3,
+                "status",
+                Msg(M_CERTIFICATES_V1_CERTIFICATESIGNINGREQUESTSTATUS),
+                Single,
+                false,
+            ),
         ],
     },
     Message {
@@ -1087,6 +1116,32 @@ pub(crate) static MESSAGES: [Message; 219] = [
             Field::new(2, "protocol", Str, Single, false),
             Field::new(3, "port", Int32, Single, false),
             Field::new(4, "appProtocol", Str, Single, false),
+        ],
+    },
+    Message {
+        name: "api.certificates.v1.CertificateSigningRequestSpec",
+        fields: &[
+            Field::new(1, "request", Bytes, Single, true),
+            Field::new(2, "username", Str, Single, false),
+            Field::new(3, "uid", Str, Single, false),
+            Field::new(4, "groups", Str, Repeated, false),
+            Field::new(5, "usages", Str, Repeated, false),
+            Field::new(6, "extra", StringList, Map, false),
+            Field::new(7, "signerName", Str, Single, true),
+            Field::new(8, "expirationSeconds", Int32, Single, false),
+        ],
+    },
+    Message {
+        name: "api.certificates.v1.CertificateSigningRequestStatus",
+        fields: &[
+            Field::new(
+                1,
+                "conditions",
+                Msg(M_CERTIFICATES_V1_CERTIFICATESIGNINGREQUESTCONDITION),
+                Repeated,
+                false,
+            ),
+            Field::new(2, "certificate", Bytes, Single, false),
         ],
     },
     Message {
@@ -1772,6 +1827,17 @@ pub(crate) static MESSAGES: [Message; 219] = [
         fields: &[
             Field::new(1, "forZones", Msg(M_DISCOVERY_V1_FORZONE), Repeated, false),
             Field::new(2, "forNodes", Msg(M_DISCOVERY_V1_FORNODE), Repeated, false),
+        ],
+    },
+    Message {
+        name: "api.certificates.v1.CertificateSigningRequestCondition",
+        fields: &[
+            Field::new(1, "type", Str, Single, true),
+            Field::new(2, "reason", Str, Single, false),
+            Field::new(3, "message", Str, Single, false),
+            Field::new(4, "lastUpdateTime", Time, Single, false),
+            Field::new(5, "lastTransitionTime", Time, Single, false),
+            Field::new(6, "status", Str, Single, true),
         ],
     },
     Message {

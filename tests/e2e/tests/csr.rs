@@ -210,22 +210,11 @@ fn node_csr_from_bootstrap_token_is_approved_and_signed() {
         "{table}"
     );
     assert!(row("alice", &table).contains("Pending"), "{table}");
-    // What `kubectl certificate approve` sends, as JSON: kubectl itself sends protobuf, and
-    // skiff-protobuf does not know CertificateSigningRequest yet.
-    let mut alice = server.json(&["get", "csr", "alice", "-o", "json"]);
-    alice["status"]["conditions"] = json!([{"type": "Approved", "status": "True",
-        "reason": "KubectlApprove", "message": "This CSR was approved by kubectl certificate approve."}]);
-    alice["spec"]["signerName"] = json!("example.com/ignored-by-approval");
-    let r = server.curl(
-        "PUT",
-        "/apis/certificates.k8s.io/v1/certificatesigningrequests/alice/approval",
-        Some("application/json"),
-        Some(alice.to_string().as_bytes()),
-        Credentials::Admin,
-    );
-    assert_eq!(r.code, 200, "{}", r.body);
+    // kubectl sends the approval as protobuf (a CertificateSigningRequest with the condition).
+    let out = server.ok(&["certificate", "approve", "alice"]);
+    assert!(out.contains("approved"), "{out}");
     assert_eq!(
-        r.json()["spec"]["signerName"],
+        server.json(&["get", "csr", "alice", "-o", "json"])["spec"]["signerName"],
         "kubernetes.io/kube-apiserver-client",
         "approval changes only the conditions"
     );
@@ -233,6 +222,30 @@ fn node_csr_from_bootstrap_token_is_approved_and_signed() {
     assert!(row("alice", &server.ok(&["get", "csr"])).contains("Approved,Issued"));
     let subject = openssl(&["x509", "-in", "alice.crt", "-noout", "-subject"], dir);
     assert!(subject.contains("CN = alice"), "{subject}");
+    let pem = request(dir, "mallory", "/CN=mallory/O=devs");
+    let r = server.curl(
+        "POST",
+        "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+        Some("application/json"),
+        Some(&csr_body(
+            "mallory",
+            &pem,
+            "kubernetes.io/kube-apiserver-client",
+            dir,
+        )),
+        Credentials::Admin,
+    );
+    assert_eq!(r.code, 201, "{}", r.body);
+    server.ok(&["certificate", "deny", "mallory"]);
+    let mallory = server.json(&["get", "csr", "mallory", "-o", "json"]);
+    assert_eq!(
+        mallory["status"]["conditions"][0]["type"], "Denied",
+        "{mallory}"
+    );
+    assert!(
+        mallory["status"].get("certificate").is_none(),
+        "a denied request is never signed: {mallory}"
+    );
 
     // Garbage is refused at the door, and the spec cannot be swapped afterwards.
     let r = server.curl(
