@@ -11,9 +11,16 @@ use skiff_agent::{node, preflight};
 #[command(name = "skiff-agent", version)]
 struct Args {
     /// Credentials and address of the API server; made by TLS bootstrap if it is missing
-    /// and --bootstrap-kubeconfig is given.
+    /// and --bootstrap-kubeconfig is given. Without it the agent runs static pods only
+    /// (--pod-manifest-path), with no node API, DNS or service proxy.
     #[arg(long)]
-    kubeconfig: PathBuf,
+    kubeconfig: Option<PathBuf>,
+    /// Directory of static Pod manifests (YAML or JSON), run with or without an API server.
+    #[arg(long, default_value = "/etc/skiff/manifests")]
+    pod_manifest_path: PathBuf,
+    /// How often the manifest directory is read again: `20s`, `500ms`.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    file_check_frequency: std::time::Duration,
     /// Bootstrap-token credentials used to obtain this node's client certificate.
     #[arg(long)]
     bootstrap_kubeconfig: Option<PathBuf>,
@@ -108,6 +115,19 @@ struct Args {
     /// Pod network between nodes: `vxlan` (the skiff.1 overlay) or `none`.
     #[arg(long, default_value = "none")]
     overlay: String,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = match s.strip_suffix("ms") {
+        Some(n) => (n, 1),
+        None => (s.strip_suffix('s').unwrap_or(s), 1000),
+    };
+    match n.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(std::time::Duration::from_millis(n * unit)),
+        _ => Err(format!(
+            "{s:?} is not a positive duration like 20s or 500ms"
+        )),
+    }
 }
 
 fn parse_reserved(s: &str) -> anyhow::Result<(u64, u64)> {
@@ -223,19 +243,27 @@ async fn agent_main() -> anyhow::Result<()> {
             .with_context(|| format!("--node-labels: {l:?} is not key=value"))?;
         labels.insert(k.to_string(), v.to_string());
     }
+    let Some(kubeconfig_path) = args.kubeconfig.clone() else {
+        anyhow::ensure!(
+            args.bootstrap_kubeconfig.is_none(),
+            "--bootstrap-kubeconfig needs --kubeconfig (where the bootstrapped credentials go)"
+        );
+        tracing::info!("no --kubeconfig: running static pods only");
+        return standalone(&args, name, cgroup_manager).await;
+    };
     skiff_agent::bootstrap::ensure_kubeconfig(
-        &args.kubeconfig,
+        &kubeconfig_path,
         args.bootstrap_kubeconfig.as_deref(),
         &args.cert_dir,
         &name,
         std::time::Duration::from_secs(900),
     )
     .await?;
-    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
-        .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(&kubeconfig_path)
+        .with_context(|| format!("reading {}", kubeconfig_path.display()))?;
     let client_ca = skiff_agent::nodeapi::server::client_ca(
         &kubeconfig,
-        &args.kubeconfig,
+        &kubeconfig_path,
         args.client_ca_file.as_deref(),
     )?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
@@ -254,46 +282,13 @@ async fn agent_main() -> anyhow::Result<()> {
         std::path::Path::new("/etc"),
         &args.root_dir,
     );
-    let agent_binary = std::env::current_exe()?;
-    let shim = args
-        .shim
-        .clone()
-        .unwrap_or_else(|| agent_binary.with_file_name("skiff-shim"));
-    let images = skiff_images::ImageStore::open(args.root_dir.join("images"))?;
-    let registry = skiff_images::RegistryClient::new(skiff_images::ClientConfig {
-        insecure_registries: args.insecure_registry.clone(),
-        ..Default::default()
-    });
-    let cni = args
-        .cni_conf_dir
-        .clone()
-        .map(|conf_dir| skiff_agent::cni::Runtime {
-            conf_dir,
-            bin_dirs: args.cni_bin_dir.clone(),
-            cache_dir: args.root_dir.join("cni-cache"),
-            timeout: std::time::Duration::from_secs(30),
-        });
-    let manager = std::sync::Arc::new(skiff_agent::pods::PodManager {
-        client: client.clone(),
-        node: cfg.name.clone(),
-        node_ip: cfg.ip.clone(),
-        root: args.root_dir.clone(),
-        images,
-        registry,
-        shim,
-        shim_cgroup_root: cgroup_manager
-            .as_ref()
-            .map(|m| m.shim_root())
-            .or(args.cgroup_root.clone()),
-        agent_binary,
-        cni,
-        cluster_dns: args.cluster_dns.clone(),
-        cluster_domain: args.cluster_domain.clone(),
-        logs_dir: args.pod_logs_dir.clone(),
-        node_memory: facts.memory_bytes,
-        cgroups: cgroup_manager.clone(),
-        pod_max_pids: args.pod_max_pids,
-    });
+    let manager = std::sync::Arc::new(pod_manager(
+        &args,
+        Some(client.clone()),
+        cfg.name.clone(),
+        facts.memory_bytes,
+        cgroup_manager,
+    )?);
     if let Some(bind) = args.cluster_dns_bind {
         let settings = skiff_agent::dns::Settings {
             bind,
@@ -362,6 +357,76 @@ async fn agent_main() -> anyhow::Result<()> {
     ));
     start_proxy(&args, &client, &cfg.name)?;
     node::register_and_heartbeat(client, cfg).await?;
+    Ok(())
+}
+
+fn pod_manager(
+    args: &Args,
+    client: Option<kube::Client>,
+    node: String,
+    node_memory: u64,
+    cgroup_manager: Option<std::sync::Arc<dyn skiff_agent::cgroups::CgroupManager>>,
+) -> anyhow::Result<skiff_agent::pods::PodManager> {
+    let agent_binary = std::env::current_exe()?;
+    let shim = args
+        .shim
+        .clone()
+        .unwrap_or_else(|| agent_binary.with_file_name("skiff-shim"));
+    let images = skiff_images::ImageStore::open(args.root_dir.join("images"))?;
+    let registry = skiff_images::RegistryClient::new(skiff_images::ClientConfig {
+        insecure_registries: args.insecure_registry.clone(),
+        ..Default::default()
+    });
+    let cni = args
+        .cni_conf_dir
+        .clone()
+        .map(|conf_dir| skiff_agent::cni::Runtime {
+            conf_dir,
+            bin_dirs: args.cni_bin_dir.clone(),
+            cache_dir: args.root_dir.join("cni-cache"),
+            timeout: std::time::Duration::from_secs(30),
+        });
+    Ok(skiff_agent::pods::PodManager {
+        client,
+        node,
+        node_ip: args.node_ip.clone(),
+        root: args.root_dir.clone(),
+        images,
+        registry,
+        shim,
+        shim_cgroup_root: cgroup_manager
+            .as_ref()
+            .map(|m| m.shim_root())
+            .or(args.cgroup_root.clone()),
+        agent_binary,
+        cni,
+        cluster_dns: args.cluster_dns.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        logs_dir: args.pod_logs_dir.clone(),
+        node_memory,
+        cgroups: cgroup_manager,
+        pod_max_pids: args.pod_max_pids,
+        manifest_dir: Some(args.pod_manifest_path.clone()),
+        file_check: args.file_check_frequency,
+    })
+}
+
+/// No API server: only the static pods run, under the same pod manager.
+async fn standalone(
+    args: &Args,
+    name: String,
+    cgroup_manager: Option<std::sync::Arc<dyn skiff_agent::cgroups::CgroupManager>>,
+) -> anyhow::Result<()> {
+    let facts = node::facts_from(
+        std::path::Path::new("/proc"),
+        std::path::Path::new("/etc"),
+        &args.root_dir,
+    );
+    if args.cluster_dns_bind.is_some() || args.overlay != "none" || args.proxy_mode.is_some() {
+        tracing::warn!("cluster DNS, overlay and service proxy need an API server; not started");
+    }
+    let manager = pod_manager(args, None, name, facts.memory_bytes, cgroup_manager)?;
+    skiff_agent::pods::run(std::sync::Arc::new(manager)).await;
     Ok(())
 }
 

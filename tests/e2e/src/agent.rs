@@ -117,49 +117,55 @@ impl<'a> Agent<'a> {
     }
 
     fn force_cleanup(&self) {
-        let shim_root = self.root.join("shim");
-        let shim = |args: &[&str]| {
-            Command::new(bin_dir().join("skiff-shim"))
-                .arg("--root")
-                .arg(&shim_root)
-                .args(args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .output()
-        };
-        if let Ok(out) = shim(&["list"]) {
-            let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            for c in list.as_array().into_iter().flatten() {
-                if let Some(id) = c["id"].as_str() {
-                    let _ = shim(&["kill", "--all", id, "SIGKILL"]);
-                    let _ = shim(&["delete", "--force", id]);
-                }
+        force_cleanup(&self.root);
+    }
+}
+
+/// Removes by force whatever an agent with this `--root-dir` left: containers through the
+/// shim, sandbox holders by their recorded pids, mounts under the root.
+pub fn force_cleanup(root: &std::path::Path) {
+    let shim_root = root.join("shim");
+    let shim = |args: &[&str]| {
+        Command::new(bin_dir().join("skiff-shim"))
+            .arg("--root")
+            .arg(&shim_root)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .output()
+    };
+    if let Ok(out) = shim(&["list"]) {
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        for c in list.as_array().into_iter().flatten() {
+            if let Some(id) = c["id"].as_str() {
+                let _ = shim(&["kill", "--all", id, "SIGKILL"]);
+                let _ = shim(&["delete", "--force", id]);
             }
         }
-        for entry in std::fs::read_dir(self.root.join("sandboxes"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let state: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(entry.path()).unwrap_or_default())
-                    .unwrap_or_default();
-            if let Some(pid) = state["pid"].as_i64() {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
+    }
+    for entry in std::fs::read_dir(root.join("sandboxes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(entry.path()).unwrap_or_default())
+                .unwrap_or_default();
+        if let Some(pid) = state["pid"].as_i64() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
-        let root = self.root.display().to_string();
-        for line in std::fs::read_to_string("/proc/self/mounts")
-            .unwrap_or_default()
-            .lines()
+    }
+    let root = root.display().to_string();
+    for line in std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+    {
+        if let Some(target) = line
+            .split_whitespace()
+            .nth(1)
+            .filter(|t| t.starts_with(&root))
         {
-            if let Some(target) = line
-                .split_whitespace()
-                .nth(1)
-                .filter(|t| t.starts_with(&root))
-            {
-                let _ = Command::new("umount").args(["-l", target]).status();
-            }
+            let _ = Command::new("umount").args(["-l", target]).status();
         }
     }
 }

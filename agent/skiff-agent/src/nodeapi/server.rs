@@ -370,6 +370,10 @@ impl NodeApi {
                 )))
             }
         };
+        // A mirror pod stands for a static pod, whose containers run under the static uid.
+        let uid = crate::pods::static_pods::mirror_of(&pod)
+            .or(pod.metadata.uid)
+            .unwrap_or_default();
         let spec = pod.spec.unwrap_or_default();
         let containers = spec
             .init_containers
@@ -378,10 +382,7 @@ impl NodeApi {
             .map(|c| c.name)
             .chain(spec.containers.into_iter().map(|c| c.name))
             .collect();
-        Ok(PodRef {
-            uid: pod.metadata.uid.unwrap_or_default(),
-            containers,
-        })
+        Ok(PodRef { uid, containers })
     }
 
     async fn container(

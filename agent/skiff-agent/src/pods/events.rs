@@ -13,7 +13,8 @@ use serde_json::json;
 type Seen = Arc<Mutex<HashMap<(String, String, String, String), (String, i32)>>>;
 
 pub struct Recorder {
-    client: kube::Client,
+    /// `None` without an API server: events only go to the agent's log.
+    client: Option<kube::Client>,
     node: String,
     seen: Seen,
     /// Keeps one pod's events in order: each write waits for the one before.
@@ -34,7 +35,7 @@ struct Draft {
 }
 
 impl Recorder {
-    pub fn new(client: kube::Client, node: String) -> Self {
+    pub fn new(client: Option<kube::Client>, node: String) -> Self {
         Recorder {
             client,
             node,
@@ -52,8 +53,19 @@ impl Recorder {
         reason: &str,
         message: &str,
     ) {
+        let Some(client) = self.client.clone() else {
+            tracing::info!(
+                pod = pod.metadata.name.as_deref().unwrap_or_default(),
+                container,
+                kind = ?kind,
+                reason,
+                message,
+                "event"
+            );
+            return;
+        };
         let draft = self.draft(pod, container, kind, reason, message);
-        let (client, seen, previous) = (self.client.clone(), self.seen.clone(), self.last.take());
+        let (seen, previous) = (self.seen.clone(), self.last.take());
         self.last = Some(tokio::spawn(async move {
             if let Some(p) = previous {
                 let _ = p.await;

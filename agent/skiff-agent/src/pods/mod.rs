@@ -6,20 +6,23 @@
 
 pub mod backoff;
 pub mod dial;
+pub mod dispatch;
 pub mod events;
+pub mod mirror;
 pub mod probe;
 pub mod runtime;
+pub mod static_pods;
 pub mod status;
 pub mod worker;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+pub use dispatch::run;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Container, Pod};
-use kube::api::Api;
-use kube::runtime::watcher;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 use kube::ResourceExt;
 use skiff_images::{ImageStore, RegistryClient};
 
@@ -28,7 +31,8 @@ use crate::{cni, sandbox};
 use runtime::{container_id, Runtime};
 
 pub struct PodManager {
-    pub client: kube::Client,
+    /// The API server; `None` when the agent runs static pods alone.
+    pub client: Option<kube::Client>,
     pub node: String,
     pub node_ip: String,
     pub root: PathBuf,
@@ -46,6 +50,61 @@ pub struct PodManager {
     /// shim's root without a pod cgroup of their own.
     pub cgroups: Option<Arc<dyn crate::cgroups::CgroupManager>>,
     pub pod_max_pids: i64,
+    /// Static pod manifests (`--pod-manifest-path`) and how often they are read again.
+    pub manifest_dir: Option<PathBuf>,
+    pub file_check: Duration,
+}
+
+/// Where a worker's pod comes from, which decides where its status and deletion go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Bound to this node through the API: status to the pod, deletion through the API.
+    Api,
+    /// A manifest file; `mirror` is the uid of its mirror pod in the API when one exists,
+    /// where the status is reported.
+    File { mirror: Option<String> },
+}
+
+/// What a worker is told: the pod as it should be now.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    pub pod: Pod,
+    pub source: Source,
+}
+
+/// ConfigMaps, Secrets and Services for pods when no API server is there: static pods may
+/// not refer to API objects (kubelet refuses them too), and there are no services.
+pub struct NoApiServer;
+
+impl crate::env::ObjectSource for NoApiServer {
+    fn config_map<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> crate::env::SourceFuture<'a, Option<ConfigMap>> {
+        Box::pin(async move { Err(no_api("configmap", namespace, name)) })
+    }
+
+    fn secret<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> crate::env::SourceFuture<'a, Option<Secret>> {
+        Box::pin(async move { Err(no_api("secret", namespace, name)) })
+    }
+
+    fn services<'a>(&'a self, _namespace: &'a str) -> crate::env::SourceFuture<'a, Vec<Service>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+fn no_api(kind: &'static str, namespace: &str, name: &str) -> crate::env::SourceError {
+    crate::env::SourceError {
+        kind,
+        namespace: namespace.into(),
+        name: name.into(),
+        message: "this agent runs without an API server (no --kubeconfig)".into(),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +143,14 @@ pub struct PodNetwork {
 }
 
 impl PodManager {
+    /// Where ConfigMaps, Secrets and Services are read from.
+    pub fn objects(&self) -> &dyn crate::env::ObjectSource {
+        match &self.client {
+            Some(c) => c,
+            None => &NoApiServer,
+        }
+    }
+
     pub fn pod_dir(&self, uid: &str) -> PathBuf {
         self.root.join("pods").join(uid)
     }
@@ -374,68 +441,4 @@ pub fn is_mountpoint(path: &Path) -> bool {
                 .nth(4)
                 .is_some_and(|m| Path::new(m) == target)
         })
-}
-
-/// Feeds every pod bound to this node to its worker, starting workers for new pods and
-/// telling workers when their pod is gone; cleans up after pods deleted while the agent
-/// was not running.
-pub async fn run(mgr: Arc<PodManager>) {
-    let pods: Api<Pod> = Api::all(mgr.client.clone());
-    let config = watcher::Config::default().fields(&format!("spec.nodeName={}", mgr.node));
-    let mut stream = watcher::watcher(pods, config).boxed();
-    let mut workers: HashMap<String, tokio::sync::watch::Sender<Option<Pod>>> = HashMap::new();
-    let mut listing: HashSet<String> = HashSet::new();
-    let mut first_listing = true;
-    while let Some(event) = stream.next().await {
-        workers.retain(|_, tx| !tx.is_closed());
-        match event {
-            Ok(watcher::Event::Apply(pod)) | Ok(watcher::Event::InitApply(pod)) => {
-                let uid = pod.uid().unwrap_or_default();
-                listing.insert(uid.clone());
-                match workers.get(&uid) {
-                    Some(tx) => {
-                        let _ = tx.send(Some(pod));
-                    }
-                    None => {
-                        let (tx, rx) = tokio::sync::watch::channel(Some(pod));
-                        workers.insert(uid.clone(), tx);
-                        tokio::spawn(worker::run(mgr.clone(), uid, rx));
-                    }
-                }
-            }
-            Ok(watcher::Event::Delete(pod)) => {
-                let uid = pod.uid().unwrap_or_default();
-                if let Some(tx) = workers.remove(&uid) {
-                    let _ = tx.send(None);
-                }
-            }
-            Ok(watcher::Event::Init) => listing.clear(),
-            Ok(watcher::Event::InitDone) => {
-                // Pods that vanished while the watch was down.
-                for (uid, tx) in workers.iter() {
-                    if !listing.contains(uid) {
-                        let _ = tx.send(None);
-                    }
-                }
-                if first_listing {
-                    first_listing = false;
-                    for uid in sandbox::recorded(&mgr.root) {
-                        if !listing.contains(&uid) {
-                            tracing::info!(
-                                uid,
-                                "cleaning up a pod deleted while the agent was away"
-                            );
-                            let m = mgr.clone();
-                            let _ =
-                                tokio::task::spawn_blocking(move || m.teardown(&uid, "", "")).await;
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "watching this node's pods failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        }
-    }
 }

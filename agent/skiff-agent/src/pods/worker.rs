@@ -21,7 +21,7 @@ use super::events::{Kind, Recorder};
 use super::probe::{self, Handler, Prober, Step, Target};
 use super::runtime::container_id;
 use super::status::{self, ContainerRecord, ContainerView, Current, PodView};
-use super::{PodManager, PodNetwork};
+use super::{Desired, PodManager, PodNetwork, Source};
 use crate::bundle::ImageConfig;
 use crate::env::{self, NodeFacts};
 use crate::volumes::{self, PreparedVolume};
@@ -63,6 +63,9 @@ struct Worker {
     failed: Option<(String, String)>,
     /// The pod has finished (Succeeded or Failed): nothing runs or restarts any more.
     terminal: bool,
+    source: Source,
+    /// The mirror pod `last_status` was posted to (static pods).
+    posted_mirror: Option<String>,
 }
 
 fn unix_now() -> u64 {
@@ -111,7 +114,7 @@ fn lifecycle_handler(h: &LifecycleHandler) -> Option<Handler<'_>> {
     }
 }
 
-pub async fn run(mgr: Arc<PodManager>, uid: String, mut rx: watch::Receiver<Option<Pod>>) {
+pub async fn run(mgr: Arc<PodManager>, uid: String, mut rx: watch::Receiver<Option<Desired>>) {
     let state_path = mgr.pod_dir(&uid).join("state.json");
     let state: Persisted = std::fs::read(&state_path)
         .ok()
@@ -133,9 +136,15 @@ pub async fn run(mgr: Arc<PodManager>, uid: String, mut rx: watch::Receiver<Opti
         initialized: false,
         failed: None,
         terminal: false,
+        source: Source::Api,
+        posted_mirror: None,
     };
     loop {
-        let pod = rx.borrow_and_update().clone();
+        let desired = rx.borrow_and_update().clone();
+        let pod = desired.map(|d| {
+            w.source = d.source;
+            d.pod
+        });
         match pod {
             None => {
                 w.force_stop().await;
@@ -360,7 +369,7 @@ impl Worker {
             None => return,
         };
         let facts = self.facts().await;
-        let env = match env::resolve(&self.mgr.client, pod, c, &facts).await {
+        let env = match env::resolve(self.mgr.objects(), pod, c, &facts).await {
             Ok(resolved) => {
                 for w in &resolved.warnings {
                     self.events
@@ -637,8 +646,8 @@ impl Worker {
 
     /// What kubelet knows about this node and pod that the API objects may not say yet.
     async fn facts(&mut self) -> NodeFacts {
-        if self.allocatable.is_none() {
-            let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.mgr.client.clone());
+        if let (None, Some(client)) = (&self.allocatable, &self.mgr.client) {
+            let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
             if let Ok(node) = nodes.get(&self.mgr.node).await {
                 self.allocatable = node.status.and_then(|s| s.allocatable);
             }
@@ -666,9 +675,9 @@ impl Worker {
         let facts = self.facts().await;
         let dir = self.mgr.pod_dir(&self.uid);
         let result = if self.volumes.is_none() {
-            volumes::prepare(&self.mgr.client, pod, &dir, &facts).await
+            volumes::prepare(self.mgr.objects(), pod, &dir, &facts).await
         } else {
-            volumes::refresh(&self.mgr.client, pod, &dir, &facts).await
+            volumes::refresh(self.mgr.objects(), pod, &dir, &facts).await
         };
         self.volumes_refreshed = Instant::now();
         match result {
@@ -936,10 +945,11 @@ impl Worker {
             let _ = std::fs::remove_dir_all(logs);
         })
         .await;
-        let api: Api<Pod> = Api::namespaced(
-            self.mgr.client.clone(),
-            &pod.namespace().unwrap_or_default(),
-        );
+        // A static pod has no API object of its own; its mirror pod is the mirror keeper's.
+        let (Source::Api, Some(client)) = (&self.source, &self.mgr.client) else {
+            return;
+        };
+        let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
         let params = DeleteParams {
             grace_period_seconds: Some(0),
             preconditions: Some(Preconditions {
@@ -1047,17 +1057,29 @@ impl Worker {
                 }
             }
         }
+        let mirror = match &self.source {
+            Source::Api => None,
+            Source::File { mirror } => mirror.clone(),
+        };
         let unchanged = self
             .last_status
             .as_ref()
-            .is_some_and(|s| status::comparable(s) == status::comparable(&new_status));
+            .is_some_and(|s| status::comparable(s) == status::comparable(&new_status))
+            && self.posted_mirror == mirror;
         if unchanged {
             return;
         }
-        let api: Api<Pod> = Api::namespaced(
-            self.mgr.client.clone(),
-            &pod.namespace().unwrap_or_default(),
-        );
+        // Without an API server, or for a static pod whose mirror does not exist (yet), the
+        // status is only kept here.
+        let client = match (&self.mgr.client, &self.source, &mirror) {
+            (Some(c), Source::Api, _) | (Some(c), Source::File { .. }, Some(_)) => c.clone(),
+            _ => {
+                self.last_status = Some(new_status);
+                self.posted_mirror = None;
+                return;
+            }
+        };
+        let api: Api<Pod> = Api::namespaced(client, &pod.namespace().unwrap_or_default());
         match api
             .patch_status(
                 &pod.name_any(),
@@ -1066,7 +1088,10 @@ impl Worker {
             )
             .await
         {
-            Ok(_) => self.last_status = Some(new_status),
+            Ok(_) => {
+                self.last_status = Some(new_status);
+                self.posted_mirror = mirror;
+            }
             Err(e) => tracing::warn!(pod = pod.name_any(), error = %e, "posting pod status failed"),
         }
     }
