@@ -87,14 +87,34 @@ async fn scale(server: &Server, replicas: usize) -> Result<Duration, Error> {
         )
         .await?;
     let deadline = start + Duration::from_secs(300);
+    // When each pod was first seen and first seen bound: shows whether the time goes to
+    // creating pods (ReplicaSet controller, API writes) or to placing them (scheduler).
+    let mut seen: HashSet<String> = bound.clone();
+    let mut created_at = [Duration::ZERO; 4];
+    let mut bound_at = [Duration::ZERO; 4];
+    let quarters = |n: usize| (1..=4).map(move |q| q * n / 4);
     while bound.len() < replicas {
         if Instant::now() > deadline {
             return Err(format!("only {} of {replicas} bound after 300 s", bound.len()).into());
         }
         match stream.next().await.transpose()? {
             Some(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
-                if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
-                    bound.insert(p.metadata.name.unwrap_or_default());
+                let name = p.metadata.name.unwrap_or_default();
+                if seen.insert(name.clone()) {
+                    for (i, q) in quarters(replicas).enumerate() {
+                        if seen.len() == q {
+                            created_at[i] = start.elapsed();
+                        }
+                    }
+                }
+                if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+                    && bound.insert(name)
+                {
+                    for (i, q) in quarters(replicas).enumerate() {
+                        if bound.len() == q {
+                            bound_at[i] = start.elapsed();
+                        }
+                    }
                 }
             }
             Some(watcher::Event::Delete(p)) => {
@@ -104,5 +124,17 @@ async fn scale(server: &Server, replicas: usize) -> Result<Duration, Error> {
             None => return Err("the watch ended".into()),
         }
     }
-    Ok(start.elapsed())
+    let took = start.elapsed();
+    let ms = |d: &[Duration; 4]| {
+        d.iter()
+            .map(|t| format!("{:.0}", t.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    println!(
+        "pods seen at 25/50/75/100 %: {} ms; bound: {} ms",
+        ms(&created_at),
+        ms(&bound_at)
+    );
+    Ok(took)
 }
