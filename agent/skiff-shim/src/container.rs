@@ -46,6 +46,11 @@ pub struct Options {
     /// create with process.terminal: where to send the terminal's master
     /// side (runc's --console-socket).
     pub console_socket: Option<PathBuf>,
+    /// With a log: the container's stdin is a pipe whose write end the shim keeps for
+    /// attach clients (CRI's `stdin`), instead of /dev/null.
+    pub open_stdin: bool,
+    /// Close that pipe once the first attach client with stdin has gone (`stdinOnce`).
+    pub stdin_once: bool,
 }
 
 impl Default for Options {
@@ -57,6 +62,8 @@ impl Default for Options {
             log_path: None,
             log_rotation: Rotation::default(),
             console_socket: None,
+            open_stdin: false,
+            stdin_once: false,
         }
     }
 }
@@ -201,8 +208,14 @@ fn spawn_container(opts: &Options, sd: &StateDir, plan: &Plan, monitor: Pid) -> 
             let log = CriLog::open(path, opts.log_rotation)?;
             let (out_r, out_w) = pipe_pair("stdout")?;
             let (err_r, err_w) = pipe_pair("stderr")?;
-            let null =
-                File::open("/dev/null").map_err(|e| ShimError::io("open", "/dev/null", e))?;
+            let (stdin_child, stdin_ours) = if opts.open_stdin {
+                let (r, w) = pipe_pair("stdin")?;
+                (r, Some(w))
+            } else {
+                let null =
+                    File::open("/dev/null").map_err(|e| ShimError::io("open", "/dev/null", e))?;
+                (OwnedFd::from(null), None)
+            };
             set_nonblocking(&out_r)?;
             set_nonblocking(&err_r)?;
             io = Some(LogIo {
@@ -211,8 +224,10 @@ fn spawn_container(opts: &Options, sd: &StateDir, plan: &Plan, monitor: Pid) -> 
                     (out_r, LineSplitter::new("stdout")),
                     (err_r, LineSplitter::new("stderr")),
                 ],
+                stdin: stdin_ours,
+                stdin_once: opts.stdin_once,
             });
-            child_ends = Some((OwnedFd::from(null), out_w, err_w));
+            child_ends = Some((stdin_child, out_w, err_w));
         }
         let stdio = child_ends
             .as_ref()

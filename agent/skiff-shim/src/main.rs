@@ -10,7 +10,9 @@ use skiff_shim::Options;
 const USAGE: &str = "usage: skiff-shim [--root DIR] [--cgroup-root DIR] [--systemd-cgroup] COMMAND
 commands:
   run    [--bundle|-b DIR] [LOG] ID  create, start, wait, delete; exits with the container's code
-  create [--bundle|-b DIR] [--pid-file FILE] [--console-socket SOCK] [LOG] ID
+  create [--bundle|-b DIR] [--pid-file FILE] [--console-socket SOCK] [--stdin [--stdin-once]] [LOG] ID
+                                   --stdin: the container reads a pipe the shim holds
+                                   open for attach clients (`attach`), else /dev/null
   start  ID
   state  ID
   list                               all containers under --root, as JSON
@@ -146,16 +148,22 @@ fn real_main() -> anyhow::Result<i32> {
             Ok(container::run(&o, one_id(&p)?, &bundle_of(&v))?)
         }
         "create" => {
-            let (v, _, p) = parse_cmd(
+            let (v, f, p) = parse_cmd(
                 a.rest,
                 &[
                     &["--bundle", "-b", "--pid-file", "--console-socket"][..],
                     LOG_OPTS,
                 ]
                 .concat(),
-                &[],
+                &["--stdin", "--stdin-once"],
             )?;
-            let o = &with_log_opts(o, &v)?;
+            let mut o = with_log_opts(o, &v)?;
+            o.open_stdin = f.iter().any(|n| n == "--stdin");
+            o.stdin_once = f.iter().any(|n| n == "--stdin-once");
+            if o.stdin_once && !o.open_stdin {
+                bail!("--stdin-once needs --stdin");
+            }
+            let o = &o;
             let pid_file = v
                 .iter()
                 .find(|(n, _)| n == "--pid-file")

@@ -63,6 +63,15 @@ pub enum Request {
         #[serde(default)]
         tty: bool,
     },
+    /// Attach to the container's own stdio (not a new process): answered
+    /// like a streaming exec with [stdin, stdout, stderr] descriptors —
+    /// output from now on, a copy of what goes to the log; stdin the
+    /// container's pipe (or a pipe nobody reads when it has none or `stdin`
+    /// is false) — then the container's exit code when it ends.
+    Attach {
+        #[serde(default)]
+        stdin: bool,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -137,6 +146,12 @@ pub struct ExecStream {
 }
 
 impl ExecStream {
+    /// A second handle on the connection, to shut it down from another thread (an attach
+    /// client leaving while `wait` blocks).
+    pub fn connection(&self) -> Option<UnixStream> {
+        self.sock.try_clone().ok()
+    }
+
     /// Wait for the exit code.
     pub fn wait(self) -> Result<i32> {
         let mut data = self.rest;
@@ -207,6 +222,18 @@ pub fn exec_stream(root: &Path, id: &str, req: &Request) -> Result<ExecStream> {
 pub struct LogIo {
     pub log: CriLog,
     pub pipes: Vec<(OwnedFd, LineSplitter)>,
+    /// The write end of the container's stdin (`--stdin`), for attach clients.
+    pub stdin: Option<OwnedFd>,
+    pub stdin_once: bool,
+}
+
+/// A client attached to the container's output.
+struct Attached {
+    out: OwnedFd,
+    err: OwnedFd,
+    conn: UnixStream,
+    /// It was given the container's stdin (matters for stdin_once).
+    stdin: bool,
 }
 
 pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
@@ -243,6 +270,7 @@ enum Src {
     Sigchld,
     Console,
     Stdin,
+    Attached(usize),
 }
 
 pub struct Supervisor<'a> {
@@ -262,6 +290,7 @@ pub struct Supervisor<'a> {
     stdin_open: bool,
     /// Streaming execs: helper pid and the connection to answer on exit.
     streams: Vec<(Pid, UnixStream)>,
+    attached: Vec<Attached>,
     listener: Option<UnixListener>,
     pidfd: Option<OwnedFd>,
     /// SIGCHLD as a descriptor: orphans handed to the shim (subreaper)
@@ -292,6 +321,7 @@ impl<'a> Supervisor<'a> {
             console_split: LineSplitter::new("stdout"),
             stdin_open: true,
             streams: Vec::new(),
+            attached: Vec::new(),
             sigchld,
             sd,
             plan,
@@ -345,6 +375,10 @@ impl<'a> Supervisor<'a> {
                             fds.push(PollFd::new(stdin, PollFlags::POLLIN));
                         }
                     }
+                    for (i, a) in self.attached.iter().enumerate() {
+                        srcs.push(Src::Attached(i));
+                        fds.push(PollFd::new(a.conn.as_fd(), PollFlags::POLLIN));
+                    }
                     if let Some(sfd) = &self.sigchld {
                         srcs.push(Src::Sigchld);
                         fds.push(PollFd::new(sfd.as_fd(), PollFlags::POLLIN));
@@ -379,6 +413,21 @@ impl<'a> Supervisor<'a> {
             pipe_idx.sort_unstable_by(|a, b| b.cmp(a));
             for i in pipe_idx {
                 self.drain_pipe(i, &mut buf);
+            }
+            // Detached clients, in reverse index order like the pipes.
+            let mut gone: Vec<usize> = ready
+                .iter()
+                .filter_map(|s| {
+                    if let Src::Attached(i) = s {
+                        Some(*i)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            gone.sort_unstable_by(|a, b| b.cmp(a));
+            for i in gone {
+                self.on_attached(i);
             }
             for s in &ready {
                 match s {
@@ -436,6 +485,21 @@ impl<'a> Supervisor<'a> {
             .as_ref()
             .map(|c| c.oom_kills() > 0)
             .unwrap_or(false);
+        // Attached clients have all the output; their pipes close with them.
+        for a in std::mem::take(&mut self.attached) {
+            let resp = Response {
+                ok: true,
+                exec: Some(ExecResult {
+                    pid: self.pid.as_raw(),
+                    exit_code: exit.exit_code,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let mut out = serde_json::to_vec(&resp).expect("serialisable");
+            out.push(b'\n');
+            let _ = (&a.conn).write_all(&out);
+        }
         exit
     }
 
@@ -451,6 +515,13 @@ impl<'a> Supervisor<'a> {
                 }
                 Ok(n) => {
                     let _ = splitter.feed(&buf[..n], &mut io.log);
+                    let stderr = splitter.stream == "stderr";
+                    // Attached clients get a copy; one that does not keep up loses
+                    // output rather than stalling the container (the log has it all).
+                    self.attached.retain(|a| {
+                        let fd = if stderr { &a.err } else { &a.out };
+                        !matches!(nix::unistd::write(fd, &buf[..n]), Err(Errno::EPIPE))
+                    });
                 }
                 Err(Errno::EINTR) => continue,
                 Err(_) => return,
@@ -641,6 +712,96 @@ impl<'a> Supervisor<'a> {
         Ok(helper)
     }
 
+    /// The attach client's connection is readable: it only ever closes it.
+    fn on_attached(&mut self, i: usize) {
+        let mut b = [0u8; 64];
+        let closed = match nix::unistd::read(self.attached[i].conn.as_raw_fd(), &mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(Errno::EINTR) | Err(Errno::EAGAIN) => false,
+            Err(_) => true,
+        };
+        if !closed {
+            return;
+        }
+        let a = self.attached.remove(i);
+        if let Some(io) = &mut self.io {
+            if a.stdin && io.stdin_once {
+                // stdinOnce: the container sees EOF once its first client is done.
+                io.stdin = None;
+            }
+        }
+    }
+
+    /// Attach a client to the container's stdio: see [`Request::Attach`].
+    fn attach(&mut self, stream: UnixStream, want_stdin: bool) -> Result<()> {
+        let Some(io) = &self.io else {
+            return Err(ShimError::container(
+                &self.sd.id,
+                "attach needs a container whose output the shim keeps (--log-path)",
+            ));
+        };
+        let stdin = match (&io.stdin, want_stdin) {
+            (Some(w), true) => Some(
+                w.try_clone()
+                    .map_err(|e| ShimError::io("dup", "container stdin", e))?,
+            ),
+            _ => None,
+        };
+        let gave_stdin = stdin.is_some();
+        let stdin = match stdin {
+            Some(fd) => fd,
+            // A pipe nobody reads: what the client writes fails (EPIPE) and is dropped.
+            // Not /dev/null, which the client could not poll.
+            None => {
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .ctx("pipe2", "attach stdin")?
+                    .1
+            }
+        };
+        let (out_r, out_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx("pipe2", "attach stdout")?;
+        let (err_r, err_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx("pipe2", "attach stderr")?;
+        for fd in [&out_w, &err_w] {
+            nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )
+            .ctx("fcntl", "attach O_NONBLOCK")?;
+        }
+        let resp = Response {
+            ok: true,
+            exec: Some(ExecResult {
+                pid: self.pid.as_raw(),
+                exit_code: -1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut line = serde_json::to_vec(&resp).expect("serialisable");
+        line.push(b'\n');
+        let fds = [stdin.as_raw_fd(), out_r.as_raw_fd(), err_r.as_raw_fd()];
+        let iov = [std::io::IoSlice::new(&line)];
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        nix::sys::socket::sendmsg::<()>(
+            stream.as_raw_fd(),
+            &iov,
+            &cmsg,
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        )
+        .ctx("sendmsg", "attach stdio")?;
+        let _ = stream.set_nonblocking(true);
+        self.attached.push(Attached {
+            out: out_w,
+            err: err_w,
+            conn: stream,
+            stdin: gave_stdin,
+        });
+        Ok(())
+    }
+
     fn on_connection(&mut self) {
         let Some(l) = &self.listener else { return };
         let Ok((stream, _)) = l.accept() else { return };
@@ -653,6 +814,23 @@ impl<'a> Supervisor<'a> {
                 .map_err(|e| ShimError::spec("request", e.to_string())),
             Err(e) => Err(ShimError::io("read", "control socket", e)),
         };
+        if let Ok(Request::Attach { stdin }) = &req {
+            let stdin = *stdin;
+            let Ok(clone) = stream.try_clone() else {
+                return;
+            };
+            if let Err(e) = self.attach(clone, stdin) {
+                let resp = Response {
+                    ok: false,
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                };
+                let mut out = serde_json::to_vec(&resp).expect("serialisable");
+                out.push(b'\n');
+                let _ = (&stream).write_all(&out);
+            }
+            return;
+        }
         if let Ok(Request::Exec {
             args,
             env,
@@ -728,6 +906,9 @@ impl<'a> Supervisor<'a> {
                     None => kill(self.pid, sig).ctx("kill", self.pid)?,
                 }
                 Ok(ok)
+            }
+            Request::Attach { .. } => {
+                Err(ShimError::spec("attach", "answered on its own connection"))
             }
             Request::Exec {
                 args,

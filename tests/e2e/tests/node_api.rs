@@ -472,8 +472,9 @@ fn the_api_server_explains_why_it_cannot_reach_the_node() {
         !raw.status.success() && text.contains("choose one of: [main side]"),
         "{text}"
     );
+    // Attach is proxied like exec: to a node that is not there.
     let err = s.fails(&["attach", "bound", "-c", "main"]);
-    assert!(err.contains("attach is not supported"), "{err}");
+    assert!(err.contains("error dialing backend"), "{err}");
     let err = s.fails(&["logs", "missing"]);
     assert!(err.contains("pods \"missing\" not found"), "{err}");
 }

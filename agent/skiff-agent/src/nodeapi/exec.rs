@@ -25,6 +25,8 @@ pub struct ExecRequest {
     pub stdout: bool,
     pub stderr: bool,
     pub tty: bool,
+    /// Attach to the container's own process instead of running `command`.
+    pub attach: bool,
 }
 
 /// From the client to the process.
@@ -165,13 +167,17 @@ pub async fn run(
     mut input: mpsc::Receiver<Input>,
     output: mpsc::Sender<Output>,
 ) -> Outcome {
-    let shim_req = skiff_shim::supervisor::Request::Exec {
-        args: req.command.clone(),
-        env: None,
-        cwd: None,
-        timeout_ms: None,
-        stream: true,
-        tty: req.tty,
+    let shim_req = if req.attach {
+        skiff_shim::supervisor::Request::Attach { stdin: req.stdin }
+    } else {
+        skiff_shim::supervisor::Request::Exec {
+            args: req.command.clone(),
+            env: None,
+            cwd: None,
+            timeout_ms: None,
+            stream: true,
+            tty: req.tty,
+        }
     };
     let (root, id) = (req.shim_root.clone(), req.container_id.clone());
     let started = tokio::task::spawn_blocking(move || {
@@ -189,6 +195,7 @@ pub async fn run(
         Err(e) => return Outcome::Failed(format!("exec task failed: {e}")),
     };
     let fds = std::mem::take(&mut stream.fds);
+    let connection = stream.connection();
     let exit = tokio::task::spawn_blocking(move || stream.wait());
     let expected = if req.tty { 1 } else { 3 };
     if fds.len() != expected {
@@ -258,6 +265,18 @@ pub async fn run(
     };
     let code = match finished {
         Some(r) => r,
+        None if req.attach => {
+            // The client detached; the container goes on. Hanging up tells the shim.
+            for r in &readers {
+                r.abort();
+            }
+            drop(stdin.take());
+            if let Some(c) = connection {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+            let _ = exit.await;
+            return Outcome::Exited(0);
+        }
         None => {
             // The client is gone: hang up so that an interactive shell ends too.
             for r in &readers {
@@ -271,6 +290,9 @@ pub async fn run(
         let _ = r.await;
     }
     match code {
+        // An attach ends with the container, whatever its exit code (kubelet's attach
+        // reports success; `kubectl run -i` reads the exit code from the pod).
+        Ok(Ok(_)) if req.attach => Outcome::Exited(0),
         Ok(Ok(c)) => Outcome::Exited(c),
         Ok(Err(e)) => Outcome::Failed(format!("exec in {}: {e}", req.container_id)),
         Err(e) => Outcome::Failed(format!("exec task failed: {e}")),

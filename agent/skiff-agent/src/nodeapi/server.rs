@@ -299,7 +299,11 @@ impl NodeApi {
             }
             (&Method::GET | &Method::POST, ["exec", ns, pod, container]) => {
                 let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
-                self.exec(req, &ns, &pod, &container).await
+                self.exec(req, &ns, &pod, &container, false).await
+            }
+            (&Method::GET | &Method::POST, ["attach", ns, pod, container]) => {
+                let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
+                self.exec(req, &ns, &pod, &container, true).await
             }
             (&Method::GET | &Method::POST, ["portForward", ns, pod]) => {
                 let (ns, pod) = (ns.to_string(), pod.to_string());
@@ -496,6 +500,7 @@ impl NodeApi {
         ns: &str,
         pod: &str,
         container: &str,
+        attach: bool,
     ) -> Result<Response<Body>, NodeApiError> {
         let query = query_pairs(&req);
         let command: Vec<String> = query
@@ -503,7 +508,7 @@ impl NodeApi {
             .filter(|(k, _)| k == "command")
             .map(|(_, v)| v.clone())
             .collect();
-        if command.is_empty() {
+        if command.is_empty() && !attach {
             return Err(NodeApiError::BadRequest(
                 "you must specify at least 1 command".into(),
             ));
@@ -512,7 +517,8 @@ impl NodeApi {
             flag(&query, "input") || flag(&query, "stdin"),
             flag(&query, "output") || flag(&query, "stdout"),
             flag(&query, "error") || flag(&query, "stderr"),
-            flag(&query, "tty"),
+            // Containers are not given a terminal by this agent, so an attach has none.
+            flag(&query, "tty") && !attach,
         );
         if !(stdin || stdout || stderr) {
             return Err(NodeApiError::BadRequest(
@@ -530,6 +536,7 @@ impl NodeApi {
             stdout,
             stderr: stderr && !tty,
             tty,
+            attach,
         };
         if header_has(&req, header::UPGRADE, "websocket") {
             let offered: Vec<String> = req

@@ -356,7 +356,12 @@ impl PodManager {
         let log_dir = self.pod_logs_dir(pod).join(&c.name);
         std::fs::create_dir_all(&log_dir).map_err(io(&log_dir))?;
         let log = log_dir.join(format!("{restart_count}.log"));
-        rt.create_and_start(&id, &bundle_dir, &log)?;
+        rt.create_and_start(
+            &id,
+            &bundle_dir,
+            &log,
+            (c.stdin.unwrap_or(false), c.stdin_once.unwrap_or(false)),
+        )?;
         Ok(())
     }
 

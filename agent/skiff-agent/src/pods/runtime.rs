@@ -69,23 +69,27 @@ impl Runtime {
     }
 
     /// Creates and starts the container of `bundle`, its output going to `log`.
+    /// `stdin`: the container's `stdin` and `stdinOnce`, an open pipe for attach clients.
     pub fn create_and_start(
         &self,
         id: &str,
         bundle: &Path,
         log: &Path,
+        stdin: (bool, bool),
     ) -> Result<(), RuntimeError> {
         if self.exists(id) {
             self.remove(id)?;
         }
-        self.run_shim(&[
-            "create",
-            "--bundle",
-            &bundle.display().to_string(),
-            "--log-path",
-            &log.display().to_string(),
-            id,
-        ])?;
+        let (bundle, log) = (bundle.display().to_string(), log.display().to_string());
+        let mut args = vec!["create", "--bundle", &bundle, "--log-path", &log];
+        if stdin.0 {
+            args.push("--stdin");
+            if stdin.1 {
+                args.push("--stdin-once");
+            }
+        }
+        args.push(id);
+        self.run_shim(&args)?;
         self.run_shim(&["start", id]).map(|_| ())
     }
 

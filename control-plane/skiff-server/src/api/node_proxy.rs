@@ -224,15 +224,11 @@ impl ApiServer {
             "portforward" => None,
             _ => Some(pick_container(&pod, name, query.get("container"))?),
         };
-        if sub == "attach" {
-            return Err(ApiError::bad_request(
-                "attach is not supported by skiff-agent (containers are not started with an open stdin); use exec",
-            ));
-        }
         let phase = pod.pointer("/status/phase").and_then(Value::as_str);
-        if sub == "exec" && matches!(phase, Some("Succeeded" | "Failed")) {
+        if (sub == "exec" || sub == "attach") && matches!(phase, Some("Succeeded" | "Failed")) {
             return Err(ApiError::bad_request(format!(
-                "cannot exec into a container in a completed pod; current phase is {}",
+                "cannot {sub} {} a container in a completed pod; current phase is {}",
+                if sub == "exec" { "into" } else { "to" },
                 phase.unwrap_or("")
             )));
         }
