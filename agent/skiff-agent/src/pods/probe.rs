@@ -1,14 +1,20 @@
 //! Liveness, readiness and startup probes, and the lifecycle hooks that share their
-//! handlers: exec in the container, HTTP GET and TCP connect from the pod's network
-//! namespace. Results are counted against success and failure thresholds as kubelet does.
+//! handlers: exec in the container; HTTP(S) GET, TCP connect and gRPC health checks from the
+//! pod's network namespace. Results are counted against success and failure thresholds as
+//! kubelet does.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, ExecAction, HTTPGetAction, Probe, TCPSocketAction};
+use k8s_openapi::api::core::v1::{
+    Container, ExecAction, GRPCAction, HTTPGetAction, Probe, TCPSocketAction,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::dial;
@@ -28,6 +34,7 @@ pub enum Handler<'a> {
     Exec(&'a ExecAction),
     Http(&'a HTTPGetAction),
     Tcp(&'a TCPSocketAction),
+    Grpc(&'a GRPCAction),
 }
 
 pub fn probe_handler(p: &Probe) -> Option<Handler<'_>> {
@@ -35,8 +42,108 @@ pub fn probe_handler(p: &Probe) -> Option<Handler<'_>> {
         Some(Handler::Exec(e))
     } else if let Some(h) = &p.http_get {
         Some(Handler::Http(h))
+    } else if let Some(t) = &p.tcp_socket {
+        Some(Handler::Tcp(t))
     } else {
-        p.tcp_socket.as_ref().map(Handler::Tcp)
+        p.grpc.as_ref().map(Handler::Grpc)
+    }
+}
+
+/// Like kubelet, HTTPS probes do not verify the certificate: pods' serving certificates are
+/// rarely issued for the pod IP. The handshake signatures are still checked.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Sends the request and reads the status line; 2xx and 3xx are success, as kubelet's
+/// prober (which does not follow redirects to other hosts either) counts them.
+async fn http_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    request: &str,
+    url: &str,
+) -> Result<(), String> {
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("Get \"{url}\": {e}"))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("Get \"{url}\": {e}"))?;
+        if n == 0 {
+            return Err(format!("Get \"{url}\": EOF"));
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let code: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("Get \"{url}\": malformed HTTP response"))?;
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("HTTP probe failed with statuscode: {code}"))
     }
 }
 
@@ -116,55 +223,228 @@ pub async fn run(
                 Err(_) => Err(format!("dial tcp {addr}: i/o timeout")),
             }
         }
+        Handler::Grpc(g) => {
+            let port = u16::try_from(g.port).map_err(|_| format!("invalid port {}", g.port))?;
+            let addr = address(None, &target.pod_ip, port)?;
+            let service = g.service.clone().unwrap_or_default();
+            let check = async {
+                let stream = dial::connect(&target.netns, addr, timeout)
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "timeout: failed to connect service {addr:?} within {timeout:?}: {e}"
+                        )
+                    })?;
+                grpc_health_check(stream, &addr, &service).await
+            };
+            tokio::time::timeout(timeout, check)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "timeout: health rpc did not complete within {timeout:?}"
+                    ))
+                })
+        }
         Handler::Http(h) => {
-            if h.scheme
+            let https = h
+                .scheme
                 .as_deref()
-                .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"))
-            {
-                return Err("HTTPS probes are not supported by skiff-agent".into());
-            }
+                .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
             let port = port_number(&h.port, container)?;
             let addr = address(h.host.as_deref(), &target.pod_ip, port)?;
             let path = h.path.clone().unwrap_or_else(|| "/".into());
-            let url = format!("http://{addr}{path}");
+            let url = format!("{}://{addr}{path}", if https { "https" } else { "http" });
             let request = http_get_request(&path, &addr, h);
             let exchange = async {
-                let mut stream = dial::connect(&target.netns, addr, timeout)
+                let stream = dial::connect(&target.netns, addr, timeout)
                     .await
                     .map_err(|e| format!("Get \"{url}\": dial tcp {addr}: connect: {e}"))?;
-                stream
-                    .write_all(request.as_bytes())
+                if !https {
+                    return http_exchange(stream, &request, &url).await;
+                }
+                let tls = tls_connector()
+                    .map_err(|e| format!("Get \"{url}\": TLS configuration: {e}"))?
+                    .connect(ServerName::IpAddress(addr.ip().into()), stream)
                     .await
-                    .map_err(|e| format!("Get \"{url}\": {e}"))?;
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(2).any(|w| w == b"\r\n") {
-                    let n = stream
-                        .read(&mut buf)
-                        .await
-                        .map_err(|e| format!("Get \"{url}\": {e}"))?;
-                    if n == 0 {
-                        return Err(format!("Get \"{url}\": EOF"));
-                    }
-                    head.extend_from_slice(&buf[..n]);
-                }
-                let line = String::from_utf8_lossy(&head);
-                let code: u16 = line
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|c| c.parse().ok())
-                    .ok_or_else(|| format!("Get \"{url}\": malformed HTTP response"))?;
-                if (200..400).contains(&code) {
-                    Ok(())
-                } else {
-                    Err(format!("HTTP probe failed with statuscode: {code}"))
-                }
+                    .map_err(|e| format!("Get \"{url}\": TLS handshake: {e}"))?;
+                http_exchange(tls, &request, &url).await
             };
             tokio::time::timeout(timeout, exchange)
                 .await
                 .unwrap_or_else(|_| Err(format!("Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)")))
         }
     }
+}
+
+/// `grpc.health.v1.Health/Check` over HTTP/2 without TLS, as kubelet's gRPC prober:
+/// SERVING is success, any other answer or a non-zero grpc-status a failure.
+async fn grpc_health_check(
+    stream: tokio::net::TcpStream,
+    addr: &SocketAddr,
+    service: &str,
+) -> Result<(), String> {
+    use http_body_util::BodyExt;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .map_err(|e| format!("failed to connect service {addr}: {e}"))?;
+    let driver = tokio::spawn(conn);
+    let request = hyper::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("user-agent", "kube-probe/1.33")
+        .body(http_body_util::Full::new(bytes::Bytes::from(grpc_frame(
+            &health_check_request(service),
+        ))))
+        .map_err(|e| e.to_string())?;
+    let result = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("health rpc failed: {e}"))?;
+        let (parts, body) = response.into_parts();
+        if parts.status != 200 {
+            return Err(format!("health rpc failed: HTTP status {}", parts.status));
+        }
+        let collected = body
+            .collect()
+            .await
+            .map_err(|e| format!("health rpc failed: {e}"))?;
+        // A trailers-only answer carries grpc-status in the headers.
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let status = trailers
+            .get("grpc-status")
+            .or(parts.headers.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if status != "0" {
+            let message = trailers
+                .get("grpc-message")
+                .or(parts.headers.get("grpc-message"))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            return Err(format!(
+                "health rpc failed: rpc error: code = {} desc = {message}",
+                grpc_code_name(status)
+            ));
+        }
+        match health_check_status(&collected.to_bytes())? {
+            1 => Ok(()),
+            other => Err(format!(
+                "service unhealthy (responded with {:?})",
+                serving_status_name(other)
+            )),
+        }
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+/// gRPC's length-prefixed message: no compression flag, big-endian length.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// `HealthCheckRequest { string service = 1; }`, encoded by hand: one length-delimited
+/// field does not warrant a protobuf dependency.
+fn health_check_request(service: &str) -> Vec<u8> {
+    if service.is_empty() {
+        return Vec::new();
+    }
+    let mut out = vec![0x0a];
+    let mut len = service.len();
+    while len >= 0x80 {
+        out.push((len as u8 & 0x7f) | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
+    out.extend_from_slice(service.as_bytes());
+    out
+}
+
+/// `HealthCheckResponse.status` (field 1, varint) from one gRPC-framed message; 0
+/// (UNKNOWN) when absent, as protobuf defaults it.
+fn health_check_status(body: &[u8]) -> Result<u64, String> {
+    let bad = || "health rpc failed: malformed HealthCheckResponse".to_string();
+    if body.len() < 5 || body[0] != 0 {
+        return Err(bad());
+    }
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    let msg = body.get(5..5 + len).ok_or_else(bad)?;
+    let mut i = 0;
+    let mut status = 0;
+    let varint = |i: &mut usize| -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *msg.get(*i).ok_or_else(bad)?;
+            *i += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(bad())
+    };
+    while i < msg.len() {
+        let key = varint(&mut i)?;
+        match (key >> 3, key & 7) {
+            (1, 0) => status = varint(&mut i)?,
+            (_, 0) => {
+                varint(&mut i)?;
+            }
+            (_, 2) => {
+                let n = varint(&mut i)? as usize;
+                i += n;
+            }
+            (_, 1) => i += 8,
+            (_, 5) => i += 4,
+            _ => return Err(bad()),
+        }
+    }
+    Ok(status)
+}
+
+fn serving_status_name(s: u64) -> String {
+    match s {
+        0 => "UNKNOWN".into(),
+        1 => "SERVING".into(),
+        2 => "NOT_SERVING".into(),
+        3 => "SERVICE_UNKNOWN".into(),
+        other => other.to_string(),
+    }
+}
+
+fn grpc_code_name(code: &str) -> String {
+    let names = [
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
+    code.parse::<usize>()
+        .ok()
+        .and_then(|c| names.get(c))
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| format!("Code({code})"))
 }
 
 fn http_get_request(path: &str, addr: &SocketAddr, h: &HTTPGetAction) -> String {
@@ -267,6 +547,33 @@ impl Prober {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_health_messages() {
+        assert_eq!(health_check_request(""), Vec::<u8>::new());
+        assert_eq!(health_check_request("db"), b"\x0a\x02db".to_vec());
+        let long = "s".repeat(200);
+        assert_eq!(&health_check_request(&long)[..3], &[0x0a, 0xc8, 0x01]);
+        assert_eq!(grpc_frame(b"ab"), b"\0\0\0\0\x02ab".to_vec());
+        // HealthCheckResponse{status: SERVING}, and NOT_SERVING after an unknown field.
+        assert_eq!(health_check_status(&grpc_frame(&[0x08, 0x01])), Ok(1));
+        assert_eq!(
+            health_check_status(&grpc_frame(&[0x12, 0x01, b'x', 0x08, 0x02])),
+            Ok(2)
+        );
+        assert_eq!(
+            health_check_status(&grpc_frame(&[])),
+            Ok(0),
+            "UNKNOWN by default"
+        );
+        assert!(
+            health_check_status(b"\0\0\0\0\x05\x08").is_err(),
+            "truncated"
+        );
+        assert!(health_check_status(b"\x01\0\0\0\0").is_err(), "compressed");
+        assert_eq!(grpc_code_name("12"), "Unimplemented");
+        assert_eq!(grpc_code_name("99"), "Code(99)");
+    }
 
     fn probe(success: i32, failure: i32) -> Probe {
         Probe {
