@@ -37,13 +37,38 @@ struct Standalone {
     child: Child,
     root: PathBuf,
     log: PathBuf,
+    dir: PathBuf,
+    manifests: PathBuf,
 }
 
 impl Standalone {
     fn start(dir: &Path, manifests: &Path) -> Self {
         let root = dir.join("agent");
         let log = dir.join("agent.log");
-        let child = Command::new(bin_dir().join("skiff-agent"))
+        let child = Self::spawn(dir, manifests, &root, &log);
+        Standalone {
+            child,
+            root,
+            log,
+            dir: dir.to_path_buf(),
+            manifests: manifests.to_path_buf(),
+        }
+    }
+
+    /// SIGKILL, as a crash would, and a new agent on the same root.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.dir, &self.manifests, &self.root, &self.log);
+    }
+
+    fn spawn(dir: &Path, manifests: &Path, root: &Path, log: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Command::new(bin_dir().join("skiff-agent"))
             .args([
                 "--node-name",
                 "lone",
@@ -52,7 +77,7 @@ impl Standalone {
                 "300ms",
             ])
             .arg("--root-dir")
-            .arg(&root)
+            .arg(root)
             .arg("--pod-logs-dir")
             .arg(dir.join("pod-logs"))
             .arg("--pod-manifest-path")
@@ -60,10 +85,9 @@ impl Standalone {
             .arg("--shim")
             .arg(bin_dir().join("skiff-shim"))
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(log)
             .spawn()
-            .unwrap();
-        Standalone { child, root, log }
+            .unwrap()
     }
 
     fn log(&self) -> String {
@@ -123,6 +147,15 @@ fn fetch(pid: i64) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// A process that has exited but was not reaped yet (its parent, the agent, was killed
+/// and restarted) holds no namespaces any more: it counts as gone.
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.to_string()))
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
 fn mounts_under(root: &Path) -> Vec<String> {
     let root = root.display().to_string();
     std::fs::read_to_string("/proc/self/mounts")
@@ -172,7 +205,7 @@ fn static_pods_run_without_a_control_plane() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: empty}\nspec: {}\n",
     )
     .unwrap();
-    let agent = Standalone::start(dir.path(), &manifests);
+    let mut agent = Standalone::start(dir.path(), &manifests);
     let root = agent.root.clone();
 
     // Running, serving, logging in CRI format.
@@ -216,6 +249,27 @@ fn static_pods_run_without_a_control_plane() {
         "{agent_log}"
     );
 
+    // A killed agent comes back to the same pod (same file, same uid): nothing restarts.
+    agent.restart();
+    eventually(
+        "the restarted agent reading the manifests",
+        Duration::from_secs(60),
+        || (agent.log().matches("static pod from a manifest").count() >= 2).then_some(()),
+    );
+    eventually(
+        "a pass of the restarted agent's worker",
+        Duration::from_secs(30),
+        || (agent.log().matches("no --kubeconfig").count() >= 2).then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(pod_uids(&root), vec![uid.clone()]);
+    assert_eq!(sandbox_pid(&root, &uid), Some(pid), "the same sandbox");
+    assert_eq!(fetch(pid).as_deref(), Some("hello-v1"));
+    assert!(
+        !log_file.with_file_name("1.log").exists(),
+        "the container was not restarted"
+    );
+
     // An edit is a new pod: the old one goes entirely, the new one serves the new content.
     std::fs::write(
         manifests.join("web.yaml"),
@@ -230,10 +284,7 @@ fn static_pods_run_without_a_control_plane() {
             (uids.len() == 1 && uids[0] != uid).then(|| uids[0].clone())
         },
     );
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "the old sandbox holder is gone"
-    );
+    assert!(!alive(pid), "the old sandbox holder is gone");
     let new_pid = eventually("the new sandbox", Duration::from_secs(30), || {
         sandbox_pid(&root, &new_uid)
     });
@@ -248,7 +299,7 @@ fn static_pods_run_without_a_control_plane() {
         pod_uids(&root).is_empty().then_some(())
     });
     assert!(
-        !Path::new(&format!("/proc/{new_pid}")).exists(),
+        !alive(new_pid),
         "the sandbox holder (and so the pod's netns) is gone"
     );
     assert_eq!(mounts_under(&root), Vec::<String>::new());
