@@ -541,3 +541,118 @@ fn proxy_in_netns_nft() {
 fn proxy_in_netns_legacy() {
     scenario(Backend::Legacy, "l");
 }
+
+const UDP_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
+
+/// A UDP service on port 53 whose endpoints answer on 5353 with their pod's name.
+fn udp_model(pods: &[u8]) -> Model {
+    let mut dns = service(
+        "dns",
+        UDP_IP,
+        None,
+        pods.iter()
+            .map(|i| Endpoint {
+                port: 5353,
+                ..endpoint(*i)
+            })
+            .collect(),
+    );
+    dns.id.port = "dns".into();
+    dns.id.protocol = Protocol::Udp;
+    dns.port = 53;
+    let mut m = model(&[]);
+    m.services = [(dns.id.clone(), dns)].into_iter().collect();
+    m
+}
+
+/// One datagram from the client's fixed source port (so every query is the same conntrack
+/// flow) to the UDP service; the answering pod's name, or None after 2 s of silence.
+fn udp_ask(lab: &Lab) -> Option<String> {
+    let script = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',40053))\n\
+         s.settimeout(2)\ns.sendto(b'who',('{UDP_IP}',53))\n\
+         try:\n    print(s.recvfrom(100)[0].decode())\nexcept socket.timeout:\n    pass\n"
+    );
+    let out = lab.exec("client", &["python3", "-c", &script]);
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!answer.is_empty()).then_some(answer)
+}
+
+fn conntrack_tool() -> Option<std::path::PathBuf> {
+    [
+        "/usr/sbin/conntrack",
+        "/sbin/conntrack",
+        "/usr/bin/conntrack",
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// kube-proxy deletes the conntrack entries of UDP flows to a removed endpoint: otherwise a
+/// client that keeps its source port (a resolver, a metrics agent) keeps talking to the old
+/// pod until the entry times out. The first half shows that the stale flow is real here.
+#[test]
+fn udp_flows_to_a_removed_endpoint_are_cleared() {
+    let backend = Backend::Nft;
+    if let Some(why) = skip_reason(backend) {
+        println!("SKIPPED udp conntrack: {why}");
+        return;
+    }
+    let Some(tool) = conntrack_tool() else {
+        println!("SKIPPED udp conntrack: the conntrack tool is not installed (tests/packages.txt has it)");
+        return;
+    };
+    if Command::new("python3").arg("-V").output().is_err() {
+        println!("SKIPPED udp conntrack: python3 is not installed");
+        return;
+    }
+    let mut lab = Lab::new("u");
+    for pod in ["p1", "p2"] {
+        let server = format!(
+            "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             s.bind(('0.0.0.0',5353))\nwhile True:\n    d,a=s.recvfrom(100)\n    \
+             s.sendto(b'{pod}',a)\n"
+        );
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.ns(pod), "python3", "-c", &server])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        lab.servers.push(child);
+    }
+    let first_answer = |lab: &Lab| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(a) = udp_ask(lab) {
+                return a;
+            }
+            assert!(Instant::now() < deadline, "the UDP service never answered");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    // Without the conntrack tool the proxy cannot clear the flow: it stays on p1.
+    let mut blind = Proxier::new(lab.kernel(backend));
+    blind.sync(&udp_model(&[2]), false).unwrap();
+    assert_eq!(first_answer(&lab), "p1");
+    let report = blind.sync(&udp_model(&[3]), false).unwrap();
+    assert_eq!(report.conntrack_flushes, 0);
+    assert_eq!(
+        udp_ask(&lab).as_deref(),
+        Some("p1"),
+        "the old flow outlives the rule change when nobody deletes it"
+    );
+
+    // With it, the flow to the removed endpoint goes and the next datagram reaches p2.
+    let mut kernel = lab.kernel(backend);
+    kernel.conntrack = Some(tool);
+    let mut proxier = Proxier::new(kernel);
+    proxier.sync(&udp_model(&[2]), false).unwrap();
+    assert_eq!(udp_ask(&lab).as_deref(), Some("p1"));
+    let report = proxier.sync(&udp_model(&[3]), false).unwrap();
+    assert!(report.conntrack_flushes > 0, "{report:?}");
+    assert_eq!(udp_ask(&lab).as_deref(), Some("p2"));
+}
