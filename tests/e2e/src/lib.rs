@@ -4,6 +4,7 @@
 //! test command builds them first.
 
 pub mod agent;
+pub mod cluster;
 pub mod fake_kubelet;
 pub mod registry;
 

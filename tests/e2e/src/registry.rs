@@ -11,20 +11,46 @@ pub struct Registry {
     pub port: u16,
     child: Child,
     dir: tempfile::TempDir,
+    ip: String,
+    /// The network namespace the registry (and every push to it) runs in; `None`: the host.
+    netns: Option<String>,
+}
+
+/// `program` run in `netns` (through nsenter, so the host's mount namespace is kept).
+fn command_in(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}"))
+                .arg("--")
+                .arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 impl Registry {
     pub fn start() -> Self {
+        Self::start_at(None, "127.0.0.1", free_port())
+    }
+
+    /// A registry inside the network namespace `netns`, on `ip:port` there (the multi-node
+    /// lab's nodes reach its underlay bridge address, never the host's loopback).
+    pub fn start_in(netns: &str, ip: &str, port: u16) -> Self {
+        Self::start_at(Some(netns), ip, port)
+    }
+
+    fn start_at(netns: Option<&str>, ip: &str, port: u16) -> Self {
         let dir = tempfile::tempdir().expect("registry dir");
-        let port = free_port();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
-            format!("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.path().join("data").display()),
+            format!("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {ip}:{port}\n", dir.path().join("data").display()),
         )
         .expect("registry config");
         let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
-        let child = Command::new("docker-registry")
+        let child = command_in(netns, "docker-registry")
             .arg("serve")
             .arg(&config)
             .stdout(Stdio::null())
@@ -32,15 +58,28 @@ impl Registry {
             .spawn()
             .expect("start docker-registry (Debian package docker-registry)");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let listening = || match netns {
+            None => std::net::TcpStream::connect((ip, port)).is_ok(),
+            Some(_) => command_in(netns, "curl")
+                .args(["-sf", "-o", "/dev/null", &format!("http://{ip}:{port}/v2/")])
+                .status()
+                .is_ok_and(|s| s.success()),
+        };
+        while !listening() {
             assert!(Instant::now() < deadline, "docker-registry did not listen");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Registry { port, child, dir }
+        Registry {
+            port,
+            child,
+            dir,
+            ip: ip.to_string(),
+            netns: netns.map(str::to_string),
+        }
     }
 
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// Builds a busybox image whose default command is `cmd`, pushes it as `name:tag`,
@@ -97,14 +136,21 @@ impl Registry {
         }
         run(&config);
         let dest = format!("docker://{}/{name}:{tag}", self.host());
-        run(&[
-            "skopeo",
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            &format!("oci:{image}"),
-            &dest,
-        ]);
+        let out = command_in(self.netns.as_deref(), "skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                &format!("oci:{image}"),
+                &dest,
+            ])
+            .output()
+            .expect("skopeo");
+        assert!(
+            out.status.success(),
+            "skopeo copy to {dest}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         format!("{}/{name}:{tag}", self.host())
     }
 }
