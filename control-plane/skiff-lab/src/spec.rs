@@ -27,6 +27,22 @@ pub const POD_BRIDGE: &str = "skiff0";
 /// The first node's address is the underlay network + this; node i gets + i more.
 const FIRST_NODE_HOST: u32 = 11;
 pub const MAX_NODES: usize = 200;
+/// skiff-server's default ClusterIP range: node addresses inside it would be taken for
+/// service addresses (the service proxy ignores such endpoints).
+pub const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 96, 0, 0), 12);
+
+fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, len) = s.split_once('/')?;
+    let len: u8 = len.parse().ok()?;
+    (len <= 32).then_some(())?;
+    Some((ip.parse().ok()?, len))
+}
+
+fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
+    let len = a.1.min(b.1);
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    u32::from(a.0) & mask == u32::from(b.0) & mask
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spec {
@@ -79,6 +95,23 @@ impl Spec {
                 "underlay {}: give the network address of a /24 (last octet 0)",
                 self.underlay
             )));
+        }
+        let cluster = parse_cidr(&self.cluster_cidr).ok_or_else(|| {
+            LabError::Invalid(format!(
+                "cluster CIDR {:?} is not an IPv4 CIDR",
+                self.cluster_cidr
+            ))
+        })?;
+        for (what, net) in [
+            ("the pod network", cluster),
+            ("the service network 10.96.0.0/12", SERVICE_CIDR),
+        ] {
+            if overlaps((self.underlay, 24), net) {
+                return Err(LabError::Invalid(format!(
+                    "underlay {}/24 overlaps {what}",
+                    self.underlay
+                )));
+            }
         }
         if !self.root.is_absolute() || self.root == Path::new("/") {
             return Err(LabError::Invalid(format!(
@@ -307,13 +340,13 @@ mod tests {
         Spec {
             name: "t1".into(),
             nodes: 3,
-            underlay: "10.99.0.0".parse().unwrap(),
+            underlay: "10.250.0.0".parse().unwrap(),
             root: "/r".into(),
             bin_dir: "/b".into(),
             port: 6443,
             cluster_cidr: "10.244.0.0/16".into(),
             cgroup_root: None,
-            insecure_registries: vec!["10.99.0.1:5000".into()],
+            insecure_registries: vec!["10.250.0.1:5000".into()],
             dns_upstream: vec![],
         }
     }
@@ -335,10 +368,10 @@ mod tests {
         let s = spec();
         assert_eq!(s.underlay_netns(), "t1-lab");
         assert_eq!(s.node_name(2), "t1-node-2");
-        assert_eq!(s.bridge_ip().to_string(), "10.99.0.1");
-        assert_eq!(s.node_ip(1).to_string(), "10.99.0.11");
-        assert_eq!(s.node_ip(3).to_string(), "10.99.0.13");
-        assert_eq!(s.server_url(), "https://10.99.0.1:6443");
+        assert_eq!(s.bridge_ip().to_string(), "10.250.0.1");
+        assert_eq!(s.node_ip(1).to_string(), "10.250.0.11");
+        assert_eq!(s.node_ip(3).to_string(), "10.250.0.13");
+        assert_eq!(s.server_url(), "https://10.250.0.1:6443");
         assert_eq!(s.node_root(2), Path::new("/r/nodes/t1-node-2"));
     }
 
@@ -347,7 +380,7 @@ mod tests {
         let a = strings(&spec().server_argv());
         assert_eq!(&a[..3], ["nsenter", "--net=/run/netns/t1-lab", "--"]);
         assert_eq!(a[3], "/b/skiff-server");
-        assert_eq!(flag(&a, "--advertise-address"), Some("10.99.0.1"));
+        assert_eq!(flag(&a, "--advertise-address"), Some("10.250.0.1"));
         assert_eq!(flag(&a, "--data-dir"), Some("/r/server"));
     }
 
@@ -356,12 +389,12 @@ mod tests {
         let s = spec();
         let a = strings(&s.agent_argv(2));
         assert_eq!(a[1], "--net=/run/netns/t1-node-2");
-        assert_eq!(flag(&a, "--node-ip"), Some("10.99.0.12"));
+        assert_eq!(flag(&a, "--node-ip"), Some("10.250.0.12"));
         assert_eq!(flag(&a, "--root-dir"), Some("/r/nodes/t1-node-2"));
         assert_eq!(flag(&a, "--overlay"), Some("vxlan"));
         assert_eq!(flag(&a, "--proxy-mode"), Some("iptables"));
-        assert_eq!(flag(&a, "--cluster-dns-bind"), Some("10.99.0.12:53"));
-        assert_eq!(flag(&a, "--insecure-registry"), Some("10.99.0.1:5000"));
+        assert_eq!(flag(&a, "--cluster-dns-bind"), Some("10.250.0.12:53"));
+        assert_eq!(flag(&a, "--insecure-registry"), Some("10.250.0.1:5000"));
         assert!(a.contains(&"--allow-missing-cgroup-controllers".to_string()));
         assert_eq!(flag(&a, "--dns-upstream"), None);
         let mut with_cg = s.clone();
@@ -392,7 +425,19 @@ mod tests {
             ),
             (Box::new(|s: &mut Spec| s.nodes = 0), "--nodes"),
             (
-                Box::new(|s: &mut Spec| s.underlay = "10.99.0.7".parse().unwrap()),
+                Box::new(|s: &mut Spec| s.underlay = "10.99.0.0".parse().unwrap()),
+                "overlaps the service network",
+            ),
+            (
+                Box::new(|s: &mut Spec| s.underlay = "10.244.3.0".parse().unwrap()),
+                "overlaps the pod network",
+            ),
+            (
+                Box::new(|s: &mut Spec| s.cluster_cidr = "10.244.0.0".into()),
+                "not an IPv4 CIDR",
+            ),
+            (
+                Box::new(|s: &mut Spec| s.underlay = "10.250.0.7".parse().unwrap()),
                 "last octet",
             ),
             (Box::new(|s: &mut Spec| s.root = "rel".into()), "absolute"),

@@ -72,6 +72,8 @@ fn spawn(argv: &[OsString], log: &std::path::Path) -> Child {
     Command::new(&argv[0])
         .args(&argv[1..])
         .env("NO_COLOR", "1")
+        // netlink-packet-route warns about every kernel attribute newer than itself.
+        .env("RUST_LOG", "info,netlink_packet_route=error")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -94,7 +96,7 @@ impl Cluster {
         let spec = Spec {
             name: name.into(),
             nodes,
-            underlay: "10.99.0.0".parse().expect("ip"),
+            underlay: "10.250.0.0".parse().expect("ip"),
             root: dir.path().join("lab"),
             bin_dir: std::fs::canonicalize(bin_dir()).expect("bin dir"),
             port: 6443,
@@ -339,6 +341,23 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
+            // A debugging aid: keep the failed lab for inspection this many seconds.
+            if let Some(secs) = std::env::var("SKIFF_E2E_HOLD_SECS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+            {
+                let release = self.dir.path().join("release");
+                eprintln!(
+                    "holding the lab {} ({}) for {secs} s or until {} exists",
+                    self.spec.name,
+                    self.spec.root.display(),
+                    release.display()
+                );
+                let until = Instant::now() + Duration::from_secs(secs);
+                while Instant::now() < until && !release.exists() {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
         }
         if self.server.is_some() && self.agents.iter().any(Option::is_some) {
             // Through the agents first, so CNI DEL and unmounts run as in normal life.

@@ -32,7 +32,8 @@ fn exec(c: &Cluster, pod: &str, argv: &[&str]) -> (bool, String) {
 }
 
 fn http_get(c: &Cluster, pod: &str, url: &str) -> Option<String> {
-    let (ok, body) = exec(c, pod, &["wget", "-qO-", "-T", "5", url]);
+    // Debian's static busybox wget crashes (SIGSEGV) with -T; `timeout` bounds it instead.
+    let (ok, body) = exec(c, pod, &["busybox", "timeout", "10", "wget", "-qO-", url]);
     ok.then(|| body.trim().to_string())
 }
 
@@ -209,10 +210,11 @@ fn three_nodes_services_dns_and_overlay() {
         &c,
         "client-2",
         &[
+            "busybox",
+            "timeout",
+            "10",
             "wget",
             "-qO-",
-            "-T",
-            "5",
             &format!("http://{bridge}:5000/v2/"),
         ],
     );
@@ -269,7 +271,14 @@ fn three_nodes_services_dns_and_overlay() {
         let (ok, out) = exec(
             &c,
             "client-1",
-            &["wget", "-qO-", "-T", "20", &format!("http://{empty_ip}/")],
+            &[
+                "busybox",
+                "timeout",
+                "20",
+                "wget",
+                "-qO-",
+                &format!("http://{empty_ip}/"),
+            ],
         );
         !ok && out.contains("refused")
     });
