@@ -82,10 +82,22 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> 
         return Ok(Action::await_change());
     }
     let api: Api<Node> = Api::all(ctx.client.clone());
-    let used: HashSet<String> = api
-        .list(&ListParams::default())
-        .await?
-        .items
+    let nodes = api.list(&ListParams::default()).await?.items;
+    // The watcher's copy can predate this controller's own earlier patch (a status update
+    // from the agent triggers a reconcile with the old object): the fresh list decides, or
+    // the node would get a second range and its first would be handed out again.
+    let Some(fresh) = nodes.iter().find(|n| n.name_any() == node.name_any()) else {
+        return Ok(Action::await_change());
+    };
+    if fresh
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_cidr.as_ref())
+        .is_some()
+    {
+        return Ok(Action::await_change());
+    }
+    let used: HashSet<String> = nodes
         .iter()
         .filter_map(|n| n.spec.as_ref()?.pod_cidr.clone())
         .collect();
@@ -95,7 +107,13 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> 
         &used,
     )? {
         Some(cidr) => {
-            let patch = json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
+            // With the listed resourceVersion: a concurrent writer makes this a conflict
+            // (retried) rather than a silent overwrite.
+            let rv = fresh.metadata.resource_version.clone();
+            let patch = json!({
+                "metadata": {"resourceVersion": rv},
+                "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}
+            });
             api.patch(
                 &node.name_any(),
                 &PatchParams::default(),
