@@ -81,7 +81,9 @@ fn dnat_rules(c: &Cluster, node: usize, svc: &str) -> usize {
     let tag = format!("default/{svc}");
     iptables_nat(c, node)
         .lines()
-        .filter(|l| l.contains("-j DNAT") && l.split_whitespace().any(|w| w == tag))
+        .filter(|l| {
+            l.contains("-j DNAT") && l.split_whitespace().any(|w| w.trim_matches('"') == tag)
+        })
         .count()
 }
 
