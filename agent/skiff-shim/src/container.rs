@@ -79,10 +79,14 @@ fn prepare(opts: &Options, id: &str, bundle: &Path, run_mode: bool) -> Result<(S
     })?;
     let spec = load_spec(&bundle)?;
     let plan = build_plan(&bundle, &spec)?;
-    if plan.process.terminal && !run_mode && opts.console_socket.is_none() {
+    if plan.process.terminal
+        && !run_mode
+        && opts.console_socket.is_none()
+        && opts.log_path.is_none()
+    {
         return Err(ShimError::spec(
             "process.terminal",
-            "create with terminal=true needs --console-socket",
+            "create with terminal=true needs --console-socket or --log-path",
         ));
     }
     // Validate now, before anything is created.
@@ -452,9 +456,11 @@ pub fn create(opts: &Options, id: &str, bundle: &Path, pid_file: Option<&Path>) 
                 Ok((mut c, fifo)) => {
                     let pid = c.init.pid;
                     let terminal = c.init.console.as_ref().and_then(|m| m.try_clone().ok());
-                    if let (Some(master), Some(sock)) =
-                        (c.init.console.take(), &opts.console_socket)
-                    {
+                    let for_socket = match &opts.console_socket {
+                        Some(sock) => c.init.console.take().map(|m| (m, sock)),
+                        None => None,
+                    };
+                    if let Some((master, sock)) = for_socket {
                         if let Err(e) = send_console(sock, &master) {
                             let _ = kill(pid, Signal::SIGKILL);
                             let _ = sd.remove();
@@ -467,6 +473,11 @@ pub fn create(opts: &Options, id: &str, bundle: &Path, pid_file: Option<&Path>) 
                     let mut sup = Supervisor::new(&sd, &plan, pid);
                     sup.cgroup = c.cgroup;
                     sup.io = c.io;
+                    // No console socket: the shim keeps the terminal, its output goes to
+                    // the log and to attach clients.
+                    if opts.console_socket.is_none() {
+                        sup.console = c.init.console.take();
+                    }
                     sup.pending = Some((c.init, fifo));
                     sup.terminal = terminal;
                     let _ = wr.write_all(format!("O{pid}").as_bytes());

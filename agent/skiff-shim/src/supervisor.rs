@@ -229,11 +229,16 @@ pub struct LogIo {
 
 /// A client attached to the container's output.
 struct Attached {
+    /// Where stdout goes; for a terminal, one end of a socket pair that also carries the
+    /// client's keystrokes to the terminal.
     out: OwnedFd,
-    err: OwnedFd,
+    /// Where stderr goes; `None` for a terminal (it has one stream).
+    err: Option<OwnedFd>,
     conn: UnixStream,
-    /// It was given the container's stdin (matters for stdin_once).
+    /// It was given the container's stdin (matters for stdin_once), or, for a terminal,
+    /// its input is read from `out`.
     stdin: bool,
+    tty: bool,
 }
 
 pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
@@ -271,6 +276,7 @@ enum Src {
     Console,
     Stdin,
     Attached(usize),
+    AttachedInput(usize),
 }
 
 pub struct Supervisor<'a> {
@@ -378,6 +384,10 @@ impl<'a> Supervisor<'a> {
                     for (i, a) in self.attached.iter().enumerate() {
                         srcs.push(Src::Attached(i));
                         fds.push(PollFd::new(a.conn.as_fd(), PollFlags::POLLIN));
+                        if a.tty && a.stdin {
+                            srcs.push(Src::AttachedInput(i));
+                            fds.push(PollFd::new(a.out.as_fd(), PollFlags::POLLIN));
+                        }
                     }
                     if let Some(sfd) = &self.sigchld {
                         srcs.push(Src::Sigchld);
@@ -413,6 +423,11 @@ impl<'a> Supervisor<'a> {
             pipe_idx.sort_unstable_by(|a, b| b.cmp(a));
             for i in pipe_idx {
                 self.drain_pipe(i, &mut buf);
+            }
+            for s in &ready {
+                if let Src::AttachedInput(i) = s {
+                    self.on_attached_input(*i, &mut buf);
+                }
             }
             // Detached clients, in reverse index order like the pipes.
             let mut gone: Vec<usize> = ready
@@ -519,8 +534,10 @@ impl<'a> Supervisor<'a> {
                     // Attached clients get a copy; one that does not keep up loses
                     // output rather than stalling the container (the log has it all).
                     self.attached.retain(|a| {
-                        let fd = if stderr { &a.err } else { &a.out };
-                        !matches!(nix::unistd::write(fd, &buf[..n]), Err(Errno::EPIPE))
+                        let fd = if stderr { a.err.as_ref() } else { Some(&a.out) };
+                        !fd.is_some_and(|fd| {
+                            matches!(nix::unistd::write(fd, &buf[..n]), Err(Errno::EPIPE))
+                        })
                     });
                 }
                 Err(Errno::EINTR) => continue,
@@ -536,6 +553,9 @@ impl<'a> Supervisor<'a> {
             Ok(0) | Err(Errno::EIO) => self.console = None,
             Ok(n) => {
                 let data = &buf[..n];
+                self.attached.retain(|a| {
+                    !(a.tty && matches!(nix::unistd::write(&a.out, data), Err(Errno::EPIPE)))
+                });
                 match &mut self.io {
                     Some(io) => {
                         let _ = self.console_split.feed(data, &mut io.log);
@@ -712,6 +732,21 @@ impl<'a> Supervisor<'a> {
         Ok(helper)
     }
 
+    /// Keystrokes of a client attached to the terminal.
+    fn on_attached_input(&mut self, i: usize, buf: &mut [u8]) {
+        let (Some(a), Some(c)) = (self.attached.get_mut(i), &self.console) else {
+            return;
+        };
+        match nix::unistd::read(a.out.as_raw_fd(), buf) {
+            Ok(0) => a.stdin = false,
+            Ok(n) => {
+                let _ = nix::unistd::write(c, &buf[..n]);
+            }
+            Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
+            Err(_) => a.stdin = false,
+        }
+    }
+
     /// The attach client's connection is readable: it only ever closes it.
     fn on_attached(&mut self, i: usize) {
         let mut b = [0u8; 64];
@@ -741,6 +776,9 @@ impl<'a> Supervisor<'a> {
                 "attach needs a container whose output the shim keeps (--log-path)",
             ));
         };
+        if self.console.is_some() {
+            return self.attach_terminal(stream, want_stdin);
+        }
         let stdin = match (&io.stdin, want_stdin) {
             (Some(w), true) => Some(
                 w.try_clone()
@@ -795,9 +833,59 @@ impl<'a> Supervisor<'a> {
         let _ = stream.set_nonblocking(true);
         self.attached.push(Attached {
             out: out_w,
-            err: err_w,
+            err: Some(err_w),
             conn: stream,
             stdin: gave_stdin,
+            tty: false,
+        });
+        Ok(())
+    }
+
+    /// Attach to a container with a terminal: the client gets one socket, its end of a
+    /// pair whose other end receives the terminal's output (as the log does) and, with
+    /// `stdin`, feeds the terminal. Window size goes through `resize`.
+    fn attach_terminal(&mut self, stream: UnixStream, want_stdin: bool) -> Result<()> {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )
+        .ctx("socketpair", "attach terminal")?;
+        if !want_stdin {
+            let _ =
+                nix::sys::socket::shutdown(theirs.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+        }
+        let resp = Response {
+            ok: true,
+            exec: Some(ExecResult {
+                pid: self.pid.as_raw(),
+                exit_code: -1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut line = serde_json::to_vec(&resp).expect("serialisable");
+        line.push(b'\n');
+        let fds = [theirs.as_raw_fd()];
+        let iov = [std::io::IoSlice::new(&line)];
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        nix::sys::socket::sendmsg::<()>(
+            stream.as_raw_fd(),
+            &iov,
+            &cmsg,
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        )
+        .ctx("sendmsg", "attach terminal")?;
+        let _ = stream.set_nonblocking(true);
+        self.attached.push(Attached {
+            out: ours,
+            err: None,
+            conn: stream,
+            stdin: want_stdin,
+            tty: true,
         });
         Ok(())
     }

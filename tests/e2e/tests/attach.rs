@@ -166,3 +166,115 @@ fn kubectl_attach_and_run_interactive() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// `kubectl run -it` through a pseudo-terminal (`script`): the container gets a terminal,
+/// kubectl's window size reaches it, and what is typed runs in the container's shell.
+#[test]
+fn kubectl_run_with_a_terminal() {
+    if !is_root() {
+        println!("skipped: needs root (namespaces, overlay mounts)");
+        return;
+    }
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: needs `script` (util-linux) to give kubectl a terminal");
+        return;
+    }
+    let registry = Registry::start();
+    let image = registry.push_busybox("busybox", "1", &["sh"]);
+    let s = Server::start();
+    let _agent = Agent::start(&s, "node-t", &[]);
+    // Pulled beforehand, so that kubectl attaches before anything is typed.
+    s.ok(&[
+        "run",
+        "warm",
+        "--image",
+        &image,
+        "--restart=Never",
+        "--",
+        "true",
+    ]);
+    let inner = format!(
+        "stty rows 31 cols 97; kubectl run shell -it --rm --restart=Never --image {image} -- sh"
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qefc", &inner, "/dev/null"])
+        .env("KUBECONFIG", s.kubeconfig())
+        .env("KUBECACHEDIR", s.dir.path().join("kube-cache"))
+        .env("HOME", s.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = stdout;
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            match std::io::Read::read(&mut r, &mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    // The pod must be Running (and kubectl attached) before typing.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = String::new();
+    while !seen.contains("If you don't see a command prompt") {
+        assert!(Instant::now() < deadline, "kubectl never attached: {seen}");
+        if let Ok(out) = rx.recv_timeout(Duration::from_millis(500)) {
+            seen = out;
+        }
+    }
+    stdin.write_all(b"echo tty-$((6*7))\n").unwrap();
+    // kubectl sends its window size as it attaches, which may land after the first
+    // keystrokes: ask again until the size shows (or the deadline passes).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen.contains("tty-42") || !seen.contains("31 97") {
+        if Instant::now() >= deadline {
+            break;
+        }
+        if seen.contains("tty-42") {
+            let _ = stdin.write_all(b"stty size\n");
+        }
+        if let Ok(out) = rx.recv_timeout(Duration::from_millis(500)) {
+            seen = out;
+        }
+    }
+    let _ = stdin.write_all(b"exit\n");
+    if !seen.contains("tty-42") {
+        let logs = s.kubectl(&["logs", "shell"]);
+        eprintln!(
+            "container log: {:?} {:?}",
+            String::from_utf8_lossy(&logs.stdout),
+            String::from_utf8_lossy(&logs.stderr)
+        );
+        eprintln!(
+            "pod: {}",
+            String::from_utf8_lossy(&s.kubectl(&["get", "pod", "shell", "-o", "json"]).stdout)
+        );
+    }
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.contains("tty-42"),
+        "the shell ran what was typed: {seen:?}"
+    );
+    assert!(
+        seen.contains("31 97"),
+        "kubectl's window size reached the terminal: {seen:?}"
+    );
+}

@@ -197,7 +197,9 @@ pub async fn run(
     let fds = std::mem::take(&mut stream.fds);
     let connection = stream.connection();
     let exit = tokio::task::spawn_blocking(move || stream.wait());
-    let expected = if req.tty { 1 } else { 3 };
+    // An attach gets what the container has: one terminal, or three streams.
+    let tty = if req.attach { fds.len() == 1 } else { req.tty };
+    let expected = if tty { 1 } else { 3 };
     if fds.len() != expected {
         return Outcome::Failed(format!(
             "the shim passed {} descriptors for the exec, expected {expected}",
@@ -212,7 +214,7 @@ pub async fn run(
         Ok(f) => f,
         Err(e) => return Outcome::Failed(format!("exec stdio: {e}")),
     };
-    let (stdin, readers) = if req.tty {
+    let (stdin, readers) = if tty {
         let t = fds[0].clone();
         (
             Some(t.clone()),
@@ -230,7 +232,6 @@ pub async fn run(
     drop(fds);
     drop(output);
     let mut stdin = if req.stdin { stdin } else { None };
-    let tty = req.tty;
     let mut readers = readers;
     let feeder = async {
         while let Some(i) = input.recv().await {
@@ -246,6 +247,23 @@ pub async fn run(
                 // user types it.
                 Input::StdinClosed if !tty => stdin = None,
                 Input::StdinClosed => {}
+                Input::Resize { width, height } if req.attach => {
+                    // The terminal is the shim's; the client holds a socket to it.
+                    let (root, id) = (req.shim_root.clone(), req.container_id.clone());
+                    let resize = skiff_shim::supervisor::Request::Resize {
+                        rows: height,
+                        cols: width,
+                    };
+                    let _ = tokio::task::spawn_blocking(move || {
+                        skiff_shim::supervisor::request(
+                            &root,
+                            &id,
+                            &resize,
+                            std::time::Duration::from_secs(2),
+                        )
+                    })
+                    .await;
+                }
                 Input::Resize { width, height } => {
                     if let (true, Some(fd)) = (tty, &stdin) {
                         let _ = skiff_shim::supervisor::set_winsize(

@@ -517,8 +517,7 @@ impl NodeApi {
             flag(&query, "input") || flag(&query, "stdin"),
             flag(&query, "output") || flag(&query, "stdout"),
             flag(&query, "error") || flag(&query, "stderr"),
-            // Containers are not given a terminal by this agent, so an attach has none.
-            flag(&query, "tty") && !attach,
+            flag(&query, "tty"),
         );
         if !(stdin || stdout || stderr) {
             return Err(NodeApiError::BadRequest(
