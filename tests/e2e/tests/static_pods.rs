@@ -415,3 +415,67 @@ fn a_static_pod_has_a_mirror_pod_in_the_api() {
         pod_uids(&agent.root).is_empty().then_some(())
     });
 }
+
+/// The worker's restart rules hold for static pods: OnFailure restarts a failed container
+/// (a new `<restart>.log`), Never leaves it exited.
+#[test]
+fn static_pods_restart_per_their_policy() {
+    if !is_root() {
+        println!("skipped: needs root (namespaces, overlay mounts)");
+        return;
+    }
+    let registry = Registry::start();
+    let image = registry.push_busybox("busybox", "1", &["sh"]);
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    for (name, policy) in [("again", "OnFailure"), ("once", "Never")] {
+        std::fs::write(
+            manifests.join(format!("{name}.yaml")),
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: {policy}\n  containers:\n  - name: c\n    image: {image}\n    command: [sh, -c, 'echo ran; exit 3']\n"
+            ),
+        )
+        .unwrap();
+    }
+    let agent = Standalone::start(dir.path(), &manifests);
+    let logs = dir.path().join("pod-logs");
+    let container_logs = |pod: &str| -> Vec<String> {
+        let Some(pod_dir) = std::fs::read_dir(&logs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("default_{pod}-lone_"))
+            })
+        else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = std::fs::read_dir(pod_dir.path().join("c"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    eventually("both pods ran once", Duration::from_secs(90), || {
+        (container_logs("again").contains(&"0.log".to_string())
+            && container_logs("once") == ["0.log"])
+        .then_some(())
+    });
+    eventually(
+        "OnFailure restarted after its back-off",
+        Duration::from_secs(90),
+        || {
+            container_logs("again")
+                .contains(&"1.log".to_string())
+                .then_some(())
+        },
+    );
+    assert_eq!(container_logs("once"), ["0.log"], "Never does not restart");
+    drop(agent);
+}
