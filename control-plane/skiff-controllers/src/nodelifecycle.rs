@@ -175,13 +175,24 @@ async fn pass(ctx: &Context) -> Result<(), Error> {
                     .all(|t| b.iter().any(|u| u.key == t.key && u.effect == t.effect))
         };
         if !same(&wanted_taints, &current_taints) {
-            nodes_api
-                .patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({"spec": {"taints": wanted_taints}})),
-                )
-                .await?;
+            // A merge patch replaces the whole list: the resourceVersion makes it a
+            // compare-and-swap, so a taint someone added since our listing is never dropped
+            // (on a conflict the next pass starts from the fresh node).
+            let patch = json!({
+                "metadata": {"resourceVersion": node.metadata.resource_version},
+                "spec": {"taints": wanted_taints},
+            });
+            match nodes_api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    tracing::debug!(node = %name, "node changed since the listing; taints next pass");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         evict(ctx, node, &wanted_taints, now).await?;
     }
