@@ -385,6 +385,8 @@ fn a_static_pod_has_a_mirror_pod_in_the_api() {
     // The node API finds the static pod's containers through its mirror.
     let logs = s.ok(&["logs", "web-node-m"]);
     assert_eq!(logs.trim(), "serving mirrored");
+    let page = s.ok(&["exec", "web-node-m", "--", "cat", "/www/index.html"]);
+    assert_eq!(page.trim(), "mirrored");
 
     // Deleting the mirror brings it back; the static pod itself keeps running.
     let first_uid = mirror["metadata"]["uid"].as_str().unwrap().to_string();

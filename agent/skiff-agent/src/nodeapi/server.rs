@@ -325,9 +325,12 @@ impl NodeApi {
             .items
             .into_iter()
             .map(|p| stats::PodInfo {
+                // A mirror pod's containers run under its static pod's uid.
+                uid: crate::pods::static_pods::mirror_of(&p)
+                    .or(p.metadata.uid.clone())
+                    .unwrap_or_default(),
                 name: p.metadata.name.unwrap_or_default(),
                 namespace: p.metadata.namespace.unwrap_or_default(),
-                uid: p.metadata.uid.unwrap_or_default(),
                 start_time: p.status.and_then(|s| s.start_time).map(|t| t.0.to_string()),
                 containers: p
                     .spec
