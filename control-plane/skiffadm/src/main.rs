@@ -54,6 +54,20 @@ enum Cmd {
     /// The local cluster's supervisor daemon (started by `up`).
     #[command(hide = true)]
     LocalSupervise(LocalRoot),
+    /// The API relay of a multi-node lab (started by the supervisor): accepts on the host's
+    /// `--listen` and connects to `--to` inside the network namespace `--netns`.
+    #[command(hide = true)]
+    LocalRelay {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// Only so that `skiffadm delete` finds this process by its root dir.
+        #[command(flatten)]
+        root: LocalRoot,
+    },
     /// Manage bootstrap tokens.
     Token {
         #[command(subcommand)]
@@ -116,6 +130,13 @@ fn main() -> anyhow::Result<()> {
     if let Cmd::LocalSupervise(root) = &cli.command {
         return Ok(local::supervisor::run_daemon(&root.root_dir)?);
     }
+    // Plain threads too: it switches its network namespace, which applies per thread.
+    if let Cmd::LocalRelay {
+        listen, netns, to, ..
+    } = &cli.command
+    {
+        return Ok(skiff_lab::relay::serve(*listen, netns, *to)?);
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -137,7 +158,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Image {
             action: ImageCmd::Load { file, root },
         } => local::image::load(&root.root_dir, &file).await?,
-        Cmd::LocalSupervise(_) => unreachable!("handled before the runtime starts"),
+        Cmd::LocalSupervise(_) | Cmd::LocalRelay { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
         Cmd::Preflight {
             ignore_preflight_errors,
         } => {

@@ -37,7 +37,11 @@ async fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) -> Resu
 pub async fn load(root: &Path, file: &Path) -> Result<(), LocalError> {
     let layout = Layout::new(root)?;
     super::require_root()?;
-    Settings::require(&layout)?;
+    if Settings::require(&layout)?.nodes.is_some() {
+        return Err(LocalError::Invalid(
+            "image load feeds the single node of `skiffadm up`; the nodes of a multi-node lab pull from a registry they reach (one on the underlay bridge, e.g. `ip netns exec skiff-lab docker-registry serve …`)".into(),
+        ));
+    }
     let meta = std::fs::metadata(file).map_err(|e| LocalError::io(file, e))?;
     if !meta.is_file() {
         return Err(LocalError::Invalid(format!(

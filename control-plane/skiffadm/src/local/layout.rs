@@ -102,6 +102,10 @@ pub struct Settings {
     pub cgroup_root: Option<PathBuf>,
     /// Chain in the nat table that masquerades pod traffic leaving the pod network.
     pub masq_chain: String,
+    /// `Some(N)`: a multi-node lab (`up --nodes N`): server and agents in network namespaces
+    /// of their own, nothing on the host's network but the API relay on loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<usize>,
 }
 
 impl Settings {
@@ -242,6 +246,7 @@ mod tests {
             bin_dir: "/usr/bin".into(),
             cgroup_root: None,
             masq_chain: "SKIFF-LOCAL-MASQ".into(),
+            nodes: None,
         };
         s.save(&l).unwrap();
         assert_eq!(Settings::load(&l).unwrap(), Some(s));

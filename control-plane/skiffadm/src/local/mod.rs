@@ -6,6 +6,7 @@
 pub mod checks;
 pub mod image;
 pub mod kubeconfig;
+pub mod lab;
 pub mod layout;
 pub mod network;
 pub mod processes;
@@ -95,7 +96,14 @@ pub fn require_root() -> Result<(), LocalError> {
 
 /// A client with the cluster's admin credentials.
 pub async fn client(layout: &layout::Layout) -> Result<kube::Client, LocalError> {
-    let path = layout.server_kubeconfig();
+    // A lab's server names its underlay address, which the host cannot reach; the admin
+    // kubeconfig goes through the relay on loopback.
+    let lab = layout::Settings::load(layout)?.is_some_and(|s| s.nodes.is_some());
+    let path = if lab {
+        layout.admin_kubeconfig()
+    } else {
+        layout.server_kubeconfig()
+    };
     let kc = kube::config::Kubeconfig::read_from(&path)
         .map_err(|e| LocalError::Invalid(format!("{}: {e}", path.display())))?;
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())

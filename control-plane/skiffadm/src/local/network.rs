@@ -316,6 +316,7 @@ mod tests {
             bin_dir: "/opt/bin".into(),
             cgroup_root: None,
             masq_chain: "SKIFF-LOCAL-MASQ".into(),
+            nodes: None,
         }
     }
 

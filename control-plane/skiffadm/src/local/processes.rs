@@ -92,6 +92,7 @@ mod tests {
             bin_dir: "/opt/skiff/bin".into(),
             cgroup_root,
             masq_chain: "SKIFF-LOCAL-MASQ".into(),
+            nodes: None,
         }
     }
 

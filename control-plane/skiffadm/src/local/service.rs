@@ -44,8 +44,19 @@ pub async fn run(root: &Path, name: &str, namespace: &str, url: bool) -> Result<
         what: format!("service {namespace}/{name}"),
         source: e,
     })?;
-    for u in urls(&svc, &settings.node_ip).map_err(LocalError::Invalid)? {
-        println!("{u}");
+    // In a lab every node answers on the NodePort; its addresses are reached from the
+    // lab's namespaces (`ip netns exec skiff-node-1 curl URL`).
+    let ips: Vec<String> = match settings.nodes {
+        Some(n) => {
+            let spec = super::lab::spec(&layout, &settings, n);
+            (1..=n).map(|i| spec.node_ip(i).to_string()).collect()
+        }
+        None => vec![settings.node_ip.clone()],
+    };
+    for ip in ips {
+        for u in urls(&svc, &ip).map_err(LocalError::Invalid)? {
+            println!("{u}");
+        }
     }
     Ok(())
 }

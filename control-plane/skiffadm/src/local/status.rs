@@ -21,6 +21,9 @@ fn proc_line(name: &str, pid: Option<i32>) -> String {
 pub async fn run(root: &Path) -> Result<(), LocalError> {
     let layout = Layout::new(root)?;
     let settings = Settings::require(&layout)?;
+    if let Some(n) = settings.nodes {
+        return super::lab::status(&layout, &settings, n).await;
+    }
     println!("Local cluster in {}", root.display());
     let sup = live_pid(&layout.supervisor_pid(), "local-supervise");
     let server = live_pid(&layout.child_pid("server"), "skiff-server");

@@ -277,9 +277,16 @@ pub fn delete(root: &Path) -> Result<(), LocalError> {
             errors.push(format!("umount {}: {e}", m.display()));
         }
     }
-    network::remove_bridge(&settings.bridge, &mut errors);
-    network::remove_masquerade(&settings, &mut errors);
-    network::remove_proxy_chains(&mut errors);
+    match settings.nodes {
+        // A lab made nothing on the host's network: its bridge, chains and links all live
+        // in its namespaces.
+        Some(n) => super::lab::remove(&layout, &settings, n, &mut errors),
+        None => {
+            network::remove_bridge(&settings.bridge, &mut errors);
+            network::remove_masquerade(&settings, &mut errors);
+            network::remove_proxy_chains(&mut errors);
+        }
+    }
     if let Some(cg) = &settings.cgroup_root {
         remove_cgroup_tree(cg, &mut errors);
     }

@@ -334,16 +334,33 @@ pub fn run_daemon(root: &Path) -> Result<(), LocalError> {
             source: e,
         })?;
     }
-    let commands = BTreeMap::from([
-        (
-            "server".to_string(),
-            processes::server_command(&layout, &settings),
+    let commands = match settings.nodes {
+        Some(n) => super::lab::commands(&layout, &settings, n),
+        None => BTreeMap::from([
+            (
+                "server".to_string(),
+                processes::server_command(&layout, &settings),
+            ),
+            (
+                "agent".to_string(),
+                processes::agent_command(&layout, &settings),
+            ),
+        ]),
+    };
+    // The server first (stopped last), then the relay, then the agents in node order.
+    let mut names: Vec<String> = commands.keys().cloned().collect();
+    names.sort_by_key(|n| match n.as_str() {
+        "server" => (0, 0),
+        "relay" => (1, 0),
+        other => (
+            2,
+            other
+                .strip_prefix("agent-")
+                .and_then(|i| i.parse::<usize>().ok())
+                .unwrap_or(0),
         ),
-        (
-            "agent".to_string(),
-            processes::agent_command(&layout, &settings),
-        ),
-    ]);
+    });
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let launcher = ProcessLauncher {
         layout: layout.clone(),
         commands,
@@ -354,7 +371,7 @@ pub fn run_daemon(root: &Path) -> Result<(), LocalError> {
         Duration::from_secs(60),
         Duration::from_secs(120),
     );
-    let mut sup = Supervisor::new(launcher, &["server", "agent"], &backoff, Instant::now());
+    let mut sup = Supervisor::new(launcher, &names, &backoff, Instant::now());
     log_line(&format!(
         "supervisor {} started for {}",
         std::process::id(),
@@ -365,6 +382,7 @@ pub fn run_daemon(root: &Path) -> Result<(), LocalError> {
     while !TERMINATE.load(Ordering::SeqCst) {
         let may_run = |name: &str| match name {
             "agent" => server_kubeconfig.exists() && !hold.exists(),
+            n if n.starts_with("agent-") => server_kubeconfig.exists(),
             _ => true,
         };
         for event in sup.tick(Instant::now(), &may_run) {

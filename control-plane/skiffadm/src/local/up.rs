@@ -38,6 +38,12 @@ pub struct UpArgs {
     /// skiffadm).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+    /// A cluster of this many nodes on this host (first `up` only): server and agents each in
+    /// a network namespace of their own (`skiff-lab`, `skiff-node-<i>`), joined by a bridge
+    /// and the VxLAN overlay; the API is relayed to 127.0.0.1:--port. Without it: one node on
+    /// the host's network.
+    #[arg(long)]
+    pub nodes: Option<usize>,
     /// How long to wait for the node to be Ready, in seconds.
     #[arg(long, default_value_t = 180)]
     pub wait: u64,
@@ -108,6 +114,12 @@ pub fn resolve_settings(
                 args.cluster_cidr.clone(),
                 s.cluster_cidr.clone(),
             ),
+            (
+                "--nodes",
+                args.nodes.map(|n| n.to_string()),
+                s.nodes
+                    .map_or_else(|| "1 on the host network".into(), |n| n.to_string()),
+            ),
         ]
         .into_iter()
         .filter_map(|(flag, given, had)| {
@@ -129,16 +141,54 @@ pub fn resolve_settings(
         }
         return Ok(s);
     }
-    let node_name = args.node_name.clone().unwrap_or_else(hostname);
+    if let Some(n) = args.nodes {
+        if n == 0 || n > skiff_lab::spec::MAX_NODES {
+            return Err(LocalError::Invalid(format!(
+                "--nodes {n}: between 1 and {}",
+                skiff_lab::spec::MAX_NODES
+            )));
+        }
+        for (flag, given) in [
+            ("--node-name", args.node_name.is_some()),
+            ("--node-ip", args.node_ip.is_some()),
+            ("--bridge", args.bridge.is_some()),
+        ] {
+            if given {
+                return Err(LocalError::Invalid(format!(
+                    "{flag} does not apply with --nodes: the lab names and addresses its nodes itself"
+                )));
+            }
+        }
+    }
+    let lab_first = args.nodes.map(|n| skiff_lab::Spec {
+        name: super::lab::NAME.into(),
+        nodes: n,
+        underlay: super::lab::UNDERLAY,
+        root: args.root_dir.clone(),
+        bin_dir: PathBuf::new(),
+        port: super::lab::INNER_PORT,
+        cluster_cidr: String::new(),
+        cgroup_root: None,
+        insecure_registries: vec![],
+        dns_upstream: vec![],
+    });
+    let node_name = match &lab_first {
+        Some(spec) => spec.node_name(1),
+        None => args.node_name.clone().unwrap_or_else(hostname),
+    };
     layout::validate_node_name(&node_name)?;
-    let node_ip = match &args.node_ip {
-        Some(ip) => ip.clone(),
-        None => detect_ip().unwrap_or_else(|| "127.0.0.1".into()),
+    let node_ip = match (&lab_first, &args.node_ip) {
+        (Some(spec), _) => spec.node_ip(1).to_string(),
+        (None, Some(ip)) => ip.clone(),
+        (None, None) => detect_ip().unwrap_or_else(|| "127.0.0.1".into()),
     };
     node_ip.parse::<std::net::Ipv4Addr>().map_err(|_| {
         LocalError::Invalid(format!("--node-ip {node_ip:?} is not an IPv4 address"))
     })?;
-    let bridge = args.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.into());
+    let bridge = match &lab_first {
+        Some(_) => skiff_lab::spec::BRIDGE.to_string(),
+        None => args.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.into()),
+    };
     layout::validate_ifname(&bridge)?;
     let cluster_cidr = args
         .cluster_cidr
@@ -164,6 +214,7 @@ pub fn resolve_settings(
             Limits::NotEnforced { .. } => None,
         },
         masq_chain: MASQ_CHAIN.into(),
+        nodes: args.nodes,
     })
 }
 
@@ -352,6 +403,9 @@ pub async fn run(args: UpArgs) -> Result<(), LocalError> {
         default_bin_dir,
     )?;
     let timeout = Duration::from_secs(args.wait);
+    if let Some(n) = settings.nodes {
+        return run_lab(&layout, &settings, n, &limits, resuming, timeout).await;
+    }
     if let Some(pid) = supervisor_running(&layout) {
         println!(
             "The local cluster in {} is already up (supervisor pid {pid}).",
@@ -413,6 +467,87 @@ pub async fn run(args: UpArgs) -> Result<(), LocalError> {
     Ok(())
 }
 
+/// `<root>/admin.kubeconfig` and the user's `skiff` context, through the relay on loopback.
+fn write_lab_kubeconfigs(layout: &Layout, settings: &Settings) -> Result<PathBuf, LocalError> {
+    let creds = super::lab::host_credentials(layout, settings)?;
+    super::write_atomic(
+        &layout.admin_kubeconfig(),
+        kubeconfig::standalone(&creds).as_bytes(),
+        0o600,
+    )?;
+    let user = kubeconfig::user_kubeconfig_path()?;
+    let existing = kubeconfig::read_optional(&user)?;
+    let merged = kubeconfig::merged(&user, &existing, &creds)?;
+    super::write_atomic(&user, merged.as_bytes(), 0o600)?;
+    Ok(user)
+}
+
+/// `up --nodes N`: the lab's namespaces and files, then the supervisor with the server, the
+/// relay and N agents; returns once N nodes are Ready.
+async fn run_lab(
+    layout: &Layout,
+    settings: &Settings,
+    nodes: usize,
+    limits: &Limits,
+    resuming: bool,
+    timeout: Duration,
+) -> Result<(), LocalError> {
+    let spec = super::lab::spec(layout, settings, nodes);
+    let write = || write_lab_kubeconfigs(layout, settings);
+    if let Some(pid) = supervisor_running(layout) {
+        println!(
+            "The local cluster in {} is already up (supervisor pid {pid}).",
+            layout.root.display()
+        );
+        let (user_kc, _) = super::lab::wait_ready(layout, nodes, timeout, write).await?;
+        super::lab::print_summary(layout, settings, &spec, &user_kc);
+        return Ok(());
+    }
+    let missing = processes::missing_binaries(&settings.bin_dir);
+    if !missing.is_empty() {
+        return Err(LocalError::Preflight(format!(
+            "{} not found in {}; build them (`cargo build --release --bins`) or pass --bin-dir",
+            missing.join(", "),
+            settings.bin_dir.display()
+        )));
+    }
+    super::stop::stop_processes(layout);
+    if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", settings.port)) {
+        return Err(LocalError::Preflight(format!(
+            "127.0.0.1:{}, needed by the API relay (--port), is not available: {e}; is another cluster running here?",
+            settings.port
+        )));
+    }
+    println!("[local] {}", limits.line());
+    for dir in [layout.root.clone(), layout.logs_dir(), layout.run_dir()] {
+        std::fs::create_dir_all(&dir).map_err(|e| LocalError::io(&dir, e))?;
+    }
+    settings.save(layout)?;
+    super::lab::prepare(layout, settings, nodes)?;
+    println!(
+        "[local] {} the control plane and {nodes} nodes in network namespaces {} and {}…{} (logs in {})",
+        if resuming { "restarting" } else { "starting" },
+        spec.underlay_netns(),
+        spec.node_netns(1),
+        spec.node_netns(nodes),
+        layout.logs_dir().display()
+    );
+    spawn_supervisor(layout)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while supervisor_running(layout).is_none() {
+        if Instant::now() > deadline {
+            return Err(LocalError::Tool {
+                tool: "skiffadm local-supervise".into(),
+                message: format!("did not start; {}", logs_hint(layout)),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (user_kc, _) = super::lab::wait_ready(layout, nodes, timeout, write).await?;
+    super::lab::print_summary(layout, settings, &spec, &user_kc);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,6 +561,7 @@ mod tests {
             bridge: None,
             cluster_cidr: None,
             bin_dir: Some("/opt/bin".into()),
+            nodes: None,
             wait: 10,
         }
     }
