@@ -42,6 +42,7 @@ pub fn missing_prerequisites() -> Vec<String> {
         "umoci",
         "dnsmasq",
         "curl",
+        "nft",
         "kubectl",
     ] {
         let found = std::env::var_os("PATH")

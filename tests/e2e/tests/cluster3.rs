@@ -392,6 +392,17 @@ fn three_nodes_services_dns_and_overlay() {
         http_get(&c, "client-2", &format!("http://{cluster_ip}/")).as_deref() == Some(left.as_str())
     });
 
+    // Deleting the whole nat table (chains, canary and all) is repaired too: iptables-nft
+    // then calls the missing canary chain "incompatible" rather than missing.
+    let out = c.on_node(2, &["nft", "delete", "table", "ip", "nat"]);
+    assert!(out.status.success(), "{}", text(&out));
+    c.eventually("node 2's nat table rebuilt", 60, || {
+        dnat_rules(&c, 2, "web") == 1
+    });
+    c.eventually("client-2 reaches the service after the rebuild", 60, || {
+        http_get(&c, "client-2", &format!("http://{cluster_ip}/")).as_deref() == Some(left.as_str())
+    });
+
     // Removing a node withdraws its route, neighbour and FDB entry on the others.
     let gone_cidr = c.json(&["get", "node", &nodes[2]])["spec"]["podCIDR"]
         .as_str()

@@ -215,6 +215,13 @@ impl Iptables {
     }
 }
 
+/// Whether an `iptables-save` dump declares `chain` (`:CHAIN POLICY [counters]`).
+fn declares_chain(save: &str, chain: &str) -> bool {
+    save.lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .any(|l| l.split_whitespace().next() == Some(chain))
+}
+
 impl Kernel for Iptables {
     fn restore(&mut self, text: &str) -> Result<(), KernelError> {
         // --wait: another program (kubelet, a CNI plugin) may hold the xtables lock briefly.
@@ -250,6 +257,24 @@ impl Kernel for Iptables {
                 if stderr.contains("No chain") || stderr.contains("does not exist") =>
             {
                 Ok(None)
+            }
+            // iptables-nft 1.8.9 answers "chain `X' in table `nat' is incompatible, use 'nft'
+            // tool" for a chain that does not exist, and the same for one nft made with
+            // constructs iptables cannot show; the table's dump tells the two apart.
+            Err(KernelError::Failed {
+                command,
+                status,
+                stderr,
+            }) if stderr.contains("incompatible") => {
+                if declares_chain(&self.save(table)?, chain) {
+                    Err(KernelError::Failed {
+                        command,
+                        status,
+                        stderr,
+                    })
+                } else {
+                    Ok(None)
+                }
             }
             Err(e) => Err(e),
         }
@@ -448,6 +473,14 @@ mod tests {
             .restore("*nat\n:B - [0:0]\n-A B -j A\nCOMMIT\n*nat\n-X A\nCOMMIT\n")
             .is_err());
         assert!(k.chain_rules(Table::Nat, "A").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_chain_counts_as_present_only_when_the_dump_declares_it() {
+        let dump = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n-A PREROUTING -j KUBE-SERVICES\nCOMMIT\n";
+        assert!(declares_chain(dump, "KUBE-SERVICES"));
+        assert!(!declares_chain(dump, "KUBE-SERVICE"));
+        assert!(!declares_chain(dump, "KUBE-NODEPORTS"));
     }
 
     #[test]
