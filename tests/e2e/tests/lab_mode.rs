@@ -148,5 +148,5 @@ fn up_with_two_nodes_then_delete() {
     assert!(!Path::new(&lab.root).exists());
     let leftovers = skiff_lab::sweep::processes_under(&lab.root);
     assert!(leftovers.is_empty(), "processes left: {leftovers:?}");
-    assert!(!std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_ok());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_err());
 }
