@@ -23,6 +23,10 @@ struct Args {
     /// State: the store file, the PKI and the admin kubeconfig.
     #[arg(long, default_value = "/var/lib/skiff/server")]
     data_dir: PathBuf,
+    /// The cluster's PKI (CA, serving and client certificates); default `<data-dir>/pki`.
+    /// `skiffadm init` keeps it in /etc/skiff/pki, apart from the state.
+    #[arg(long)]
+    pki_dir: Option<PathBuf>,
     /// The address clients should use to reach this server (kubeconfig, `kubernetes` endpoints).
     #[arg(long, default_value = "127.0.0.1")]
     advertise_address: IpAddr,
@@ -137,7 +141,14 @@ async fn main() -> anyhow::Result<()> {
     }
     ips.sort();
     ips.dedup();
-    let pki = pki::ClusterPki::load_or_create(&args.data_dir.join("pki"), &dns, &ips)?;
+    let pki = pki::ClusterPki::load_or_create(
+        &args
+            .pki_dir
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("pki")),
+        &dns,
+        &ips,
+    )?;
     let admin = pki.admin()?;
     let server_url = format!(
         "https://{}:{}",
