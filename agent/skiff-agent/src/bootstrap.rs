@@ -1,6 +1,8 @@
 //! TLS bootstrap (kubelet's `--bootstrap-kubeconfig`): a node that holds only a bootstrap
 //! token makes its own key, files a CertificateSigningRequest for `system:node:<name>`, waits
 //! for the control plane to approve and sign it, and writes the kubeconfig it runs with.
+//! Later it renews that certificate the same way, under its own node identity, once 80% of
+//! the certificate's lifetime has passed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,6 +38,8 @@ pub enum BootstrapError {
         verdict: String,
         message: String,
     },
+    #[error("client certificate {path}: {message}")]
+    Certificate { path: PathBuf, message: String },
     #[error("certificate request {name} was not signed within {waited:?}; is the control plane approving node CSRs? (`kubectl get csr`)")]
     Timeout { name: String, waited: Duration },
 }
@@ -219,6 +223,128 @@ pub async fn ensure_kubeconfig(
     Ok(true)
 }
 
+/// The share of a client certificate's lifetime after which it is renewed (kubelet renews
+/// between 70% and 90%).
+pub const RENEW_AT_PERCENT: i64 = 80;
+
+/// When (Unix seconds) a certificate valid from `not_before` to `not_after` is due for
+/// renewal.
+pub fn renew_at(not_before: i64, not_after: i64) -> i64 {
+    if not_after <= not_before {
+        // A certificate that is never valid: renew now.
+        return i64::MIN;
+    }
+    not_before + (not_after - not_before) * RENEW_AT_PERCENT / 100
+}
+
+/// How long to wait before renewing, from `now`: zero when it is already due.
+pub fn renewal_delay(not_before: i64, not_after: i64, now: i64) -> Duration {
+    Duration::from_secs(renew_at(not_before, not_after).saturating_sub(now).max(0) as u64)
+}
+
+/// The validity window (Unix seconds) of a PEM certificate.
+pub fn validity(path: &Path, pem: &[u8]) -> Result<(i64, i64), BootstrapError> {
+    let bad = |message: String| BootstrapError::Certificate {
+        path: path.to_path_buf(),
+        message,
+    };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| bad(e.to_string()))?;
+    let cert = pem.parse_x509().map_err(|e| bad(e.to_string()))?;
+    let v = cert.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// The client certificate and key files a kubeconfig's user names, if it names files (an
+/// admin's embedded credentials are not this agent's to rotate).
+pub fn client_files(kubeconfig: &Path) -> Result<Option<(PathBuf, PathBuf)>, BootstrapError> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| {
+        BootstrapError::Kubeconfig {
+            path: kubeconfig.to_path_buf(),
+            message: e.to_string(),
+        }
+    })?;
+    let user = kc
+        .current_context
+        .as_ref()
+        .and_then(|cur| kc.contexts.iter().find(|c| &c.name == cur))
+        .and_then(|c| c.context.as_ref())
+        .and_then(|c| c.user.clone());
+    let auth = kc
+        .auth_infos
+        .iter()
+        .find(|a| user.is_none() || user.as_deref() == Some(a.name.as_str()))
+        .and_then(|a| a.auth_info.as_ref());
+    Ok(auth.and_then(|a| {
+        Some((
+            PathBuf::from(a.client_certificate.clone()?),
+            PathBuf::from(a.client_key.clone()?),
+        ))
+    }))
+}
+
+/// Waits until the certificate `kubeconfig` names is due, then obtains a new one for `node`
+/// with the current one (the csrapproving controller approves a node's own renewals) and
+/// points the kubeconfig at it. Returns once the kubeconfig names the new certificate; the
+/// running client still holds the old one, so the caller restarts to use it. Returns `None`
+/// without waiting when the kubeconfig names no certificate files.
+pub async fn rotate_when_due(
+    kubeconfig: &Path,
+    cert_dir: &Path,
+    node: &str,
+) -> Result<Option<PathBuf>, BootstrapError> {
+    let Some((cert, _)) = client_files(kubeconfig)? else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(&cert).map_err(io_err(&cert))?;
+    let (not_before, not_after) = validity(&cert, &pem)?;
+    let delay = renewal_delay(not_before, not_after, jiff::Timestamp::now().as_second());
+    tracing::info!(
+        cert = %cert.display(),
+        renew_in_s = delay.as_secs(),
+        "client certificate rotation scheduled at {RENEW_AT_PERCENT}% of its lifetime"
+    );
+    tokio::time::sleep(delay).await;
+    let (server, ca) = cluster_of(kubeconfig)?;
+    let config = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| {
+        BootstrapError::Kubeconfig {
+            path: kubeconfig.to_path_buf(),
+            message: e.to_string(),
+        }
+    })?;
+    let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+        .await
+        .map_err(|e| BootstrapError::Kubeconfig {
+            path: kubeconfig.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let client = kube::Client::try_from(config)?;
+    let (key_pem, request_pem) = node_request(node)?;
+    let cert_pem =
+        request_certificate(client, node, &request_pem, Duration::from_secs(900)).await?;
+    // New files under new names, then the kubeconfig (one rename) switches to them: a crash
+    // at any point leaves a kubeconfig whose key and certificate belong together.
+    std::fs::create_dir_all(cert_dir).map_err(io_err(cert_dir))?;
+    let stamp = jiff::Timestamp::now().as_second();
+    let new_cert = cert_dir.join(format!("skiff-agent-client-{stamp}.crt"));
+    let new_key = cert_dir.join(format!("skiff-agent-client-{stamp}.key"));
+    write_private(&new_key, key_pem.as_bytes())?;
+    write_private(&new_cert, &cert_pem)?;
+    let old = client_files(kubeconfig)?;
+    write_private(
+        kubeconfig,
+        node_kubeconfig(&server, &ca, &new_cert, &new_key).as_bytes(),
+    )?;
+    if let Some((c, k)) = old {
+        for f in [c, k] {
+            if f.starts_with(cert_dir) {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+    tracing::info!(cert = %new_cert.display(), "client certificate renewed");
+    Ok(Some(new_cert))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,5 +399,54 @@ mod tests {
             Some("/etc/skiff/pki/c.crt")
         );
         assert!(cluster_of(&dir.path().join("missing")).is_err());
+    }
+    #[test]
+    fn renewal_is_due_at_80_percent_of_the_lifetime() {
+        // A year-long certificate issued at t=1000.
+        let (nb, na) = (1000, 1000 + 365 * 86400);
+        assert_eq!(renew_at(nb, na), 1000 + 292 * 86400);
+        assert_eq!(
+            renewal_delay(nb, na, 1000),
+            Duration::from_secs(292 * 86400)
+        );
+        assert_eq!(
+            renewal_delay(nb, na, 1000 + 292 * 86400 - 5),
+            Duration::from_secs(5)
+        );
+        // Due or overdue (an agent that was off for months): at once.
+        assert_eq!(renewal_delay(nb, na, 1000 + 292 * 86400), Duration::ZERO);
+        assert_eq!(renewal_delay(nb, na, na + 10), Duration::ZERO);
+        // A window that ends before it starts is due at once, not in the far future.
+        assert_eq!(renewal_delay(na, nb, nb), Duration::ZERO);
+    }
+
+    #[test]
+    fn validity_and_client_files_are_read() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["n".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2027, 1, 1);
+        let pem = params.self_signed(&key).unwrap().pem();
+        let (nb, na) = validity(Path::new("c.crt"), pem.as_bytes()).unwrap();
+        assert_eq!(na - nb, 365 * 86400);
+        assert_eq!(nb, 1767225600);
+        assert!(validity(Path::new("c.crt"), b"junk").is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let kc = dir.path().join("k");
+        std::fs::write(
+            &kc,
+            node_kubeconfig(
+                "https://h:6443",
+                b"CA",
+                Path::new("/p/c.crt"),
+                Path::new("/p/c.key"),
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            client_files(&kc).unwrap(),
+            Some((PathBuf::from("/p/c.crt"), PathBuf::from("/p/c.key")))
+        );
     }
 }

@@ -268,6 +268,7 @@ async fn agent_main() -> anyhow::Result<()> {
     )?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
     let client = kube::Client::try_from(config)?;
+    spawn_certificate_rotation(kubeconfig_path.clone(), args.cert_dir.clone(), name.clone());
     let cfg = node::NodeConfig {
         name,
         ip: args.node_ip.clone(),
@@ -498,6 +499,32 @@ fn start_proxy(args: &Args, client: &kube::Client, node: &str) -> anyhow::Result
         }
     });
     Ok(())
+}
+
+/// Renews the node's client certificate when it is due. The API client has the old one loaded,
+/// so the agent then re-executes itself (same PID, so systemd sees no restart; pods are
+/// unaffected, as by any agent restart) and comes back with the new one.
+fn spawn_certificate_rotation(kubeconfig: PathBuf, cert_dir: PathBuf, node: String) {
+    tokio::spawn(async move {
+        loop {
+            match skiff_agent::bootstrap::rotate_when_due(&kubeconfig, &cert_dir, &node).await {
+                Ok(None) => return,
+                Ok(Some(_)) => {
+                    use std::os::unix::process::CommandExt;
+                    tracing::info!("re-executing to use the renewed client certificate");
+                    let err = std::process::Command::new("/proc/self/exe")
+                        .args(std::env::args_os().skip(1))
+                        .exec();
+                    tracing::error!(error = %err, "re-exec failed; the renewed certificate is used at the next restart");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "client certificate renewal failed; retrying in 60 s");
+                    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                }
+            }
+        }
+    });
 }
 
 #[cfg(test)]
