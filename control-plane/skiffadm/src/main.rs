@@ -1,8 +1,9 @@
-//! skiffadm: prepare and inspect nodes of a Skiff cluster. Today: `preflight`, bootstrap
-//! `token` management and local mode (`up`, `status`, `down`, `delete`, `service`, `image
-//! load`); `init`, `join` and `reset` come with the systemd units.
+//! skiffadm: set up and inspect nodes of a Skiff cluster: `init`, `join` and `reset` on
+//! machines systemd runs, `preflight`, bootstrap `token` management, and local mode (`up`,
+//! `status`, `down`, `delete`, `service`, `image load`) for a single node without systemd.
 
 mod local;
+mod node;
 mod preflight;
 mod token;
 
@@ -26,6 +27,13 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         ignore_preflight_errors: Vec<String>,
     },
+    /// Make this machine a cluster's control plane (and a node), with systemd units.
+    Init(node::init::InitArgs),
+    /// Make this machine a node of the cluster at HOST:PORT.
+    Join(node::join::JoinArgs),
+    /// Undo init or join: units, pods, links, iptables chains, cgroups, mounts, /etc/skiff,
+    /// /var/lib/skiff, /run/skiff.
+    Reset,
     /// Start (or resume) a single-node cluster on this machine, without systemd.
     Up(local::up::UpArgs),
     /// Show the local cluster's processes, API, node and cgroup limits.
@@ -145,6 +153,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Cmd::Init(args) => node::init::run(args).await?,
+        Cmd::Join(args) => node::join::run(args).await?,
+        Cmd::Reset => node::reset::run()?,
         Cmd::Up(args) => local::up::run(args).await?,
         Cmd::Status(r) => local::status::run(&r.root_dir).await?,
         Cmd::Down(r) => local::stop::down(&r.root_dir)?,

@@ -28,7 +28,7 @@ fn alive(pid: i32) -> bool {
             .is_some_and(|rest| rest.trim_start().starts_with('Z'))
 }
 
-fn wait_gone(pid: i32, timeout: Duration) -> bool {
+pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while alive(pid) {
         if Instant::now() > deadline {
@@ -103,10 +103,26 @@ pub fn down(root: &Path) -> Result<(), LocalError> {
 
 /// Network attachments released (CNI DEL), then the pause processes stopped.
 fn remove_sandboxes(layout: &Layout, errors: &mut Vec<String>) {
-    let agent = layout.agent_dir();
+    remove_sandboxes_in(
+        &layout.agent_dir(),
+        &layout.cni_conf_dir(),
+        &layout.cni_bin_dir(),
+        errors,
+    )
+}
+
+/// Detaches every pod sandbox an agent with state `agent` recorded from its CNI network and
+/// stops it; errors are collected so that teardown goes on.
+pub fn remove_sandboxes_in(
+    agent: &Path,
+    cni_conf_dir: &Path,
+    cni_bin_dir: &Path,
+    errors: &mut Vec<String>,
+) {
+    let agent = agent.to_path_buf();
     let cni = skiff_agent::cni::Runtime {
-        conf_dir: layout.cni_conf_dir(),
-        bin_dirs: vec![layout.cni_bin_dir()],
+        conf_dir: cni_conf_dir.to_path_buf(),
+        bin_dirs: vec![cni_bin_dir.to_path_buf()],
         cache_dir: agent.join("cni-cache"),
         timeout: Duration::from_secs(30),
     };
@@ -136,15 +152,22 @@ fn remove_sandboxes(layout: &Layout, errors: &mut Vec<String>) {
 
 /// Every container the agent's shims know, killed and deleted.
 fn remove_containers(layout: &Layout, settings: &Settings, errors: &mut Vec<String>) {
-    let shim = settings.bin_dir.join("skiff-shim");
-    let root = layout.shim_dir();
+    remove_containers_in(
+        &settings.bin_dir.join("skiff-shim"),
+        &layout.shim_dir(),
+        errors,
+    )
+}
+
+/// Kills and deletes every container skiff-shim keeps under `root`.
+pub fn remove_containers_in(shim: &Path, root: &Path, errors: &mut Vec<String>) {
     if !root.exists() {
         return;
     }
     let run = |args: &[&str]| {
-        Command::new(&shim)
+        Command::new(shim)
             .arg("--root")
-            .arg(&root)
+            .arg(root)
             .args(args)
             .output()
     };
@@ -234,7 +257,7 @@ fn unescape_mount_path(s: &str) -> std::path::PathBuf {
     ))
 }
 
-fn remove_cgroup_tree(dir: &Path, errors: &mut Vec<String>) {
+pub fn remove_cgroup_tree(dir: &Path, errors: &mut Vec<String>) {
     if !dir.exists() {
         return;
     }

@@ -1,0 +1,672 @@
+//! `skiffadm init`: make this machine the control plane (and, unless told otherwise, a node).
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+
+use super::{
+    agent_args, apply, check_cidr, check_node_name, common_actions, env_line, unit_action, Action,
+    Network, NodeError, Paths, System, AGENT_UNIT, AGENT_UNIT_TEXT, CONTROL_PLANE_TAINT,
+    DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR, SERVER_UNIT, SERVER_UNIT_TEXT,
+};
+use crate::token;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct InitArgs {
+    /// Address (`host:port`) nodes and clients use to reach the API server; default
+    /// `<advertise address>:6443`.
+    #[arg(long)]
+    pub control_plane_endpoint: Option<String>,
+    /// This machine's address for the cluster (default: that of the default route).
+    #[arg(long)]
+    pub apiserver_advertise_address: Option<IpAddr>,
+    /// The pod network; each node gets a /24 of it.
+    #[arg(long, default_value = DEFAULT_POD_CIDR)]
+    pub pod_network_cidr: String,
+    /// The ClusterIP range.
+    #[arg(long, default_value = DEFAULT_SERVICE_CIDR)]
+    pub service_cidr: String,
+    /// Keep the cluster state in etcd (`http(s)://host:port`, comma-separated) instead of the
+    /// embedded store.
+    #[arg(long, value_delimiter = ',')]
+    pub datastore_endpoint: Vec<String>,
+    /// Run only the control plane here, no node agent.
+    #[arg(long)]
+    pub control_plane_only: bool,
+    /// Let ordinary pods run on this node (no control-plane taint).
+    #[arg(long)]
+    pub schedule_workloads: bool,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Checks whose errors are only reported (names as printed, or `all`).
+    #[arg(long, value_delimiter = ',')]
+    pub ignore_preflight_errors: Vec<String>,
+    /// Seconds to wait for the API and the node to be ready.
+    #[arg(long, default_value_t = 600)]
+    pub wait: u64,
+}
+
+/// What init sets up, resolved from the flags and the machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitConfig {
+    pub node: String,
+    pub advertise: IpAddr,
+    /// `host:port` written into kubeconfigs and the join command.
+    pub endpoint: String,
+    pub network: Network,
+    pub datastore: Vec<String>,
+    pub control_plane_only: bool,
+    pub schedule_workloads: bool,
+}
+
+/// Splits `host:port` (`[v6]:port` too), checking the port.
+pub fn split_endpoint(flag: &str, endpoint: &str) -> Result<(String, u16), NodeError> {
+    let bad = |why: &str| {
+        NodeError::Refused(format!(
+            "{flag} {endpoint:?} is not host:port ({why}), e.g. 10.0.0.10:6443"
+        ))
+    };
+    let (host, port) = endpoint.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let port: u16 = port.parse().map_err(|_| bad("the port is not a number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 || host.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(bad("empty host or port 0"));
+    }
+    Ok((host.to_string(), port))
+}
+
+pub fn resolve(
+    args: &InitArgs,
+    hostname: &str,
+    default_ip: impl FnOnce() -> Result<IpAddr, NodeError>,
+) -> Result<InitConfig, NodeError> {
+    check_cidr("--pod-network-cidr", &args.pod_network_cidr)?;
+    check_cidr("--service-cidr", &args.service_cidr)?;
+    let node = args.node_name.clone().unwrap_or_else(|| hostname.into());
+    check_node_name(&node)?;
+    for e in &args.datastore_endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(NodeError::Refused(format!(
+                "--datastore-endpoint {e:?}: expected an etcd URL like https://10.0.0.5:2379"
+            )));
+        }
+    }
+    if args.control_plane_only && args.schedule_workloads {
+        return Err(NodeError::Refused(
+            "--schedule-workloads needs a node here; it contradicts --control-plane-only".into(),
+        ));
+    }
+    let advertise = match args.apiserver_advertise_address {
+        Some(ip) => ip,
+        None => default_ip()?,
+    };
+    let endpoint = match &args.control_plane_endpoint {
+        Some(e) => {
+            split_endpoint("--control-plane-endpoint", e)?;
+            e.clone()
+        }
+        None => match advertise {
+            IpAddr::V6(v6) => format!("[{v6}]:6443"),
+            v4 => format!("{v4}:6443"),
+        },
+    };
+    Ok(InitConfig {
+        node,
+        advertise,
+        endpoint,
+        network: Network {
+            pod_cidr: args.pod_network_cidr.clone(),
+            service_cidr: args.service_cidr.clone(),
+        },
+        datastore: args.datastore_endpoint.clone(),
+        control_plane_only: args.control_plane_only,
+        schedule_workloads: args.schedule_workloads,
+    })
+}
+
+pub fn server_args(paths: &Paths, cfg: &InitConfig) -> Result<Vec<String>, NodeError> {
+    let (host, port) = split_endpoint("--control-plane-endpoint", &cfg.endpoint)?;
+    let mut a = vec![
+        "--pki-dir".into(),
+        paths.pki_dir().display().to_string(),
+        "--advertise-address".into(),
+        cfg.advertise.to_string(),
+        "--secure-port".into(),
+        port.to_string(),
+        "--service-cluster-ip-range".into(),
+        cfg.network.service_cidr.clone(),
+        "--cluster-cidr".into(),
+        cfg.network.pod_cidr.clone(),
+    ];
+    if host != cfg.advertise.to_string() {
+        a.extend(["--tls-san".into(), host]);
+    }
+    if !cfg.datastore.is_empty() {
+        a.extend(["--datastore-endpoint".into(), cfg.datastore.join(",")]);
+    }
+    Ok(a)
+}
+
+/// Everything init writes before starting a unit, in order.
+pub fn plan(
+    paths: &Paths,
+    cfg: &InitConfig,
+    source_bin_dir: &Path,
+) -> Result<Vec<Action>, NodeError> {
+    let mut out = common_actions(paths, source_bin_dir);
+    out.push(Action::Dir(paths.pki_dir()));
+    // The server unit may write only here (ProtectSystem=strict), and the directory must
+    // exist for systemd to set that up.
+    out.push(Action::Dir(paths.server_data_dir()));
+    out.push(Action::File {
+        path: paths.server_env(),
+        contents: env_line("SKIFF_SERVER_ARGS", &server_args(paths, cfg)?)?,
+        mode: 0o644,
+    });
+    out.push(unit_action(paths, SERVER_UNIT, SERVER_UNIT_TEXT));
+    if !cfg.control_plane_only {
+        let args = agent_args(paths, &cfg.node, &cfg.advertise.to_string(), &cfg.network);
+        out.push(Action::File {
+            path: paths.agent_env(),
+            contents: env_line("SKIFF_AGENT_ARGS", &args)?,
+            mode: 0o644,
+        });
+        out.push(unit_action(paths, AGENT_UNIT, AGENT_UNIT_TEXT));
+    }
+    out.push(Action::Systemctl(vec!["daemon-reload".into()]));
+    Ok(out)
+}
+
+/// The line a worker runs; network flags only when they differ from the defaults, which is
+/// what join assumes.
+pub fn join_command(endpoint: &str, token: &str, ca_hash: &str, net: &Network) -> String {
+    let mut c = format!(
+        "skiffadm join {endpoint} --token {token} --discovery-token-ca-cert-hash {ca_hash}"
+    );
+    if net.pod_cidr != DEFAULT_POD_CIDR {
+        c += &format!(" --pod-network-cidr {}", net.pod_cidr);
+    }
+    if net.service_cidr != DEFAULT_SERVICE_CIDR {
+        c += &format!(" --service-cidr {}", net.service_cidr);
+    }
+    c
+}
+
+/// Why this machine already belongs to a cluster, if it does.
+pub fn already_set_up(sys: &dyn System, paths: &Paths) -> Option<String> {
+    if sys.exists(&paths.server_env()) || sys.exists(&paths.admin_kubeconfig()) {
+        return Some(format!(
+            "this machine is already initialised as a control plane ({} exists); `skiffadm token create --print-join-command` prints a join command, `skiffadm reset` undoes init",
+            paths.server_env().display()
+        ));
+    }
+    if sys.exists(&paths.agent_env()) {
+        return Some(format!(
+            "this machine already is a node of a cluster ({} exists); run `skiffadm reset` first",
+            paths.agent_env().display()
+        ));
+    }
+    None
+}
+
+/// The refusal on a machine that systemd does not run.
+pub fn no_systemd_message() -> String {
+    let pid1 = std::fs::read_to_string("/proc/1/comm")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    format!("systemd is not running this machine (PID 1 is {pid1:?}): init and join install systemd units. For a single-node cluster without systemd, use `skiffadm up`. Nothing was changed.")
+}
+
+pub fn run_preflight(ignore: &[String], ports: Vec<(u16, bool)>) -> Result<(), NodeError> {
+    let mut host = crate::preflight::Host::real();
+    host.ports = ports;
+    let findings = crate::preflight::run(&host, None);
+    let blocking = crate::preflight::blocking(&findings, ignore);
+    for f in &findings {
+        let level = if blocking.contains(&f) {
+            "ERROR"
+        } else {
+            "WARNING"
+        };
+        println!("[preflight] {level} {}: {}", f.check, f.message);
+    }
+    if !blocking.is_empty() {
+        return Err(NodeError::Refused(format!(
+            "{} preflight check(s) failed; fix them or pass --ignore-preflight-errors=<check>,… (or all). Nothing was changed.",
+            blocking.len()
+        )));
+    }
+    println!("[preflight] checks passed");
+    Ok(())
+}
+
+pub fn require_root() -> Result<(), NodeError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(NodeError::Refused(
+            "this installs systemd units and changes the network: run it as root. Nothing was changed.".into(),
+        ))
+    }
+}
+
+/// The directory skiffadm runs from, where the other binaries are installed from.
+pub fn own_bin_dir() -> Result<std::path::PathBuf, NodeError> {
+    let exe = std::env::current_exe().map_err(|e| NodeError::io(Path::new("/proc/self/exe"), e))?;
+    Ok(exe
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| "/".into()))
+}
+
+pub async fn wait_readyz(client: &kube::Client, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let req = http::Request::get("/readyz").body(Vec::new())?;
+        match client.request_text(req).await {
+            Ok(body) if body.trim() == "ok" => return Ok(()),
+            Ok(body) if Instant::now() > deadline => {
+                anyhow::bail!("/readyz still says {body:?} after {timeout:?}; see `journalctl -u {SERVER_UNIT}`")
+            }
+            Err(e) if Instant::now() > deadline => {
+                anyhow::bail!("/readyz did not answer within {timeout:?} ({e}); see `journalctl -u {SERVER_UNIT}`")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+}
+
+pub fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+pub async fn wait_node_ready(
+    client: &kube::Client,
+    node: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(n)) = api.get_opt(node).await {
+            if node_ready(&n) {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("node {node} is not Ready after {timeout:?}; see `journalctl -u {AGENT_UNIT}` and `kubectl describe node {node}`");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The control-plane label and (unless workloads may run here) its NoSchedule taint, as
+/// kubeadm's mark-control-plane phase sets them.
+pub fn control_plane_patch(schedule_workloads: bool) -> serde_json::Value {
+    let taints = if schedule_workloads {
+        serde_json::json!([])
+    } else {
+        serde_json::json!([{"key": CONTROL_PLANE_TAINT, "effect": "NoSchedule"}])
+    };
+    serde_json::json!({
+        "metadata": {"labels": {CONTROL_PLANE_TAINT: ""}},
+        "spec": {"taints": taints}
+    })
+}
+
+pub async fn run(args: InitArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let paths = Paths::standard();
+    let mut sys = super::RealSystem;
+    if !sys.systemd_is_init() {
+        return Err(NodeError::Refused(no_systemd_message()).into());
+    }
+    if let Some(why) = already_set_up(&sys, &paths) {
+        if sys.exists(&paths.server_env()) {
+            println!("[init] {why}");
+            return Ok(());
+        }
+        return Err(NodeError::Refused(why).into());
+    }
+    require_root()?;
+    let cfg = resolve(&args, &super::hostname(), super::default_address)?;
+    let ports = if cfg.control_plane_only {
+        vec![(split_endpoint("", &cfg.endpoint)?.1, false)]
+    } else {
+        vec![
+            (split_endpoint("", &cfg.endpoint)?.1, false),
+            (10250, false),
+            (8472, true),
+        ]
+    };
+    run_preflight(&args.ignore_preflight_errors, ports)?;
+    let source = own_bin_dir()?;
+    let missing = super::missing_binaries(&source);
+    if !missing.is_empty() {
+        return Err(NodeError::Refused(format!(
+            "{} not found next to skiffadm in {}: they are installed from there. Nothing was changed.",
+            missing.join(", "),
+            source.display()
+        ))
+        .into());
+    }
+    println!(
+        "[init] control plane {} at {}, node {}",
+        cfg.advertise, cfg.endpoint, cfg.node
+    );
+    apply(&mut sys, &plan(&paths, &cfg, &source)?)?;
+    let hint = "fix the cause, then `skiffadm reset` and init again";
+    println!("[init] starting {SERVER_UNIT}");
+    sys.systemctl(&["enable", "--now", SERVER_UNIT])
+        .map_err(|e| anyhow::anyhow!("{e}; {hint}"))?;
+
+    // The server made the PKI on its first start; the admin and node credentials come from
+    // the same CA.
+    let pki = skiff_server::pki::ClusterPki::load_or_create(&paths.pki_dir(), &[], &[])?;
+    let server_url = format!("https://{}", cfg.endpoint);
+    let admin = pki.admin()?;
+    sys.write_file(
+        &paths.admin_kubeconfig(),
+        skiff_server::pki::kubeconfig(&server_url, &pki.ca.cert_pem, "kubernetes-admin", &admin)
+            .as_bytes(),
+        0o600,
+    )?;
+    let (client, kc) = crate::client(&paths.admin_kubeconfig()).await?;
+    wait_readyz(&client, Duration::from_secs(args.wait)).await?;
+    println!(
+        "[init] API server ready after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    if !cfg.control_plane_only {
+        let node_cert = skiff_server::pki::issue_client_cert(
+            &pki.ca,
+            &pki.dir,
+            &format!("system:node:{}", cfg.node),
+            &["system:nodes"],
+        )?;
+        let cert_dir = paths.agent_cert_dir();
+        let cert = cert_dir.join(skiff_agent::bootstrap::CERT_FILE);
+        let key = cert_dir.join(skiff_agent::bootstrap::KEY_FILE);
+        sys.write_file(&key, node_cert.key_pem.as_bytes(), 0o600)?;
+        sys.write_file(&cert, node_cert.cert_pem.as_bytes(), 0o600)?;
+        sys.write_file(
+            &paths.agent_kubeconfig(),
+            skiff_agent::bootstrap::node_kubeconfig(
+                &server_url,
+                pki.ca.cert_pem.as_bytes(),
+                &cert,
+                &key,
+            )
+            .as_bytes(),
+            0o600,
+        )?;
+        println!("[init] starting {AGENT_UNIT}");
+        sys.systemctl(&["enable", "--now", AGENT_UNIT])
+            .map_err(|e| anyhow::anyhow!("{e}; {hint}"))?;
+        let nodes: Api<Node> = Api::all(client.clone());
+        nodes
+            .patch(
+                &cfg.node,
+                &PatchParams::default(),
+                &Patch::Merge(control_plane_patch(cfg.schedule_workloads)),
+            )
+            .await?;
+        wait_node_ready(&client, &cfg.node, Duration::from_secs(args.wait)).await?;
+        println!(
+            "[init] node {} Ready {:.1} s after init started{}",
+            cfg.node,
+            started.elapsed().as_secs_f64(),
+            if cfg.schedule_workloads {
+                ""
+            } else {
+                " (tainted node-role.kubernetes.io/control-plane:NoSchedule)"
+            }
+        );
+    }
+
+    let tok = token::generate();
+    token::create(&client, &tok, 24 * 3600, "made by skiffadm init").await?;
+    let (_, ca) = token::kubeconfig_ca(&kc)?;
+    let hash = token::ca_cert_hash(&ca)?;
+    println!();
+    println!("Your Skiff control plane is up.");
+    println!();
+    println!("To use kubectl as a regular user:");
+    println!("  mkdir -p $HOME/.kube");
+    println!(
+        "  sudo cp -i {} $HOME/.kube/config",
+        paths.admin_kubeconfig().display()
+    );
+    println!("  sudo chown $(id -u):$(id -g) $HOME/.kube/config");
+    println!(
+        "As root: export KUBECONFIG={}",
+        paths.admin_kubeconfig().display()
+    );
+    println!();
+    println!("Join workers by running this on each as root (the token lives 24 h):");
+    println!();
+    println!(
+        "  {}",
+        join_command(&cfg.endpoint, &tok, &hash, &cfg.network)
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::system::fake::FakeSystem;
+
+    fn args() -> InitArgs {
+        InitArgs {
+            control_plane_endpoint: None,
+            apiserver_advertise_address: None,
+            pod_network_cidr: DEFAULT_POD_CIDR.into(),
+            service_cidr: DEFAULT_SERVICE_CIDR.into(),
+            datastore_endpoint: vec![],
+            control_plane_only: false,
+            schedule_workloads: false,
+            node_name: None,
+            ignore_preflight_errors: vec![],
+            wait: 600,
+        }
+    }
+
+    fn ip() -> Result<IpAddr, NodeError> {
+        Ok("10.88.0.11".parse().unwrap())
+    }
+
+    #[test]
+    fn defaults_come_from_the_machine() {
+        let cfg = resolve(&args(), "vm1", ip).unwrap();
+        assert_eq!(cfg.node, "vm1");
+        assert_eq!(cfg.endpoint, "10.88.0.11:6443");
+        assert_eq!(cfg.network.pod_cidr, DEFAULT_POD_CIDR);
+        let mut a = args();
+        a.control_plane_endpoint = Some("cp.lab:7443".into());
+        a.node_name = Some("master".into());
+        let cfg = resolve(&a, "vm1", ip).unwrap();
+        assert_eq!(
+            (cfg.node.as_str(), cfg.endpoint.as_str()),
+            ("master", "cp.lab:7443")
+        );
+    }
+
+    #[test]
+    fn bad_flags_are_refused_before_anything_is_looked_up() {
+        let never = || -> Result<IpAddr, NodeError> { panic!("not reached") };
+        for (change, word) in [
+            (
+                Box::new(|a: &mut InitArgs| a.pod_network_cidr = "10.0.0.0".into())
+                    as Box<dyn Fn(&mut InitArgs)>,
+                "--pod-network-cidr",
+            ),
+            (
+                Box::new(|a: &mut InitArgs| a.service_cidr = "x".into()),
+                "--service-cidr",
+            ),
+            (
+                Box::new(|a: &mut InitArgs| a.node_name = Some("Bad_Name".into())),
+                "node name",
+            ),
+            (
+                Box::new(|a: &mut InitArgs| a.datastore_endpoint = vec!["10.0.0.5:2379".into()]),
+                "--datastore-endpoint",
+            ),
+            (
+                Box::new(|a: &mut InitArgs| {
+                    a.control_plane_only = true;
+                    a.schedule_workloads = true
+                }),
+                "--schedule-workloads",
+            ),
+        ] {
+            let mut a = args();
+            change(&mut a);
+            let e = resolve(&a, "vm1", never).unwrap_err().to_string();
+            assert!(e.contains(word), "{e}");
+        }
+        let mut a = args();
+        a.control_plane_endpoint = Some("cp.lab".into());
+        let e = resolve(&a, "vm1", ip).unwrap_err().to_string();
+        assert!(
+            e.contains("--control-plane-endpoint") && e.contains("host:port"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn endpoints_split() {
+        assert_eq!(
+            split_endpoint("f", "10.0.0.1:6443").unwrap(),
+            ("10.0.0.1".into(), 6443)
+        );
+        assert_eq!(
+            split_endpoint("f", "[fd00::1]:6443").unwrap(),
+            ("fd00::1".into(), 6443)
+        );
+        assert!(split_endpoint("f", "10.0.0.1:0").is_err());
+        assert!(split_endpoint("f", "10.0.0.1:http").is_err());
+        assert!(split_endpoint("f", ":6443").is_err());
+    }
+
+    #[test]
+    fn server_flags_name_the_endpoint_and_the_store() {
+        let paths = Paths::under(Path::new("/r"));
+        let mut a = args();
+        a.control_plane_endpoint = Some("cp.lab:7443".into());
+        a.datastore_endpoint = vec![
+            "https://10.0.0.5:2379".into(),
+            "https://10.0.0.6:2379".into(),
+        ];
+        let cfg = resolve(&a, "vm1", ip).unwrap();
+        let s = server_args(&paths, &cfg).unwrap().join(" ");
+        assert!(s.contains("--pki-dir /r/etc/skiff/pki"), "{s}");
+        assert!(s.contains("--advertise-address 10.88.0.11"), "{s}");
+        assert!(s.contains("--secure-port 7443"), "{s}");
+        assert!(s.contains("--tls-san cp.lab"), "{s}");
+        assert!(
+            s.contains("--datastore-endpoint https://10.0.0.5:2379,https://10.0.0.6:2379"),
+            "{s}"
+        );
+        let plain = resolve(&args(), "vm1", ip).unwrap();
+        assert!(!server_args(&paths, &plain)
+            .unwrap()
+            .join(" ")
+            .contains("--tls-san"));
+    }
+
+    #[test]
+    fn plan_writes_config_then_reloads_systemd() {
+        let paths = Paths::under(Path::new("/r"));
+        let cfg = resolve(&args(), "vm1", ip).unwrap();
+        let mut sys = FakeSystem::default();
+        apply(
+            &mut sys,
+            &plan(&paths, &cfg, Path::new("/opt/skiff/bin")).unwrap(),
+        )
+        .unwrap();
+        let server_env = &sys.files[&paths.server_env()];
+        assert!(
+            server_env.starts_with("SKIFF_SERVER_ARGS=\"--pki-dir /r/etc/skiff/pki "),
+            "{server_env}"
+        );
+        let agent_env = &sys.files[&paths.agent_env()];
+        assert!(
+            agent_env.contains("--node-name vm1 --node-ip 10.88.0.11"),
+            "{agent_env}"
+        );
+        assert!(agent_env.contains("--overlay vxlan"), "{agent_env}");
+        assert!(sys.files.contains_key(&paths.unit_dir.join(SERVER_UNIT)));
+        assert!(sys.files.contains_key(&paths.unit_dir.join(AGENT_UNIT)));
+        assert!(sys
+            .files
+            .contains_key(&paths.cni_conf_dir().join(super::super::CONFLIST)));
+        assert!(sys.log.contains(
+            &"install /opt/skiff/bin/skiff-agent /r/usr/local/bin/skiff-agent".to_string()
+        ));
+        assert_eq!(sys.log.last().unwrap(), "systemctl daemon-reload");
+        // Units are started by run(), after everything is in place; the plan starts none.
+        assert!(!sys.log.iter().any(|l| l.contains("--now")));
+
+        let mut cp_only = cfg.clone();
+        cp_only.control_plane_only = true;
+        let actions = plan(&paths, &cp_only, Path::new("/opt/skiff/bin")).unwrap();
+        assert!(!actions
+            .iter()
+            .any(|a| matches!(a, Action::File { path, .. } if *path == paths.agent_env())));
+    }
+
+    #[test]
+    fn second_init_is_recognised() {
+        let paths = Paths::under(Path::new("/r"));
+        let mut sys = FakeSystem::default();
+        assert_eq!(already_set_up(&sys, &paths), None);
+        sys.files.insert(paths.agent_env(), String::new());
+        assert!(already_set_up(&sys, &paths)
+            .unwrap()
+            .contains("already is a node"));
+        sys.files.insert(paths.server_env(), String::new());
+        assert!(already_set_up(&sys, &paths)
+            .unwrap()
+            .contains("already initialised"));
+    }
+
+    #[test]
+    fn join_command_carries_non_default_networks_only() {
+        let net = Network {
+            pod_cidr: DEFAULT_POD_CIDR.into(),
+            service_cidr: DEFAULT_SERVICE_CIDR.into(),
+        };
+        assert_eq!(
+            join_command("10.88.0.11:6443", "abcdef.0123456789abcdef", "sha256:00", &net),
+            "skiffadm join 10.88.0.11:6443 --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash sha256:00"
+        );
+        let net = Network {
+            pod_cidr: "10.10.0.0/16".into(),
+            service_cidr: DEFAULT_SERVICE_CIDR.into(),
+        };
+        assert!(join_command("h:1", "t", "h", &net).ends_with(" --pod-network-cidr 10.10.0.0/16"));
+    }
+
+    #[test]
+    fn control_plane_taint_unless_workloads_are_wanted() {
+        let p = control_plane_patch(false);
+        assert_eq!(p["spec"]["taints"][0]["key"], CONTROL_PLANE_TAINT);
+        assert_eq!(p["spec"]["taints"][0]["effect"], "NoSchedule");
+        assert_eq!(p["metadata"]["labels"][CONTROL_PLANE_TAINT], "");
+        assert_eq!(
+            control_plane_patch(true)["spec"]["taints"],
+            serde_json::json!([])
+        );
+    }
+}
