@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# The skiffadm acceptance run on three VMs (issue 8): `skiffadm init` on vm1,
+# the join command it prints on vm2 and vm3, three Ready nodes, a busybox
+# httpd deployment whose NodePort answers on every VM and whose pods reach
+# each other across VMs over the VxLAN overlay, `systemctl restart
+# skiff-agent` keeping containers, the refusals (swap on, wrong CA hash,
+# expired token, malformed token, not a Skiff server, second init), then
+# `skiffadm reset` twice and a fresh join. Prints init→Ready and join→Ready.
+#
+# It drives three VMs, so it runs on the host (payloads/ run inside vm1);
+# run.sh calls it after the payloads unless SKIFF_VMLAB_CLUSTER=0.
+#
+#   tests/vmlab/cluster3.sh [--bin DIR]
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+bindir="$repo/target/debug"
+[ "${1:-}" != --bin ] || bindir="$2"
+VMLAB="$here/vmlab"
+lab="c3$(($$ % 100000))"
+work="$(mktemp -d /tmp/skiff-cluster3.XXXXXX)"
+fails=0
+t_start=$(date +%s)
+
+ok() { echo "ok   $*"; }
+bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+die() { echo "FAIL $*"; echo "== cluster3: aborted"; exit 1; }
+cleanup() {
+    "$VMLAB" down -n "$lab" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# x VM CMD...: run in the VM, output to stdout, the command's exit status.
+x() { "$VMLAB" exec -n "$lab" --timeout 900 "$@"; }
+ip_of() { echo "10.88.0.$((10 + ${1#vm}))"; }
+kc() { ip netns exec "vmlab-$lab" kubectl --kubeconfig "$work/admin.kubeconfig" --request-timeout=60s "$@"; }
+# expect_refusal DESCRIPTION WORD VM CMD...: the command fails and says WORD.
+expect_refusal() {
+    local d="$1" word="$2" out rc=0
+    shift 2
+    out=$(x "$@" 2>&1) || rc=$?
+    if [ "$rc" -ne 0 ] && grep -qF -- "$word" <<<"$out"; then
+        ok "$d (exit $rc: $(grep -F -- "$word" <<<"$out" | head -1 | cut -c1-220))"
+    else
+        bad "$d (exit $rc, expected a message with '$word'): $out"
+    fi
+}
+wait_for() { # wait_for SECONDS DESCRIPTION CMD...: retry until CMD succeeds
+    local secs="$1" d="$2" i=0
+    shift 2
+    while ! "$@" >/dev/null 2>&1; do
+        i=$((i + 2))
+        [ "$i" -lt "$secs" ] || { bad "$d (not within $secs s)"; return 1; }
+        sleep 2
+    done
+    ok "$d"
+}
+
+for b in skiffadm skiff-server skiff-agent skiff-shim skiff-cni; do
+    [ -x "$bindir/$b" ] || die "$bindir/$b is missing: cargo build -p skiffadm -p skiff-server -p skiff-agent -p skiff-shim -p skiff-cni"
+done
+command -v kubectl >/dev/null || die "kubectl is not installed on the host"
+
+echo "== three VMs (2 GB each, for preflight)"
+"$VMLAB" up -n "$lab" --mem 2048 --bin "$bindir" 3
+t_booted=$(date +%s)
+
+# A web image built from busybox-static, imported into each node's store (a
+# docker-archive: one layer, a config naming its diff ID, a manifest).
+cat >"$work/mkimage.sh" <<'EOF'
+set -eu
+d=$(mktemp -d)
+mkdir -p "$d/root/bin" "$d/root/www" "$d/root/tmp" "$d/img"
+cp /bin/busybox "$d/root/bin/busybox"
+for a in sh httpd wget hostname cat echo ls sleep; do ln -s busybox "$d/root/bin/$a"; done
+echo web >"$d/root/www/index.html"
+tar -C "$d/root" -cf "$d/img/layer.tar" .
+diff=$(sha256sum "$d/img/layer.tar" | cut -d' ' -f1)
+cat >"$d/img/config.json" <<JSON
+{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/sh","-c","hostname >/www/index.html; exec httpd -f -p 80 -h /www"]},"rootfs":{"type":"layers","diff_ids":["sha256:$diff"]}}
+JSON
+echo '[{"Config":"config.json","RepoTags":["skiff.lab/web:1"],"Layers":["layer.tar"]}]' >"$d/img/manifest.json"
+tar -C "$d/img" -cf /root/web.tar manifest.json config.json layer.tar
+rm -rf "$d"
+EOF
+# The prerequisites preflight names (kubeadm leaves them to the admin too).
+cat >"$work/prereq.sh" <<'EOF'
+set -eu
+modprobe br_netfilter
+echo br_netfilter >/etc/modules-load.d/skiff.conf
+printf 'net.ipv4.ip_forward=1\nnet.bridge.bridge-nf-call-iptables=1\n' >/etc/sysctl.d/99-skiff.conf
+sysctl -q -p /etc/sysctl.d/99-skiff.conf
+EOF
+for vm in vm1 vm2 vm3; do
+    "$VMLAB" copy -n "$lab" "$work/prereq.sh" "$vm:/root/prereq.sh"
+    "$VMLAB" copy -n "$lab" "$work/mkimage.sh" "$vm:/root/mkimage.sh"
+    x "$vm" sh /root/prereq.sh
+    x "$vm" sh /root/mkimage.sh
+done
+
+echo "== preflight with swap on refuses, with the fix"
+x vm2 sh -c 'fallocate -l 64M /swapfile && chmod 600 /swapfile && mkswap -q /swapfile && swapon /swapfile'
+expect_refusal "preflight refuses swap" "swapoff -a" vm2 skiffadm preflight
+x vm2 sh -c 'swapoff /swapfile && rm -f /swapfile'
+
+echo "== init on vm1"
+t0=$(date +%s.%N)
+x vm1 skiffadm init >"$work/init.out" 2>&1 || { cat "$work/init.out"; x vm1 journalctl -u skiff-server -u skiff-agent --no-pager -n 60 || true; die "skiffadm init failed"; }
+t1=$(date +%s.%N)
+cat "$work/init.out"
+join_cmd=$(grep -E '^ +skiffadm join ' "$work/init.out" | sed 's/^ *//')
+[ -n "$join_cmd" ] || die "init printed no join command"
+init_ready=$(grep -oE 'Ready [0-9.]+ s after init started' "$work/init.out" | grep -oE '[0-9.]+' || echo '?')
+ok "init: control-plane node Ready after $init_ready s (skiffadm's own clock); the command took $(echo "$t1 - $t0" | bc) s"
+out=$(x vm1 skiffadm init 2>&1) && grep -q "already initialised" <<<"$out" &&
+    ok "a second init says: $(head -1 <<<"$out" | cut -c1-120)" || bad "second init: $out"
+"$VMLAB" copy -n "$lab" vm1:/etc/skiff/admin.kubeconfig "$work/admin.kubeconfig"
+kc get nodes -o wide
+taints=$(kc get node vm1 -o jsonpath='{.spec.taints[*].key}:{.spec.taints[*].effect}')
+[ "$taints" = "node-role.kubernetes.io/control-plane:NoSchedule" ] && ok "vm1 tainted $taints" || bad "vm1 taints: '$taints'"
+
+token=$(sed -E 's/.*--token ([^ ]+).*/\1/' <<<"$join_cmd")
+hash=$(sed -E 's/.*--discovery-token-ca-cert-hash ([^ ]+).*/\1/' <<<"$join_cmd")
+ep=$(ip_of vm1):6443
+
+echo "== bad joins are refused and leave nothing behind"
+expect_refusal "malformed token" '[a-z0-9]{6}.[a-z0-9]{16}' vm3 skiffadm join "$ep" --token "NOT-A-TOKEN" --discovery-token-ca-cert-hash "$hash"
+expect_refusal "wrong CA hash" "does not match the pin" vm3 skiffadm join "$ep" --token "$token" --discovery-token-ca-cert-hash "sha256:$(printf '0%.0s' $(seq 64))"
+expect_refusal "a port that is not a Skiff server" "does not answer as a Skiff" vm3 skiffadm join "$(ip_of vm1):10250" --token "$token" --discovery-token-ca-cert-hash "$hash"
+expect_refusal "unknown token" "unknown or expired" vm3 skiffadm join "$ep" --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash "$hash"
+short=$(x vm1 skiffadm token create --ttl 3s --description "expires at once")
+sleep 5
+expect_refusal "expired token" "expired" vm3 skiffadm join "$ep" --token "$short" --discovery-token-ca-cert-hash "$hash"
+x vm3 test ! -e /etc/skiff && ok "no /etc/skiff on vm3 after the refusals" || bad "vm3 has /etc/skiff after refused joins"
+
+echo "== join vm2 and vm3 with the printed command"
+for vm in vm2 vm3; do
+    s=$(date +%s.%N)
+    # shellcheck disable=SC2086
+    x "$vm" $join_cmd >"$work/join-$vm.out" 2>&1 || { cat "$work/join-$vm.out"; x "$vm" journalctl -u skiff-agent --no-pager -n 60 || true; die "join $vm failed"; }
+    cat "$work/join-$vm.out"
+    kc wait --for=condition=Ready "node/$vm" --timeout=600s >/dev/null || die "$vm not Ready"
+    e=$(date +%s.%N)
+    ok "join $vm → Ready in $(echo "$e - $s" | bc | cut -c1-6) s (wall clock, through the guest agent)"
+done
+kc get nodes -o wide
+ready=$(kc get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true)
+[ "$ready" = 3 ] && ok "3 nodes Ready" || bad "$ready nodes Ready"
+kc get csr
+
+echo "== a deployment of busybox httpd behind a NodePort"
+for vm in vm1 vm2 vm3; do x "$vm" skiff-agent images import /root/web.tar >/dev/null; done
+kc create deployment web --image=skiff.lab/web:1 --replicas=3 --port=80
+kc expose deployment web --type=NodePort --port=80
+kc rollout status deployment/web --timeout=600s || { kc get pods -o wide; kc describe pods | tail -40; }
+kc get pods -o wide
+port=$(kc get service web -o jsonpath='{.spec.ports[0].nodePort}')
+for vm in vm1 vm2 vm3; do
+    wait_for 120 "NodePort $port answers on $vm ($(ip_of "$vm"))" \
+        ip netns exec "vmlab-$lab" curl -sf --max-time 5 "http://$(ip_of "$vm"):$port/"
+done
+pods=$(kc get pods -l app=web -o jsonpath='{range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP}{"\n"}{end}')
+echo "$pods"
+a=$(awk '$2 == "vm2" {print $1; exit}' <<<"$pods")
+b_ip=$(awk '$2 == "vm3" {print $3; exit}' <<<"$pods")
+if [ -n "$a" ] && [ -n "$b_ip" ]; then
+    out=$(kc exec "$a" -- wget -qO- -T 10 "http://$b_ip/" 2>&1) &&
+        ok "pod $a on vm2 reaches $b_ip on vm3 over the overlay (answer: $out)" || bad "pod on vm2 → pod on vm3: $out"
+else
+    bad "no web pods on both vm2 and vm3 to test the overlay: $pods"
+fi
+
+echo "== systemctl restart skiff-agent on vm2 keeps its pods"
+ids() { kc get pods -l app=web --field-selector spec.nodeName=vm2 -o jsonpath='{range .items[*]}{.status.containerStatuses[0].containerID}/{.status.containerStatuses[0].restartCount} {end}'; }
+before=$(ids)
+x vm2 systemctl restart skiff-agent
+kc wait --for=condition=Ready node/vm2 --timeout=300s >/dev/null
+sleep 10
+after=$(ids)
+[ -n "$before" ] && [ "$before" = "$after" ] && ok "same container IDs and restart counts: $after" || bad "before: '$before' after: '$after'"
+
+echo "== reset vm3 (twice), then it joins again"
+x vm3 skiffadm reset || bad "reset vm3"
+x vm3 skiffadm reset >/dev/null && ok "a second reset succeeds" || bad "second reset"
+left=$(x vm3 sh -c 'ls -d /etc/skiff /var/lib/skiff /run/skiff 2>/dev/null; ip -o link show skiff0 2>/dev/null; ip -o link show skiff.1 2>/dev/null; iptables-save | grep -E "^:(KUBE|SKIFF)-" ; systemctl is-active skiff-agent' || true)
+[ "$left" = inactive ] && ok "vm3 has no Skiff dirs, links, chains or running agent" || bad "left on vm3: $left"
+kc delete node vm3 --wait=false >/dev/null
+new=$(x vm1 skiffadm token create --print-join-command)
+s=$(date +%s.%N)
+# shellcheck disable=SC2086
+x vm3 $new >/dev/null 2>&1 || bad "join after reset"
+kc wait --for=condition=Ready node/vm3 --timeout=600s >/dev/null && ok "vm3 Ready again after reset + join ($(echo "$(date +%s.%N) - $s" | bc | cut -c1-6) s)" || bad "vm3 not Ready after rejoin"
+kc get nodes
+
+t_end=$(date +%s)
+echo "== timings: boot $((t_booted - t_start)) s, cluster steps $((t_end - t_booted)) s, total $((t_end - t_start)) s"
+echo "== cluster3: $fails failure(s)"
+[ "$fails" -eq 0 ]
