@@ -68,7 +68,8 @@ echo "== three VMs (2 GB each, for preflight)"
 t_booted=$(date +%s)
 
 # A web image built from busybox-static, imported into each node's store (a
-# docker-archive: one layer, a config naming its diff ID, a manifest).
+# docker-archive: one layer, a config naming its diff ID, a manifest) before
+# init/join.
 cat >"$work/mkimage.sh" <<'EOF'
 set -eu
 d=$(mktemp -d)
@@ -98,6 +99,9 @@ for vm in vm1 vm2 vm3; do
     "$VMLAB" copy -n "$lab" "$work/mkimage.sh" "$vm:/root/mkimage.sh"
     x "$vm" sh /root/prereq.sh
     x "$vm" sh /root/mkimage.sh
+    # Into the store before the agent starts: a running agent keeps the store's index in
+    # memory and would not see an import.
+    x "$vm" skiff-agent images import /root/web.tar >/dev/null
 done
 
 echo "== preflight with swap on refuses, with the fix"
@@ -151,7 +155,6 @@ ready=$(kc get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=
 kc get csr
 
 echo "== a deployment of busybox httpd behind a NodePort"
-for vm in vm1 vm2 vm3; do x "$vm" skiff-agent images import /root/web.tar >/dev/null; done
 kc create deployment web --image=skiff.lab/web:1 --replicas=3 --port=80
 kc expose deployment web --type=NodePort --port=80
 kc rollout status deployment/web --timeout=600s || { kc get pods -o wide; kc describe pods | tail -40; }
