@@ -4,8 +4,8 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Node, Taint};
+use kube::api::{Api, PostParams};
 
 use super::{
     agent_args, apply, check_cidr, check_node_name, common_actions, env_line, unit_action, Action,
@@ -308,18 +308,59 @@ pub async fn wait_node_ready(
     }
 }
 
-/// The control-plane label and (unless workloads may run here) its NoSchedule taint, as
-/// kubeadm's mark-control-plane phase sets them.
-pub fn control_plane_patch(schedule_workloads: bool) -> serde_json::Value {
-    let taints = if schedule_workloads {
-        serde_json::json!([])
-    } else {
-        serde_json::json!([{"key": CONTROL_PLANE_TAINT, "effect": "NoSchedule"}])
-    };
-    serde_json::json!({
-        "metadata": {"labels": {CONTROL_PLANE_TAINT: ""}},
-        "spec": {"taints": taints}
-    })
+/// Adds the control-plane label and (unless workloads may run here) its NoSchedule taint to
+/// a Node, as kubeadm's mark-control-plane phase does, keeping its other taints. Returns
+/// whether anything changed.
+pub fn mark_control_plane(node: &mut Node, schedule_workloads: bool) -> bool {
+    let mut changed = false;
+    let labels = node.metadata.labels.get_or_insert_with(Default::default);
+    if !labels.contains_key(CONTROL_PLANE_TAINT) {
+        labels.insert(CONTROL_PLANE_TAINT.into(), String::new());
+        changed = true;
+    }
+    if !schedule_workloads {
+        let taints = node
+            .spec
+            .get_or_insert_with(Default::default)
+            .taints
+            .get_or_insert_with(Vec::new);
+        if !taints
+            .iter()
+            .any(|t| t.key == CONTROL_PLANE_TAINT && t.effect == "NoSchedule")
+        {
+            taints.push(Taint {
+                key: CONTROL_PLANE_TAINT.into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            });
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Marks the node with a read-modify-write that carries the resourceVersion, so that a
+/// concurrent writer of the taint list (the node lifecycle controller while the node becomes
+/// Ready) makes it retry instead of one of the two losing its taint.
+pub async fn mark_node(
+    client: &kube::Client,
+    node: &str,
+    schedule_workloads: bool,
+) -> anyhow::Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    for _ in 0..20 {
+        let mut n = api.get(node).await?;
+        if !mark_control_plane(&mut n, schedule_workloads) {
+            return Ok(());
+        }
+        match api.replace(node, &PostParams::default(), &n).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("node {node}: the control-plane taint did not stick after 20 attempts")
 }
 
 pub async fn run(args: InitArgs) -> anyhow::Result<()> {
@@ -412,15 +453,10 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
         println!("[init] starting {AGENT_UNIT}");
         sys.systemctl(&["enable", "--now", AGENT_UNIT])
             .map_err(|e| anyhow::anyhow!("{e}; {hint}"))?;
-        let nodes: Api<Node> = Api::all(client.clone());
-        nodes
-            .patch(
-                &cfg.node,
-                &PatchParams::default(),
-                &Patch::Merge(control_plane_patch(cfg.schedule_workloads)),
-            )
-            .await?;
         wait_node_ready(&client, &cfg.node, Duration::from_secs(args.wait)).await?;
+        // After Ready: the lifecycle controller writes the taint list while a node is not
+        // ready yet; from then on it leaves taints it does not own alone.
+        mark_node(&client, &cfg.node, cfg.schedule_workloads).await?;
         println!(
             "[init] node {} Ready {:.1} s after init started{}",
             cfg.node,
@@ -660,13 +696,28 @@ mod tests {
 
     #[test]
     fn control_plane_taint_unless_workloads_are_wanted() {
-        let p = control_plane_patch(false);
-        assert_eq!(p["spec"]["taints"][0]["key"], CONTROL_PLANE_TAINT);
-        assert_eq!(p["spec"]["taints"][0]["effect"], "NoSchedule");
-        assert_eq!(p["metadata"]["labels"][CONTROL_PLANE_TAINT], "");
-        assert_eq!(
-            control_plane_patch(true)["spec"]["taints"],
-            serde_json::json!([])
-        );
+        let mut n = Node {
+            spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+                taints: Some(vec![Taint {
+                    key: "node.kubernetes.io/not-ready".into(),
+                    effect: "NoExecute".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(mark_control_plane(&mut n, false));
+        let taints = n.spec.as_ref().unwrap().taints.clone().unwrap();
+        assert_eq!(taints.len(), 2, "{taints:?}");
+        assert_eq!(taints[1].key, CONTROL_PLANE_TAINT);
+        assert_eq!(taints[1].effect, "NoSchedule");
+        assert_eq!(n.metadata.labels.as_ref().unwrap()[CONTROL_PLANE_TAINT], "");
+        // Marking twice changes nothing.
+        assert!(!mark_control_plane(&mut n, false));
+
+        let mut w = Node::default();
+        assert!(mark_control_plane(&mut w, true));
+        assert!(w.spec.and_then(|s| s.taints).unwrap_or_default().is_empty());
     }
 }
