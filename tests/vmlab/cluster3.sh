@@ -48,11 +48,11 @@ expect_refusal() {
     fi
 }
 wait_for() { # wait_for SECONDS DESCRIPTION CMD...: retry until CMD succeeds
-    local secs="$1" d="$2" i=0
+    local secs="$1" d="$2" end
     shift 2
+    end=$(($(date +%s) + secs))
     while ! "$@" >/dev/null 2>&1; do
-        i=$((i + 2))
-        [ "$i" -lt "$secs" ] || { bad "$d (not within $secs s)"; return 1; }
+        [ "$(date +%s)" -lt "$end" ] || { bad "$d (not within $secs s)"; return 1; }
         sleep 2
     done
     ok "$d"
@@ -164,6 +164,7 @@ for vm in vm1 vm2 vm3; do
     wait_for 120 "NodePort $port answers on $vm ($(ip_of "$vm"))" \
         ip netns exec "vmlab-$lab" curl -sf --max-time 5 "http://$(ip_of "$vm"):$port/"
 done
+kc get nodes -o custom-columns=NODE:.metadata.name,POD-CIDR:.spec.podCIDR
 pods=$(kc get pods -l app=web -o jsonpath='{range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP}{"\n"}{end}')
 echo "$pods"
 a=$(awk '$2 == "vm2" {print $1; exit}' <<<"$pods")
