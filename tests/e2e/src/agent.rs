@@ -79,6 +79,9 @@ impl<'a> Agent<'a> {
             ])
             .arg("--root-dir")
             .arg(&self.root)
+            // Never the machine's /etc/skiff/manifests: a test runs only its own pods.
+            .arg("--pod-manifest-path")
+            .arg(self.root.join("manifests"))
             .arg("--pod-logs-dir")
             .arg(&self.logs)
             .arg("--shim")

@@ -31,7 +31,9 @@ fn start_agent(s: &Server, name: &str) -> Agent {
             "lab=e2e",
         ])
         .arg("--root-dir")
-        .arg(root)
+        .arg(&root)
+        .arg("--pod-manifest-path")
+        .arg(root.join("manifests"))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -130,6 +130,8 @@ fn agent_serves_cluster_dns_from_the_api() {
             .args(["--dns-upstream", &upstream.to_string()])
             .arg("--root-dir")
             .arg(s.dir.path().join("agent-dns"))
+            .arg("--pod-manifest-path")
+            .arg(s.dir.path().join("agent-dns/manifests"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -104,6 +104,8 @@ fn a_pod_runs_from_a_registry_image_and_is_cleaned_up() {
             ])
             .arg("--root-dir")
             .arg(&root)
+            .arg("--pod-manifest-path")
+            .arg(root.join("manifests"))
             .arg("--pod-logs-dir")
             .arg(&logs)
             .arg("--shim")
