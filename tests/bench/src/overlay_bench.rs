@@ -1,0 +1,267 @@
+//! overlay-bench: pod-to-pod TCP throughput across two nodes of a lab cluster (the skiff.1
+//! VxLAN overlay, through each pod's veth and bridge) against a bare VxLAN device between
+//! the same two node namespaces, both measured with iperf3 (Debian) in the same run and
+//! printed as a ratio (target ≥ 0.90); round-trip latency pod→pod against node→node on the
+//! underlay. Root only; everything lives in namespaces the lab creates and is removed at
+//! the end. `cargo build -p skiff-server -p skiff-agent -p skiff-shim -p skiff-cni` first.
+//!
+//! iperf3 runs inside each pod's network namespace (entered through its sandbox process), so
+//! the pod image needs nothing but busybox.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use skiff_e2e::cluster::{missing_prerequisites, Cluster};
+
+const SECONDS: &str = "8";
+const BARE_DEV: &str = "bench.2";
+const BARE_NET: &str = "192.168.77";
+
+fn run(argv: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .with_context(|| format!("running {}", argv[0]))?;
+    if !out.status.success() {
+        bail!("{argv:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `argv` in the network namespace at `ns` (a /run/netns or /proc/<pid>/ns/net path).
+fn in_ns<'a>(ns: &'a str, argv: &[&'a str]) -> Vec<String> {
+    // Bounded: a stalled transfer must end the bench with an error, not hang it.
+    let mut v = vec![
+        "timeout".to_string(),
+        "60".into(),
+        "nsenter".into(),
+        format!("--net={ns}"),
+        "--".into(),
+    ];
+    v.extend(argv.iter().map(|s| s.to_string()));
+    v
+}
+
+fn run_in(ns: &str, argv: &[&str]) -> anyhow::Result<String> {
+    let v = in_ns(ns, argv);
+    let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+    run(&refs)
+}
+
+/// Receiver-side bits/s of one iperf3 run from `client_ns` to `server_ip`, the server in
+/// `server_ns`.
+fn iperf(server_ns: &str, client_ns: &str, server_ip: &str) -> anyhow::Result<f64> {
+    let server = in_ns(server_ns, &["iperf3", "-s", "-1", "-B", server_ip]);
+    let mut child = Command::new(&server[0])
+        .args(&server[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("iperf3 -s (Debian package iperf3)")?;
+    // The server needs a moment to listen; retry the client rather than sleeping blindly.
+    let mut last = String::new();
+    for _ in 0..50 {
+        match run_in(
+            client_ns,
+            &[
+                "iperf3",
+                "-c",
+                server_ip,
+                "-t",
+                SECONDS,
+                "-J",
+                "--connect-timeout",
+                "2000",
+            ],
+        ) {
+            Ok(json) => {
+                let v: serde_json::Value = serde_json::from_str(&json)?;
+                if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+                    let _ = child.wait();
+                    return Ok(bps);
+                }
+                // Typically "Connection refused": the server is not listening yet.
+                last = v["error"].as_str().unwrap_or("no result").to_string();
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    bail!("iperf3 client never connected to {server_ip}: {last}")
+}
+
+/// Average round trip in ms of 10 pings (busybox ping, which works in any namespace).
+fn ping_avg(ns: &str, ip: &str) -> anyhow::Result<f64> {
+    let out = run_in(ns, &["busybox", "ping", "-q", "-c", "10", ip])?;
+    // "round-trip min/avg/max = 0.061/0.083/0.121 ms"
+    let nums = out
+        .lines()
+        .find_map(|l| l.split_once(" = ").filter(|_| l.contains("round-trip")))
+        .map(|(_, v)| v.trim_end_matches(" ms").to_string())
+        .context("no round-trip line from ping")?;
+    nums.split('/')
+        .nth(1)
+        .context("no average")?
+        .parse()
+        .context("average is not a number")
+}
+
+fn pod_manifest(name: &str, node: &str, image: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "c", "image": image, "command": ["sleep", "3600"]}]
+        }
+    })
+    .to_string()
+}
+
+/// The pod's IP and the path of its network namespace.
+fn pod_netns(c: &Cluster, node: usize, pod: &str) -> anyhow::Result<(String, String)> {
+    for _ in 0..600 {
+        let out = c.kubectl(&["get", "pod", pod, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let (Some("Running"), Some(ip), Some(uid)) = (
+            v["status"]["phase"].as_str(),
+            v["status"]["podIP"].as_str(),
+            v["metadata"]["uid"].as_str(),
+        ) {
+            if let Some(sb) = skiff_agent::sandbox::find(&c.spec.node_root(node), uid)? {
+                return Ok((ip.to_string(), format!("/proc/{}/ns/net", sb.pid)));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    bail!("pod {pod} did not run")
+}
+
+/// A VxLAN device like the overlay's (same MTU, UDP checksums off as the kernel's default)
+/// but with its own VNI, port and addresses, and nothing else: no bridge, no veth, no
+/// iptables of Skiff's in the way.
+fn bare_vxlan(c: &Cluster, node: usize, peer: usize, mtu: &str) -> anyhow::Result<()> {
+    let ns = format!("/run/netns/{}", c.spec.node_netns(node));
+    let local = c.spec.node_ip(node).to_string();
+    let remote = c.spec.node_ip(peer).to_string();
+    let addr = format!("{BARE_NET}.{node}/24");
+    for argv in [
+        vec![
+            "ip",
+            "link",
+            "add",
+            BARE_DEV,
+            "type",
+            "vxlan",
+            "id",
+            "2",
+            "local",
+            &local,
+            "dstport",
+            "4790",
+            "nolearning",
+        ],
+        vec!["ip", "link", "set", BARE_DEV, "mtu", mtu, "up"],
+        vec!["ip", "addr", "add", &addr, "dev", BARE_DEV],
+        vec![
+            "bridge",
+            "fdb",
+            "append",
+            "00:00:00:00:00:00",
+            "dev",
+            BARE_DEV,
+            "dst",
+            &remote,
+        ],
+    ] {
+        run_in(&ns, &argv)?;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut missing = missing_prerequisites();
+    if Command::new("iperf3").arg("--version").output().is_err() {
+        missing.push("iperf3".into());
+    }
+    if !missing.is_empty() {
+        bail!("overlay-bench needs: {}", missing.join(", "));
+    }
+    println!("overlay-bench: starting a 2-node lab");
+    let c = Cluster::start(&format!("ob-{}", std::process::id()), 2, &[]);
+    let image = c.registry().push_busybox("tools", "1", &["sleep", "3600"]);
+    for (i, name) in [(1, "bench-a"), (2, "bench-b")] {
+        let manifest = pod_manifest(name, &c.spec.node_name(i), &image);
+        let mut child = c
+            .kubectl_cmd(&["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(manifest.as_bytes())?;
+        if !child.wait()?.success() {
+            bail!("kubectl apply {name} failed");
+        }
+    }
+    let (_, ns_a) = pod_netns(&c, 1, "bench-a")?;
+    let (ip_b, ns_b) = pod_netns(&c, 2, "bench-b")?;
+    let pod_mtu = run_in(&ns_a, &["ip", "-o", "link", "show", "eth0"])?;
+    println!(
+        "overlay-bench: pods running; measuring (pod eth0: {})",
+        pod_mtu
+            .split_whitespace()
+            .skip_while(|w| *w != "mtu")
+            .nth(1)
+            .unwrap_or("?")
+    );
+    let node_ns = |i: usize| format!("/run/netns/{}", c.spec.node_netns(i));
+    // Through netlink: /sys shows the host's devices, not the namespace's.
+    let link = run_in(&node_ns(1), &["ip", "-j", "link", "show", "skiff.1"])?;
+    let link: serde_json::Value = serde_json::from_str(&link)?;
+    let mtu = link[0]["mtu"]
+        .as_u64()
+        .context("skiff.1 has no MTU")?
+        .to_string();
+    bare_vxlan(&c, 1, 2, &mtu)?;
+    bare_vxlan(&c, 2, 1, &mtu)?;
+
+    // Alternate the two, twice, so neither gets the quieter moment of a shared machine.
+    let mut overlay = Vec::new();
+    let mut bare = Vec::new();
+    for round in 1..=2 {
+        overlay.push(iperf(&ns_b, &ns_a, &ip_b)?);
+        bare.push(iperf(&node_ns(2), &node_ns(1), &format!("{BARE_NET}.2"))?);
+        println!("overlay-bench: round {round} of 2 done");
+    }
+    let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+    let (o, b) = (best(&overlay), best(&bare));
+    let lat_pod = ping_avg(&ns_a, &ip_b)?;
+    let lat_under = ping_avg(&node_ns(1), &c.spec.node_ip(2).to_string())?;
+    let gbit = |x: f64| x / 1e9;
+    println!(
+        "pod→pod over skiff.1 (iperf3 -t {SECONDS}, best of 2): {:.2} Gbit/s",
+        gbit(o)
+    );
+    println!(
+        "bare VxLAN node→node, same namespaces, MTU {mtu}: {:.2} Gbit/s",
+        gbit(b)
+    );
+    println!(
+        "ratio overlay / bare VxLAN: {:.2} (target ≥ 0.90: {})",
+        o / b,
+        if o / b >= 0.9 { "met" } else { "not met" }
+    );
+    println!(
+        "round trip pod→pod {lat_pod:.3} ms, node→node on the underlay {lat_under:.3} ms (+{:.3} ms)",
+        lat_pod - lat_under
+    );
+    Ok(())
+}
