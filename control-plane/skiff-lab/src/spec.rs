@@ -189,6 +189,10 @@ impl Spec {
         self.node_root(i).join("pod-logs")
     }
 
+    pub fn node_manifests_dir(&self, i: usize) -> PathBuf {
+        self.node_root(i).join("manifests")
+    }
+
     pub fn node_cgroup_root(&self, i: usize) -> Option<PathBuf> {
         self.cgroup_root.as_ref().map(|r| r.join(self.node_name(i)))
     }
@@ -260,6 +264,9 @@ impl Spec {
             "iptables".into(),
             "--cluster-dns-bind".into(),
             format!("{}:53", self.node_ip(i)).into(),
+            // The node's own static pods, never the machine's /etc/skiff/manifests.
+            "--pod-manifest-path".into(),
+            os(self.node_manifests_dir(i)),
         ];
         match self.node_cgroup_root(i) {
             Some(dir) => {
@@ -308,7 +315,12 @@ impl Spec {
     pub fn write_node_files(&self, i: usize) -> Result<(), LabError> {
         let bin = self.node_cni_bin_dir(i);
         let conf = self.node_cni_conf_dir(i);
-        for dir in [&bin, &conf, &self.node_root(i).join("run")] {
+        for dir in [
+            &bin,
+            &conf,
+            &self.node_root(i).join("run"),
+            &self.node_manifests_dir(i),
+        ] {
             std::fs::create_dir_all(dir).map_err(|e| LabError::io(dir, e))?;
         }
         let target = self.bin_dir.join("skiff-cni");
@@ -404,6 +416,10 @@ mod tests {
             flag(&a, "--cgroup-root"),
             Some("/sys/fs/cgroup/lab/t1-node-1")
         );
+        assert_eq!(
+            flag(&strings(&s.agent_argv(1)), "--pod-manifest-path"),
+            Some("/r/nodes/t1-node-1/manifests")
+        );
         // No two agents share a path.
         let (one, two) = (strings(&s.agent_argv(1)), strings(&s.agent_argv(2)));
         for f in [
@@ -411,6 +427,7 @@ mod tests {
             "--cni-conf-dir",
             "--subnet-file",
             "--pod-logs-dir",
+            "--pod-manifest-path",
         ] {
             assert_ne!(flag(&one, f), flag(&two, f), "{f}");
         }
