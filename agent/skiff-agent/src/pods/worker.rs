@@ -46,6 +46,17 @@ struct Probers {
     readiness: Option<Prober>,
 }
 
+impl Probers {
+    /// Fresh probers for a container run that starts (or is first seen) at `now`.
+    fn for_container(c: &Container, now: Instant) -> Self {
+        Probers {
+            startup: c.startup_probe.clone().map(|p| Prober::new(p, now)),
+            liveness: c.liveness_probe.clone().map(|p| Prober::new(p, now)),
+            readiness: c.readiness_probe.clone().map(|p| Prober::new(p, now)),
+        }
+    }
+}
+
 struct Worker {
     mgr: Arc<PodManager>,
     uid: String,
@@ -351,8 +362,7 @@ impl Worker {
                 pod.namespace().unwrap_or_default(),
                 self.uid
             );
-            self.events
-                .record(pod, Some(&c.name), Kind::Warning, "BackOff", &message)
+            self.container_event(pod, c, Kind::Warning, "BackOff", &message)
                 .await;
             return;
         }
@@ -372,8 +382,7 @@ impl Worker {
         let env = match env::resolve(self.mgr.objects(), pod, c, &facts).await {
             Ok(resolved) => {
                 for w in &resolved.warnings {
-                    self.events
-                        .record(pod, Some(&c.name), Kind::Warning, w.reason, &w.message)
+                    self.container_event(pod, c, Kind::Warning, w.reason, &w.message)
                         .await;
                 }
                 resolved.vars
@@ -433,43 +442,34 @@ impl Worker {
                 rec.started = c.startup_probe.is_none();
                 rec.ready = c.readiness_probe.is_none() && rec.started;
                 let now = Instant::now();
-                self.probers.insert(
-                    c.name.clone(),
-                    Probers {
-                        startup: c.startup_probe.clone().map(|p| Prober::new(p, now)),
-                        liveness: c.liveness_probe.clone().map(|p| Prober::new(p, now)),
-                        readiness: c.readiness_probe.clone().map(|p| Prober::new(p, now)),
-                    },
-                );
-                self.events
-                    .record(
-                        pod,
-                        Some(&c.name),
-                        Kind::Normal,
-                        "Created",
-                        &format!("Created container: {}", c.name),
-                    )
-                    .await;
-                self.events
-                    .record(
-                        pod,
-                        Some(&c.name),
-                        Kind::Normal,
-                        "Started",
-                        &format!("Started container {}", c.name),
-                    )
-                    .await;
+                self.probers
+                    .insert(c.name.clone(), Probers::for_container(c, now));
+                self.container_event(
+                    pod,
+                    c,
+                    Kind::Normal,
+                    "Created",
+                    &format!("Created container: {}", c.name),
+                )
+                .await;
+                self.container_event(
+                    pod,
+                    c,
+                    Kind::Normal,
+                    "Started",
+                    &format!("Started container {}", c.name),
+                )
+                .await;
                 if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
                     if let Err(message) = self.run_hook(h, c, Duration::from_secs(30)).await {
-                        self.events
-                            .record(
-                                pod,
-                                Some(&c.name),
-                                Kind::Warning,
-                                "FailedPostStartHook",
-                                &format!("PostStartHook failed: {message}"),
-                            )
-                            .await;
+                        self.container_event(
+                            pod,
+                            c,
+                            Kind::Warning,
+                            "FailedPostStartHook",
+                            &format!("PostStartHook failed: {message}"),
+                        )
+                        .await;
                         self.stop_container(pod, c, grace_of(pod), false).await;
                     }
                 }
@@ -514,14 +514,7 @@ impl Worker {
                     "Container image \"{image_ref}\" is not present with pull policy of Never"
                 );
                 self.set_waiting(&c.name, "ErrImageNeverPull", &message);
-                self.events
-                    .record(
-                        pod,
-                        Some(&c.name),
-                        Kind::Warning,
-                        "ErrImageNeverPull",
-                        &message,
-                    )
+                self.container_event(pod, c, Kind::Warning, "ErrImageNeverPull", &message)
                     .await;
                 return None;
             }
@@ -536,20 +529,18 @@ impl Worker {
                 if backoff.waiting(now) {
                     let message = format!("Back-off pulling image \"{image_ref}\"");
                     self.set_waiting(&c.name, "ImagePullBackOff", &message);
-                    self.events
-                        .record(pod, Some(&c.name), Kind::Normal, "BackOff", &message)
+                    self.container_event(pod, c, Kind::Normal, "BackOff", &message)
                         .await;
                     return None;
                 }
-                self.events
-                    .record(
-                        pod,
-                        Some(&c.name),
-                        Kind::Normal,
-                        "Pulling",
-                        &format!("Pulling image \"{image_ref}\""),
-                    )
-                    .await;
+                self.container_event(
+                    pod,
+                    c,
+                    Kind::Normal,
+                    "Pulling",
+                    &format!("Pulling image \"{image_ref}\""),
+                )
+                .await;
                 let began = std::time::Instant::now();
                 match self
                     .mgr
@@ -559,18 +550,17 @@ impl Worker {
                 {
                     Ok(img) => {
                         self.state.image_backoff.remove(image_ref);
-                        self.events
-                            .record(
-                                pod,
-                                Some(&c.name),
-                                Kind::Normal,
-                                "Pulled",
-                                &format!(
-                                    "Successfully pulled image \"{image_ref}\" in {:.3}s",
-                                    began.elapsed().as_secs_f64()
-                                ),
-                            )
-                            .await;
+                        self.container_event(
+                            pod,
+                            c,
+                            Kind::Normal,
+                            "Pulled",
+                            &format!(
+                                "Successfully pulled image \"{image_ref}\" in {:.3}s",
+                                began.elapsed().as_secs_f64()
+                            ),
+                        )
+                        .await;
                         img
                     }
                     Err(e) => {
@@ -581,23 +571,21 @@ impl Worker {
                             .or_default()
                             .crashed(now, now);
                         self.set_waiting(&c.name, "ErrImagePull", &message);
-                        self.events
-                            .record(pod, Some(&c.name), Kind::Warning, "Failed", &message)
+                        self.container_event(pod, c, Kind::Warning, "Failed", &message)
                             .await;
                         return None;
                     }
                 }
             }
             (_, Some(img)) => {
-                self.events
-                    .record(
-                        pod,
-                        Some(&c.name),
-                        Kind::Normal,
-                        "Pulled",
-                        &format!("Container image \"{image_ref}\" already present on machine"),
-                    )
-                    .await;
+                self.container_event(
+                    pod,
+                    c,
+                    Kind::Normal,
+                    "Pulled",
+                    &format!("Container image \"{image_ref}\" already present on machine"),
+                )
+                .await;
                 img
             }
         };
@@ -633,15 +621,14 @@ impl Worker {
         if !rec.backoff.waiting(now) {
             rec.backoff.crashed(now, now);
         }
-        self.events
-            .record(
-                pod,
-                Some(&c.name),
-                Kind::Warning,
-                "Failed",
-                &format!("Error: {message}"),
-            )
-            .await;
+        self.container_event(
+            pod,
+            c,
+            Kind::Warning,
+            "Failed",
+            &format!("Error: {message}"),
+        )
+        .await;
     }
 
     /// What kubelet knows about this node and pod that the API objects may not say yet.
@@ -698,6 +685,20 @@ impl Worker {
         }
     }
 
+    /// Records an event about one of the pod's containers.
+    async fn container_event(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        kind: Kind,
+        reason: &str,
+        message: &str,
+    ) {
+        self.events
+            .record(pod, Some(&c.name), kind, reason, message)
+            .await;
+    }
+
     fn set_waiting(&mut self, name: &str, reason: &str, message: &str) {
         self.state
             .containers
@@ -730,14 +731,8 @@ impl Worker {
         let now = Instant::now();
         if !self.probers.contains_key(&c.name) {
             // A container found running after an agent restart: probe it afresh.
-            self.probers.insert(
-                c.name.clone(),
-                Probers {
-                    startup: c.startup_probe.clone().map(|p| Prober::new(p, now)),
-                    liveness: c.liveness_probe.clone().map(|p| Prober::new(p, now)),
-                    readiness: c.readiness_probe.clone().map(|p| Prober::new(p, now)),
-                },
-            );
+            self.probers
+                .insert(c.name.clone(), Probers::for_container(c, now));
         }
         let rec = self.state.containers.entry(c.name.clone()).or_default();
         if c.startup_probe.is_none() {
@@ -774,51 +769,40 @@ impl Worker {
             let timeout = prober.timeout();
             let outcome = probe::run(&handler, &target, c, timeout).await;
             let step = prober.record(Instant::now(), outcome);
+            if let Step::Failed(message) | Step::Changed(false, message) = &step {
+                self.container_event(
+                    pod,
+                    c,
+                    Kind::Warning,
+                    "Unhealthy",
+                    &format!("{kind} probe failed: {message}"),
+                )
+                .await;
+            }
             let rec = self.state.containers.entry(c.name.clone()).or_default();
             match step {
-                Step::Same => {}
-                Step::Failed(message) => {
-                    self.events
-                        .record(
-                            pod,
-                            Some(&c.name),
-                            Kind::Warning,
-                            "Unhealthy",
-                            &format!("{kind} probe failed: {message}"),
-                        )
-                        .await;
-                }
+                Step::Same | Step::Failed(_) => {}
                 Step::Changed(true, _) => match *kind {
                     "Startup" => rec.started = true,
                     "Readiness" => rec.ready = true,
                     _ => {}
                 },
-                Step::Changed(false, message) => {
-                    self.events
-                        .record(
-                            pod,
-                            Some(&c.name),
-                            Kind::Warning,
-                            "Unhealthy",
-                            &format!("{kind} probe failed: {message}"),
-                        )
-                        .await;
+                Step::Changed(false, _) => {
                     if *kind == "Readiness" {
                         rec.ready = false;
                     } else {
                         let lowered = kind.to_ascii_lowercase();
-                        self.events
-                            .record(
-                                pod,
-                                Some(&c.name),
-                                Kind::Normal,
-                                "Killing",
-                                &format!(
-                                    "Container {} failed {lowered} probe, will be restarted",
-                                    c.name
-                                ),
-                            )
-                            .await;
+                        self.container_event(
+                            pod,
+                            c,
+                            Kind::Normal,
+                            "Killing",
+                            &format!(
+                                "Container {} failed {lowered} probe, will be restarted",
+                                c.name
+                            ),
+                        )
+                        .await;
                         self.stop_container(pod, c, grace_of(pod), false).await;
                         return;
                     }
@@ -835,15 +819,14 @@ impl Worker {
         if pre_stop {
             if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
                 if let Err(message) = self.run_hook(h, c, grace).await {
-                    self.events
-                        .record(
-                            pod,
-                            Some(&c.name),
-                            Kind::Warning,
-                            "FailedPreStopHook",
-                            &format!("PreStopHook failed: {message}"),
-                        )
-                        .await;
+                    self.container_event(
+                        pod,
+                        c,
+                        Kind::Warning,
+                        "FailedPreStopHook",
+                        &format!("PreStopHook failed: {message}"),
+                    )
+                    .await;
                 }
             }
         }
@@ -883,15 +866,14 @@ impl Worker {
             .cloned()
             .collect();
         for c in &running {
-            self.events
-                .record(
-                    pod,
-                    Some(&c.name),
-                    Kind::Normal,
-                    "Killing",
-                    &format!("Stopping container {}", c.name),
-                )
-                .await;
+            self.container_event(
+                pod,
+                c,
+                Kind::Normal,
+                "Killing",
+                &format!("Stopping container {}", c.name),
+            )
+            .await;
         }
         // Containers stop side by side within one grace period, as kubelet stops them.
         let stops = running.iter().map(|c| {
