@@ -2,84 +2,15 @@
 //! sandbox, starts the container with skiff-shim and reports it Running; deleting the pod
 //! leaves nothing behind. Root only (namespaces, overlay mounts).
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use skiff_e2e::agent::{eventually, is_root, Agent};
 use skiff_e2e::registry::Registry;
-use skiff_e2e::{bin_dir, Server};
-
-struct Agent(Child);
-
-/// Leaves nothing behind even when an assertion fails: first the normal way (delete the pod,
-/// the agent tears it down), then by force (sandbox processes recorded by the agent, mounts
-/// under its root).
-struct Cleanup<'a> {
-    server: &'a Server,
-    root: std::path::PathBuf,
-}
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let _ = self.server.kubectl(&[
-            "delete",
-            "pod",
-            "--all",
-            "--grace-period=0",
-            "--force",
-            "--wait=false",
-        ]);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline
-            && std::fs::read_dir(self.root.join("sandboxes")).is_ok_and(|mut d| d.next().is_some())
-        {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        for entry in std::fs::read_dir(self.root.join("sandboxes"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let state: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(entry.path()).unwrap_or_default())
-                    .unwrap_or_default();
-            if let Some(pid) = state["pid"].as_i64() {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-        }
-        let root = self.root.display().to_string();
-        for line in std::fs::read_to_string("/proc/self/mounts")
-            .unwrap_or_default()
-            .lines()
-        {
-            if let Some(target) = line
-                .split_whitespace()
-                .nth(1)
-                .filter(|t| t.starts_with(&root))
-            {
-                let _ = Command::new("umount").args(["-l", target]).status();
-            }
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
+use skiff_e2e::Server;
 
 #[test]
 fn a_pod_runs_from_a_registry_image_and_is_cleaned_up() {
-    if !nix_is_root() {
+    if !is_root() {
         println!("skipped: needs root (namespaces, overlay mounts)");
         return;
     }
@@ -90,39 +21,9 @@ fn a_pod_runs_from_a_registry_image_and_is_cleaned_up() {
         &["sh", "-c", "echo hello from $(hostname); exec sleep 3600"],
     );
     let s = Server::start();
-    let root = s.dir.path().join("agent");
-    let logs = s.dir.path().join("pod-logs");
-    let log = std::fs::File::create(s.dir.path().join("agent.log")).unwrap();
-    let _agent = Agent(
-        Command::new(bin_dir().join("skiff-agent"))
-            .arg("--kubeconfig")
-            .arg(s.kubeconfig())
-            .args([
-                "--node-name",
-                "node-1",
-                "--allow-missing-cgroup-controllers",
-            ])
-            .arg("--root-dir")
-            .arg(&root)
-            .arg("--pod-manifest-path")
-            .arg(root.join("manifests"))
-            .arg("--pod-logs-dir")
-            .arg(&logs)
-            .arg("--shim")
-            .arg(bin_dir().join("skiff-shim"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    // Declared after the agent, so it runs first on drop, while the agent still works.
-    let _cleanup = Cleanup {
-        server: &s,
-        root: root.clone(),
-    };
-    eventually("node-1 registered", Duration::from_secs(30), || {
-        s.kubectl(&["get", "node", "node-1"]).status.success()
-    });
+    // Its guard deletes the pods through the agent, then removes by force what is left.
+    let agent = Agent::start(&s, "node-1", &[]);
+    let (root, logs) = (&agent.root, &agent.logs);
     s.ok(&["run", "hello", &format!("--image={image}")]);
     eventually("the pod Running", Duration::from_secs(90), || {
         s.json(&["get", "pod", "hello"])["status"]["phase"] == "Running"
@@ -171,13 +72,4 @@ fn a_pod_runs_from_a_registry_image_and_is_cleaned_up() {
                 && !root.join("sandboxes").join(format!("{uid}.json")).exists()
         },
     );
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        .unwrap_or(false)
 }
