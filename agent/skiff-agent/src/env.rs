@@ -25,7 +25,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Pod, ResourceFieldSelector, Secret, Service,
+    ConfigMap, Container, EnvVarSource, Pod, ResourceFieldSelector, Secret, Service,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KubeQuantity;
 use kube::api::{Api, ListParams};
@@ -236,27 +236,14 @@ pub async fn resolve(
     let mut warnings = Vec::new();
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.as_deref().unwrap_or("");
-        let (kind, name, pairs) = if let Some(r) = &from.config_map_ref {
-            match source.config_map(ns, &r.name).await? {
-                Some(cm) => ("configMap", &r.name, cm.data.unwrap_or_default()),
-                None if r.optional == Some(true) => continue,
-                None => {
-                    return Err(ContainerConfigError::ConfigMapNotFound {
-                        name: r.name.clone(),
-                    })
-                }
-            }
+        let (kind, name, optional) = if let Some(r) = &from.config_map_ref {
+            (DataKind::ConfigMap, &r.name, r.optional)
         } else if let Some(r) = &from.secret_ref {
-            match source.secret(ns, &r.name).await? {
-                Some(s) => ("secret", &r.name, secret_strings(&s)),
-                None if r.optional == Some(true) => continue,
-                None => {
-                    return Err(ContainerConfigError::SecretNotFound {
-                        name: r.name.clone(),
-                    })
-                }
-            }
+            (DataKind::Secret, &r.name, r.optional)
         } else {
+            continue;
+        };
+        let Some(pairs) = kind.data(source, ns, name, optional == Some(true)).await? else {
             continue;
         };
         let mut invalid = Vec::new();
@@ -273,8 +260,9 @@ pub async fn resolve(
             warnings.push(EnvWarning {
                 reason: "InvalidEnvironmentVariableNames",
                 message: format!(
-                    "Keys [{}] from the EnvFrom {kind} {ns}/{name} were skipped since they are considered invalid environment variable names.",
-                    invalid.join(", ")
+                    "Keys [{}] from the EnvFrom {} {ns}/{name} were skipped since they are considered invalid environment variable names.",
+                    invalid.join(", "),
+                    kind.env_from_word()
                 ),
             });
         }
@@ -289,49 +277,15 @@ pub async fn resolve(
                     .or_else(|| service_map.get(name).map(|s| s.to_string()))
             })
         } else if let Some(from) = &var.value_from {
-            if let Some(r) = &from.config_map_key_ref {
-                let optional = r.optional == Some(true);
-                let cm = match source.config_map(ns, &r.name).await? {
-                    Some(cm) => cm,
-                    None if optional => continue,
-                    None => {
-                        return Err(ContainerConfigError::ConfigMapNotFound {
-                            name: r.name.clone(),
-                        })
-                    }
+            if let Some((kind, name, key, optional)) = key_ref(from) {
+                let optional = optional == Some(true);
+                let Some(mut data) = kind.data(source, ns, name, optional).await? else {
+                    continue;
                 };
-                match cm.data.as_ref().and_then(|d| d.get(&r.key)) {
-                    Some(v) => v.clone(),
-                    None if optional => continue,
-                    None => {
-                        return Err(ContainerConfigError::ConfigMapKeyMissing {
-                            key: r.key.clone(),
-                            namespace: ns.into(),
-                            name: r.name.clone(),
-                        })
-                    }
-                }
-            } else if let Some(r) = &from.secret_key_ref {
-                let optional = r.optional == Some(true);
-                let secret = match source.secret(ns, &r.name).await? {
-                    Some(s) => s,
-                    None if optional => continue,
-                    None => {
-                        return Err(ContainerConfigError::SecretNotFound {
-                            name: r.name.clone(),
-                        })
-                    }
-                };
-                match secret_strings(&secret).remove(&r.key) {
+                match data.remove(key) {
                     Some(v) => v,
                     None if optional => continue,
-                    None => {
-                        return Err(ContainerConfigError::SecretKeyMissing {
-                            key: r.key.clone(),
-                            namespace: ns.into(),
-                            name: r.name.clone(),
-                        })
-                    }
+                    None => return Err(kind.key_missing(key, ns, name)),
                 }
             } else if let Some(f) = &from.field_ref {
                 pod_field(pod, &f.field_path, node)?
@@ -356,6 +310,85 @@ pub async fn resolve(
         vars: env.into_vec(),
         warnings,
     })
+}
+
+/// The two kinds of object whose keys become variables (envFrom, configMapKeyRef and
+/// secretKeyRef); kubelet treats them alike but for how values are read and the words of
+/// its errors and events.
+#[derive(Clone, Copy, Debug)]
+enum DataKind {
+    ConfigMap,
+    Secret,
+}
+
+impl DataKind {
+    /// The object's keys and values as text; `Ok(None)` when it is missing and `optional`.
+    async fn data(
+        self,
+        source: &dyn ObjectSource,
+        ns: &str,
+        name: &str,
+        optional: bool,
+    ) -> Result<Option<BTreeMap<String, String>>, ContainerConfigError> {
+        let found = match self {
+            // Only `data`: kubelet does not turn binaryData into variables.
+            DataKind::ConfigMap => source
+                .config_map(ns, name)
+                .await?
+                .map(|cm| cm.data.unwrap_or_default()),
+            DataKind::Secret => source.secret(ns, name).await?.map(|s| secret_strings(&s)),
+        };
+        match found {
+            Some(data) => Ok(Some(data)),
+            None if optional => Ok(None),
+            None => Err(match self {
+                DataKind::ConfigMap => {
+                    ContainerConfigError::ConfigMapNotFound { name: name.into() }
+                }
+                DataKind::Secret => ContainerConfigError::SecretNotFound { name: name.into() },
+            }),
+        }
+    }
+
+    fn key_missing(self, key: &str, ns: &str, name: &str) -> ContainerConfigError {
+        let (key, namespace, name) = (key.into(), ns.into(), name.into());
+        match self {
+            DataKind::ConfigMap => ContainerConfigError::ConfigMapKeyMissing {
+                key,
+                namespace,
+                name,
+            },
+            DataKind::Secret => ContainerConfigError::SecretKeyMissing {
+                key,
+                namespace,
+                name,
+            },
+        }
+    }
+
+    /// How kubelet's InvalidEnvironmentVariableNames event names the source.
+    fn env_from_word(self) -> &'static str {
+        match self {
+            DataKind::ConfigMap => "configMap",
+            DataKind::Secret => "secret",
+        }
+    }
+}
+
+/// A `valueFrom` that reads one key of a ConfigMap or Secret: kind, name, key, optional.
+fn key_ref(from: &EnvVarSource) -> Option<(DataKind, &str, &str, Option<bool>)> {
+    if let Some(r) = &from.config_map_key_ref {
+        Some((DataKind::ConfigMap, &r.name, &r.key, r.optional))
+    } else {
+        from.secret_key_ref.as_ref().map(|r| {
+            (
+                DataKind::Secret,
+                r.name.as_str(),
+                r.key.as_str(),
+                r.optional,
+            )
+        })
+    }
 }
 
 /// Secret values as text; kubelet hands the bytes over unchanged, and the OCI config is
