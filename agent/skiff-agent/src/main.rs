@@ -268,6 +268,7 @@ async fn agent_main() -> anyhow::Result<()> {
     )?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
     let client = kube::Client::try_from(config)?;
+    check_cluster_cgroup_driver(&client, driver).await?;
     spawn_certificate_rotation(kubeconfig_path.clone(), args.cert_dir.clone(), name.clone());
     let cfg = node::NodeConfig {
         name,
@@ -525,6 +526,34 @@ fn spawn_certificate_rotation(kubeconfig: PathBuf, cert_dir: PathBuf, node: Stri
             }
         }
     });
+}
+
+/// Refuses to run with another cgroup driver than the one the cluster advertises (issue 8:
+/// a node on the wrong driver would place pods where its siblings do not look for them).
+async fn check_cluster_cgroup_driver(
+    client: &kube::Client,
+    driver: skiff_agent::cgroups::Driver,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: kube::Api<ConfigMap> =
+        kube::Api::namespaced(client.clone(), preflight::AGENT_CONFIG_NAMESPACE);
+    let advertised = api
+        .get_opt(preflight::AGENT_CONFIG_NAME)
+        .await
+        .with_context(|| {
+            format!(
+                "reading the cluster's agent configuration {}/{}",
+                preflight::AGENT_CONFIG_NAMESPACE,
+                preflight::AGENT_CONFIG_NAME
+            )
+        })?
+        .and_then(|cm| cm.data)
+        .and_then(|d| d.get(preflight::AGENT_CONFIG_DRIVER_KEY).cloned());
+    preflight::check_cluster_cgroup_driver(driver, advertised.as_deref())?;
+    if let Some(a) = advertised {
+        tracing::info!(driver = %a, "cgroup driver matches the cluster's");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -47,6 +47,36 @@ pub enum PreflightError {
     MissingControllers { root: String, missing: Vec<String> },
     #[error("--cgroup-driver=systemd, but systemd is not running on this host ({0} does not exist); start with --cgroup-driver=cgroupfs --cgroup-root DIR")]
     DriverMismatch(String),
+    #[error("this agent's cgroup driver is {own}, but the cluster's {origin} says {advertised}: start it with --cgroup-driver={advertised} (every node of a cluster uses one driver, as with kubeadm's kubelet-config)")]
+    ClusterDriverMismatch {
+        own: crate::cgroups::Driver,
+        advertised: String,
+        origin: String,
+    },
+}
+
+/// Where the control plane advertises the nodes' configuration (`skiffadm init` writes it),
+/// as kubeadm keeps the kubelet's in `kube-system/kubelet-config`.
+pub const AGENT_CONFIG_NAMESPACE: &str = "kube-system";
+pub const AGENT_CONFIG_NAME: &str = "skiff-agent-config";
+pub const AGENT_CONFIG_DRIVER_KEY: &str = "cgroupDriver";
+
+/// The agent's driver against the one the cluster advertises (none advertised: any driver).
+pub fn check_cluster_cgroup_driver(
+    own: crate::cgroups::Driver,
+    advertised: Option<&str>,
+) -> Result<(), PreflightError> {
+    match advertised.map(str::trim) {
+        None | Some("") => Ok(()),
+        Some(a) if a == own.to_string() => Ok(()),
+        Some(a) => Err(PreflightError::ClusterDriverMismatch {
+            own,
+            advertised: a.to_string(),
+            origin: format!(
+                "ConfigMap {AGENT_CONFIG_NAMESPACE}/{AGENT_CONFIG_NAME} ({AGENT_CONFIG_DRIVER_KEY})"
+            ),
+        }),
+    }
 }
 
 /// kubelet's driver check: the systemd driver needs systemd as init, which
@@ -209,6 +239,22 @@ mod tests {
         assert_eq!(
             cgroup2_mount("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"),
             None
+        );
+    }
+
+    #[test]
+    fn the_cluster_driver_must_match_when_advertised() {
+        use crate::cgroups::Driver;
+        assert!(check_cluster_cgroup_driver(Driver::Cgroupfs, None).is_ok());
+        assert!(check_cluster_cgroup_driver(Driver::Systemd, Some("systemd")).is_ok());
+        assert!(check_cluster_cgroup_driver(Driver::Systemd, Some(" systemd\n")).is_ok());
+        let err = check_cluster_cgroup_driver(Driver::Cgroupfs, Some("systemd")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("cgroupfs")
+                && text.contains("--cgroup-driver=systemd")
+                && text.contains("kube-system/skiff-agent-config"),
+            "{text}"
         );
     }
 }

@@ -119,3 +119,56 @@ fn agent_registers_a_ready_node_and_its_death_is_noticed() {
         ready && !tainted
     });
 }
+
+/// The cluster advertises its nodes' cgroup driver (`skiffadm init` writes
+/// kube-system/skiff-agent-config); an agent on another driver refuses to start and says how
+/// to fix it, one on the same driver registers.
+#[test]
+fn an_agent_on_another_cgroup_driver_than_the_cluster_refuses_to_start() {
+    let s = Server::start_with(&["--disable", "all"]);
+    let advertise = |driver: &str| {
+        s.ok(&[
+            "-n",
+            "kube-system",
+            "create",
+            "configmap",
+            "skiff-agent-config",
+            &format!("--from-literal=cgroupDriver={driver}"),
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ])
+    };
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], &advertise("systemd"));
+    assert!(out.status.success(), "{out:?}");
+    // This host has no systemd, so the agent picks cgroupfs.
+    let mut agent = start_agent(&s, "wrong-driver");
+    let status = wait_exit(&mut agent.0, Duration::from_secs(60))
+        .expect("the agent should exit on a driver mismatch");
+    assert!(!status.success());
+    let log =
+        std::fs::read_to_string(s.dir.path().join("agent-wrong-driver.log")).unwrap_or_default();
+    assert!(
+        log.contains("--cgroup-driver=systemd") && log.contains("kube-system/skiff-agent-config"),
+        "{log}"
+    );
+    assert!(!s.kubectl(&["get", "node", "wrong-driver"]).status.success());
+
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], &advertise("cgroupfs"));
+    assert!(out.status.success(), "{out:?}");
+    let _agent = start_agent(&s, "right-driver");
+    eventually("right-driver registered", Duration::from_secs(30), || {
+        s.kubectl(&["get", "node", "right-driver"]).status.success()
+    });
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}

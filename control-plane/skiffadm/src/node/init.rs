@@ -363,6 +363,28 @@ pub async fn mark_node(
     anyhow::bail!("node {node}: the control-plane taint did not stick after 20 attempts")
 }
 
+/// `kube-system/skiff-agent-config`: the configuration every node's agent must share.
+pub async fn advertise_agent_config(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use skiff_agent::preflight::{
+        AGENT_CONFIG_DRIVER_KEY, AGENT_CONFIG_NAME, AGENT_CONFIG_NAMESPACE,
+    };
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), AGENT_CONFIG_NAMESPACE);
+    let patch = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": AGENT_CONFIG_NAME, "namespace": AGENT_CONFIG_NAMESPACE},
+        "data": {AGENT_CONFIG_DRIVER_KEY: "systemd"},
+    });
+    api.patch(
+        AGENT_CONFIG_NAME,
+        &kube::api::PatchParams::apply("skiffadm").force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("writing {AGENT_CONFIG_NAMESPACE}/{AGENT_CONFIG_NAME}: {e}"))?;
+    Ok(())
+}
+
 pub async fn run(args: InitArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let paths = Paths::standard();
@@ -426,6 +448,10 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
         "[init] API server ready after {:.1} s",
         started.elapsed().as_secs_f64()
     );
+
+    // Every agent that joins checks its cgroup driver against this (init needs systemd, so
+    // the cluster's driver is systemd), as kubeadm publishes kube-system/kubelet-config.
+    advertise_agent_config(&client).await?;
 
     if !cfg.control_plane_only {
         let node_cert = skiff_server::pki::issue_client_cert(
