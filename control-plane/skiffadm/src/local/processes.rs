@@ -45,6 +45,10 @@ pub fn agent_command(layout: &Layout, s: &Settings) -> Vec<OsString> {
         os(&s.node_ip),
         os("--root-dir"),
         os(layout.agent_dir()),
+        // The node's own static-pod directory, not the machine's /etc/skiff/manifests
+        // (which belongs to a node `skiffadm init` set up).
+        os("--pod-manifest-path"),
+        os(layout.agent_dir().join("manifests")),
         os("--pod-logs-dir"),
         os(layout.pod_logs_dir()),
         os("--cni-conf-dir"),
