@@ -37,10 +37,18 @@ impl<'a> Agent<'a> {
         if !extra.iter().any(|a| a == "--node-api-port") {
             extra.extend(["--node-api-port".into(), crate::free_port().to_string()]);
         }
+        let root = server.dir.path().join(format!("agent-{name}"));
+        // Never the machine's /etc/skiff/manifests: a test runs only its own static pods.
+        if !extra.iter().any(|a| a == "--pod-manifest-path") {
+            extra.extend([
+                "--pod-manifest-path".into(),
+                root.join("manifests").display().to_string(),
+            ]);
+        }
         let mut a = Agent {
             server,
             name: name.into(),
-            root: server.dir.path().join(format!("agent-{name}")),
+            root,
             logs: server.dir.path().join(format!("pod-logs-{name}")),
             child: None,
             extra,
@@ -79,9 +87,6 @@ impl<'a> Agent<'a> {
             ])
             .arg("--root-dir")
             .arg(&self.root)
-            // Never the machine's /etc/skiff/manifests: a test runs only its own pods.
-            .arg("--pod-manifest-path")
-            .arg(self.root.join("manifests"))
             .arg("--pod-logs-dir")
             .arg(&self.logs)
             .arg("--shim")

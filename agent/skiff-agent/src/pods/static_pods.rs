@@ -185,11 +185,28 @@ pub fn config_hash(node: &str, path: &Path, doc: &Value) -> String {
     let mut h = Sha256::new();
     h.update(format!("host:{node}\n").as_bytes());
     h.update(format!("file:{}\n", path.display()).as_bytes());
-    // serde_json's maps are ordered, so the same manifest always serialises the same way
-    // whatever its key order or formatting in the file.
-    h.update(doc.to_string().as_bytes());
+    // Keys sorted at every level, so the same manifest hashes the same whatever its key
+    // order or formatting in the file (serde_json keeps insertion order when another crate
+    // of the build turns on its `preserve_order` feature, as skiff-server does).
+    h.update(sorted_keys(doc).to_string().as_bytes());
     let digest = h.finalize();
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sorted_keys(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), sorted_keys(&m[k])))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.iter().map(sorted_keys).collect()),
+        other => other.clone(),
+    }
 }
 
 /// One reading of the manifest directory.
