@@ -12,13 +12,11 @@ use skiff_images::{
     ClientConfig, ContainerOverrides, DockerConfig, Error, GcPolicy, ImageStore, RegistryClient,
 };
 
+/// The client for tests that are not about timeouts: the production defaults, so that a
+/// loaded CI machine (the proxy delays blobs on purpose) cannot turn a slow answer into a
+/// failed pull. The timeout tests build their own short-fused clients.
 fn client() -> RegistryClient {
-    RegistryClient::new(ClientConfig {
-        connect_timeout: Duration::from_secs(2),
-        response_timeout: Duration::from_secs(2),
-        stall_timeout: Duration::from_secs(2),
-        ..Default::default()
-    })
+    RegistryClient::new(ClientConfig::default())
 }
 
 fn tools() -> bool {
