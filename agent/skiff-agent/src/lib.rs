@@ -16,6 +16,5 @@ pub mod preflight;
 pub mod proxy;
 pub mod quantity;
 pub mod sandbox;
-pub mod sd_notify;
 pub mod subnet;
 pub mod volumes;

@@ -203,7 +203,7 @@ pub async fn register_and_heartbeat(
         Err(e) => return Err(e),
     }
     // Registered is what `Type=notify` waits for: the node exists for the scheduler.
-    if let Err(e) = crate::sd_notify::ready() {
+    if let Err(e) = skiff_daemon::sd_notify::ready() {
         tracing::warn!(error = %e, "telling systemd we are ready");
     }
     let leases: Api<Lease> = Api::namespaced(client, LEASE_NAMESPACE);

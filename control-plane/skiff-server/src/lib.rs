@@ -11,7 +11,6 @@ pub mod gc;
 pub mod lifecycle;
 pub mod pki;
 pub mod registry;
-pub mod sd_notify;
 pub mod serve;
 
 /// The Kubernetes version this server speaks; kubectl's dispatcher picks its build by it.

@@ -286,7 +286,7 @@ async fn main() -> anyhow::Result<()> {
             args.disable.clone(),
         ));
     }
-    if let Err(e) = skiff_server::sd_notify::ready() {
+    if let Err(e) = skiff_daemon::sd_notify::ready() {
         tracing::warn!(error = %e, "telling systemd we are ready");
     }
     serve::serve(listener, tls, api).await;

@@ -4,14 +4,11 @@
 //! port-forward the upgrade is forwarded and the two upgraded connections are spliced, so
 //! the protocols (WebSocket channels, SPDY) run end to end between kubectl and the agent.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::{header, HeaderName, Request, Response};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{PrivateKeyDer, ServerName};
 use serde_json::Value;
 
 use super::status::ApiError;
@@ -34,71 +31,19 @@ const UPGRADE_HEADERS: &[&str] = &[
     "x-stream-protocol-version",
 ];
 
-/// kube-apiserver does not verify kubelet serving certificates unless it is given
-/// `--kubelet-certificate-authority`; the agents' certificates are self-signed, so the same
-/// here: the connection is encrypted and the agent authenticates us, not the reverse.
-#[derive(Debug)]
-struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// The TLS client configuration for reaching node agents with the kubelet-client identity.
 pub fn client_config(identity: &CertAndKey) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = rustls_pemfile::certs(&mut identity.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut identity.key_pem.as_bytes())
         .map_err(|e| e.to_string())?
         .ok_or("no private key in the kubelet client key")?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+    // kube-apiserver does not verify kubelet serving certificates unless given
+    // `--kubelet-certificate-authority`; the agents' certificates are self-signed, so the
+    // same here: the connection is encrypted and the agent authenticates us, not the reverse.
+    let mut config = skiff_daemon::tls::unverified_server_builder()
         .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
         .with_client_auth_cert(certs, key)
         .map_err(|e| e.to_string())?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
