@@ -3,7 +3,7 @@
 //! under the root and the per-node cgroups. Every step keeps going and reports its errors.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::Spec;
 
@@ -18,28 +18,48 @@ fn kill9(pid: i32, errors: &mut Vec<String>) {
     }
 }
 
-/// Containers through `skiff-shim --root <node>/shim`: SIGKILL to all their processes, then
-/// a forced delete (the shim is their subreaper; killing only it would orphan them).
-fn containers(shim: &Path, node_root: &Path) {
-    let shim_root = node_root.join("shim");
-    if !shim_root.exists() {
+/// Containers through `skiff-shim --root <root>`: SIGKILL to all their processes, then a
+/// forced delete (the shim is their subreaper; killing only it would orphan them).
+pub fn remove_containers_in(shim: &Path, root: &Path, errors: &mut Vec<String>) {
+    if !root.exists() {
         return;
     }
     let run = |args: &[&str]| {
         Command::new(shim)
             .arg("--root")
-            .arg(&shim_root)
+            .arg(root)
             .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .output()
     };
-    let Ok(out) = run(&["list"]) else { return };
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    for c in list.as_array().into_iter().flatten() {
-        if let Some(id) = c["id"].as_str() {
-            let _ = run(&["kill", "--all", id, "SIGKILL"]);
-            let _ = run(&["delete", "--force", id]);
+    let ids: Vec<String> = match run(&["list"]) {
+        Ok(o) if o.status.success() => serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| c["id"].as_str().map(str::to_string))
+            .collect(),
+        Ok(o) => {
+            errors.push(format!(
+                "skiff-shim list: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+            return;
+        }
+        Err(e) => {
+            errors.push(format!("{}: {e}", shim.display()));
+            return;
+        }
+    };
+    for id in ids {
+        let _ = run(&["kill", "--all", &id, "KILL"]);
+        match run(&["delete", "--force", &id]) {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => errors.push(format!(
+                "skiff-shim delete {id}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => errors.push(format!("skiff-shim delete {id}: {e}")),
         }
     }
 }
@@ -59,7 +79,7 @@ fn sandboxes(node_root: &Path, errors: &mut Vec<String>) {
     }
 }
 
-/// Processes whose command line names `root` (agents, shims, strays), except this one.
+/// Processes whose command line names the root dir (shims, strays): what is left of ours.
 pub fn processes_under(root: &Path) -> Vec<i32> {
     let me = std::process::id() as i32;
     let needle = root.as_os_str().as_encoded_bytes();
@@ -76,13 +96,13 @@ pub fn processes_under(root: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// Mount points at or under `root`, deepest first (paths with spaces are not ours).
+/// Mount points at or under `root`, deepest first.
 pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut found: Vec<PathBuf> = info
         .lines()
         .filter_map(|l| l.split_whitespace().nth(4))
-        .map(PathBuf::from)
+        .map(unescape_mount_path)
         .filter(|p| p.starts_with(root))
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -90,14 +110,38 @@ pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
     found
 }
 
-fn remove_cgroup_tree(dir: &Path, errors: &mut Vec<String>) {
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mount_path(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from(
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
+}
+
+pub fn remove_cgroup_tree(dir: &Path, errors: &mut Vec<String>) {
     if !dir.exists() {
         return;
     }
     // Children first: a cgroup directory can only be removed once it has none.
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_cgroup_tree(&e.path(), errors);
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path(), errors);
+            }
         }
     }
     if let Err(e) = std::fs::remove_dir(dir) {
@@ -109,7 +153,7 @@ fn remove_cgroup_tree(dir: &Path, errors: &mut Vec<String>) {
 /// cgroups.
 pub fn node(spec: &Spec, i: usize, errors: &mut Vec<String>) {
     let root = spec.node_root(i);
-    containers(&spec.bin_dir.join("skiff-shim"), &root);
+    remove_containers_in(&spec.bin_dir.join("skiff-shim"), &root.join("shim"), errors);
     sandboxes(&root, errors);
     for pid in processes_under(&root) {
         kill9(pid, errors);
@@ -134,5 +178,48 @@ pub fn all(spec: &Spec, errors: &mut Vec<String>) {
     }
     if let Some(cg) = &spec.cgroup_root {
         remove_cgroup_tree(cg, errors);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn mount_paths_are_unescaped() {
+        assert_eq!(
+            unescape_mount_path(r"/a\040b/c\134d"),
+            Path::new("/a b/c\\d")
+        );
+        assert_eq!(unescape_mount_path(r"/plain"), Path::new("/plain"));
+        assert_eq!(unescape_mount_path(r"/end\04"), Path::new(r"/end\04"));
+    }
+
+    #[test]
+    fn finds_processes_by_their_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(processes_under(dir.path()).is_empty());
+        // `; :` keeps the shell from exec'ing sleep, so its command line (with DIR as $0)
+        // stays visible.
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 30; :"])
+            .arg(dir.path())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // The shell's own fork for `sleep` carries the same command line until it execs,
+        // so the list may briefly hold two pids; the shell must be among them.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut found = processes_under(dir.path());
+        while !found.contains(&pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            found = processes_under(dir.path());
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&pid), "{pid} not in {found:?}");
+        assert!(!processes_under(dir.path()).contains(&pid));
     }
 }

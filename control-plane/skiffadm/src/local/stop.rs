@@ -9,7 +9,6 @@
 //! reports them all at the end.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -17,6 +16,8 @@ use nix::unistd::Pid;
 
 use super::layout::{Layout, Settings};
 use super::supervisor::live_pid;
+use skiff_lab::sweep::{mounts_under, processes_under, remove_cgroup_tree};
+
 use super::{kubeconfig, network, LocalError};
 
 fn alive(pid: i32) -> bool {
@@ -152,126 +153,11 @@ pub fn remove_sandboxes_in(
 
 /// Every container the agent's shims know, killed and deleted.
 fn remove_containers(layout: &Layout, settings: &Settings, errors: &mut Vec<String>) {
-    remove_containers_in(
+    skiff_lab::sweep::remove_containers_in(
         &settings.bin_dir.join("skiff-shim"),
         &layout.shim_dir(),
         errors,
     )
-}
-
-/// Kills and deletes every container skiff-shim keeps under `root`.
-pub fn remove_containers_in(shim: &Path, root: &Path, errors: &mut Vec<String>) {
-    if !root.exists() {
-        return;
-    }
-    let run = |args: &[&str]| {
-        Command::new(shim)
-            .arg("--root")
-            .arg(root)
-            .args(args)
-            .output()
-    };
-    let ids: Vec<String> = match run(&["list"]) {
-        Ok(o) if o.status.success() => serde_json::from_slice::<serde_json::Value>(&o.stdout)
-            .ok()
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|c| c["id"].as_str().map(str::to_string))
-            .collect(),
-        Ok(o) => {
-            errors.push(format!(
-                "skiff-shim list: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ));
-            return;
-        }
-        Err(e) => {
-            errors.push(format!("{}: {e}", shim.display()));
-            return;
-        }
-    };
-    for id in ids {
-        let _ = run(&["kill", "--all", &id, "KILL"]);
-        match run(&["delete", "--force", &id]) {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => errors.push(format!(
-                "skiff-shim delete {id}: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
-            Err(e) => errors.push(format!("skiff-shim delete {id}: {e}")),
-        }
-    }
-}
-
-/// Processes whose command line names the root dir (shims, strays): what is left of ours.
-pub fn processes_under(root: &Path) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let needle = root.as_os_str().as_encoded_bytes();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.windows(needle.len().max(1)).any(|w| w == needle))
-        })
-        .collect()
-}
-
-/// Mount points at or under `root`, deepest first.
-pub fn mounts_under(root: &Path) -> Vec<std::path::PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut found: Vec<std::path::PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .map(unescape_mount_path)
-        .filter(|p| p.starts_with(root))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found.dedup();
-    found
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape_mount_path(s: &str) -> std::path::PathBuf {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 4 <= b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    std::path::PathBuf::from(std::ffi::OsString::from(
-        String::from_utf8_lossy(&out).into_owned(),
-    ))
-}
-
-pub fn remove_cgroup_tree(dir: &Path, errors: &mut Vec<String>) {
-    if !dir.exists() {
-        return;
-    }
-    // Children first: a cgroup directory can only be removed once it has none.
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&e.path(), errors);
-            }
-        }
-    }
-    if let Err(e) = std::fs::remove_dir(dir) {
-        errors.push(format!("rmdir {}: {e}", dir.display()));
-    }
 }
 
 pub fn delete(root: &Path) -> Result<(), LocalError> {
@@ -355,42 +241,5 @@ pub fn delete(root: &Path) -> Result<(), LocalError> {
             root.display(),
             errors.join("\n  ")
         )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mount_paths_are_unescaped() {
-        assert_eq!(
-            unescape_mount_path(r"/a\040b/c\134d"),
-            Path::new("/a b/c\\d")
-        );
-        assert_eq!(unescape_mount_path(r"/plain"), Path::new("/plain"));
-        assert_eq!(unescape_mount_path(r"/end\04"), Path::new(r"/end\04"));
-    }
-
-    #[test]
-    fn finds_processes_by_their_command_line() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(processes_under(dir.path()).is_empty());
-        // `; :` keeps the shell from exec'ing sleep, so its command line (with DIR as $0)
-        // stays visible.
-        let mut child = Command::new("sh")
-            .args(["-c", "sleep 30; :"])
-            .arg(dir.path())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut found = processes_under(dir.path());
-        while found.is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-            found = processes_under(dir.path());
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        assert_eq!(found, vec![child.id() as i32]);
     }
 }

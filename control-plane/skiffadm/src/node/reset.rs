@@ -68,7 +68,7 @@ fn remove_dir(dir: &Path, errors: &mut Vec<String>) {
     if !dir.exists() {
         return;
     }
-    let mounted = stop::mounts_under(dir);
+    let mounted = skiff_lab::sweep::mounts_under(dir);
     if !mounted.is_empty() {
         // Never recurse into a mount: it could reach outside Skiff's tree.
         errors.push(format!(
@@ -100,7 +100,7 @@ pub fn run() -> anyhow::Result<()> {
         &paths.cni_bin_dir,
         &mut errors,
     );
-    stop::remove_containers_in(
+    skiff_lab::sweep::remove_containers_in(
         &paths.bin_dir.join("skiff-shim"),
         &agent.join("shim"),
         &mut errors,
@@ -110,13 +110,13 @@ pub fn run() -> anyhow::Result<()> {
         systemctl_quiet(&["stop", PODS_SLICE]);
     }
     for root in [&paths.state, &paths.run] {
-        for pid in stop::processes_under(root) {
+        for pid in skiff_lab::sweep::processes_under(root) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             stop::wait_gone(pid, Duration::from_secs(5));
         }
     }
     for root in [&paths.state, &paths.run] {
-        for m in stop::mounts_under(root) {
+        for m in skiff_lab::sweep::mounts_under(root) {
             if let Err(e) = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
                 errors.push(format!("umount {}: {e}", m.display()));
             }
@@ -139,7 +139,7 @@ pub fn run() -> anyhow::Result<()> {
     );
     let cgroup = Path::new("/sys/fs/cgroup").join(PODS_SLICE);
     let mut cg_errors = Vec::new();
-    stop::remove_cgroup_tree(&cgroup, &mut cg_errors);
+    skiff_lab::sweep::remove_cgroup_tree(&cgroup, &mut cg_errors);
     // The slice may already be gone (stopped above), which is the good case.
     errors.extend(
         cg_errors
