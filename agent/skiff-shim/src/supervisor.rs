@@ -707,28 +707,8 @@ impl<'a> Supervisor<'a> {
         let helper =
             crate::exec::spawn_exec(self.pid, self.plan, self.cgroup.as_ref(), spec, stdio)?;
         drop(theirs);
-        let resp = Response {
-            ok: true,
-            exec: Some(ExecResult {
-                pid: helper.as_raw(),
-                exit_code: -1,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let mut line = serde_json::to_vec(&resp).expect("serialisable");
-        line.push(b'\n');
         let fds: Vec<i32> = ours.iter().map(|f| f.as_raw_fd()).collect();
-        let iov = [std::io::IoSlice::new(&line)];
-        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
-        nix::sys::socket::sendmsg::<()>(
-            stream.as_raw_fd(),
-            &iov,
-            &cmsg,
-            nix::sys::socket::MsgFlags::empty(),
-            None,
-        )
-        .ctx("sendmsg", "exec stdio")?;
+        send_with_fds(stream, helper.as_raw(), &fds, "exec stdio")?;
         Ok(helper)
     }
 
@@ -808,28 +788,8 @@ impl<'a> Supervisor<'a> {
             )
             .ctx("fcntl", "attach O_NONBLOCK")?;
         }
-        let resp = Response {
-            ok: true,
-            exec: Some(ExecResult {
-                pid: self.pid.as_raw(),
-                exit_code: -1,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let mut line = serde_json::to_vec(&resp).expect("serialisable");
-        line.push(b'\n');
         let fds = [stdin.as_raw_fd(), out_r.as_raw_fd(), err_r.as_raw_fd()];
-        let iov = [std::io::IoSlice::new(&line)];
-        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
-        nix::sys::socket::sendmsg::<()>(
-            stream.as_raw_fd(),
-            &iov,
-            &cmsg,
-            nix::sys::socket::MsgFlags::empty(),
-            None,
-        )
-        .ctx("sendmsg", "attach stdio")?;
+        send_with_fds(&stream, self.pid.as_raw(), &fds, "attach stdio")?;
         let _ = stream.set_nonblocking(true);
         self.attached.push(Attached {
             out: out_w,
@@ -857,28 +817,12 @@ impl<'a> Supervisor<'a> {
             let _ =
                 nix::sys::socket::shutdown(theirs.as_raw_fd(), nix::sys::socket::Shutdown::Write);
         }
-        let resp = Response {
-            ok: true,
-            exec: Some(ExecResult {
-                pid: self.pid.as_raw(),
-                exit_code: -1,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let mut line = serde_json::to_vec(&resp).expect("serialisable");
-        line.push(b'\n');
-        let fds = [theirs.as_raw_fd()];
-        let iov = [std::io::IoSlice::new(&line)];
-        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
-        nix::sys::socket::sendmsg::<()>(
-            stream.as_raw_fd(),
-            &iov,
-            &cmsg,
-            nix::sys::socket::MsgFlags::empty(),
-            None,
-        )
-        .ctx("sendmsg", "attach terminal")?;
+        send_with_fds(
+            &stream,
+            self.pid.as_raw(),
+            &[theirs.as_raw_fd()],
+            "attach terminal",
+        )?;
         let _ = stream.set_nonblocking(true);
         self.attached.push(Attached {
             out: ours,
@@ -1059,4 +1003,31 @@ pub fn get_winsize(fd: i32) -> Option<(u16, u16)> {
     // SAFETY: a valid out pointer for TIOCGWINSZ.
     let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
     (r == 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+/// Answers an exec or attach request: one JSON line naming `pid`, with the client's ends of
+/// the stdio descriptors passed alongside (SCM_RIGHTS), so the bytes never go through us.
+fn send_with_fds(stream: &UnixStream, pid: i32, fds: &[i32], what: &str) -> Result<()> {
+    let resp = Response {
+        ok: true,
+        exec: Some(ExecResult {
+            pid,
+            exit_code: -1,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut line = serde_json::to_vec(&resp).expect("serialisable");
+    line.push(b'\n');
+    let iov = [std::io::IoSlice::new(&line)];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(fds)];
+    nix::sys::socket::sendmsg::<()>(
+        stream.as_raw_fd(),
+        &iov,
+        &cmsg,
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .ctx("sendmsg", what)?;
+    Ok(())
 }
