@@ -420,6 +420,25 @@ fn overlay_between_two_node_namespaces() {
         lab.ping("pa", &pod_ip(&nb)),
         "pod a → pod b after the repair"
     );
+
+    // Node a is given another podCIDR: skiff.1 carries the new .0/32 and nothing else.
+    let moved = Subnet::parse("10.244.7.0/24").unwrap();
+    let r = pass(&mut ka, &mut fa, &spec_a, net, moved, &[peer_of(&nb)]).unwrap();
+    assert_eq!(r.device, Some(DeviceChange::Repaired));
+    let addr = must(&[
+        "ip",
+        "-n",
+        &lab.ns("a"),
+        "-4",
+        "addr",
+        "show",
+        "dev",
+        "skiff.1",
+    ]);
+    assert!(addr.contains("10.244.7.0/32"), "{addr}");
+    assert!(!addr.contains("10.244.1.0"), "old address kept:\n{addr}");
+    let r = pass(&mut ka, &mut fa, &spec_a, net, moved, &[peer_of(&nb)]).unwrap();
+    assert_eq!(r.device, Some(DeviceChange::Unchanged));
 }
 
 /// Packets counted on the MASQUERADE rules of an `iptables -L -v -x` listing.

@@ -48,6 +48,7 @@ pub trait OverlayKernel {
     fn mtu_of_address(&mut self, ip: Ipv4Addr) -> Result<Option<u32>, OverlayError>;
     fn addrs(&mut self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, OverlayError>;
     fn add_addr(&mut self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<(), OverlayError>;
+    fn del_addr(&mut self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<(), OverlayError>;
     /// The routes (with a gateway), permanent neighbours and FDB entries on the device.
     fn entries(&mut self, index: u32) -> Result<State, OverlayError>;
     fn add_route(&mut self, index: u32, r: &Route) -> Result<(), OverlayError>;
@@ -70,7 +71,8 @@ pub enum DeviceChange {
     Repaired,
 }
 
-/// Makes the device exist as `spec` says, up, with `own.net/32` on it. Returns its index.
+/// Makes the device exist as `spec` says, up, with `own.net/32` as its only IPv4 address.
+/// Returns its index.
 pub fn ensure_device(
     k: &mut dyn OverlayKernel,
     spec: &VxlanSpec,
@@ -114,8 +116,16 @@ pub fn ensure_device(
         change = repaired(change);
     }
     let want = (own.net, 32u8);
-    if !k.addrs(link.index)?.contains(&want) {
+    let addrs = k.addrs(link.index)?;
+    if !addrs.contains(&want) {
         k.add_addr(link.index, want.0, want.1)?;
+        change = repaired(change);
+    }
+    // The device is the overlay's alone: any other address is a former podCIDR's (the node
+    // was given a new one), which would keep answering for a range now another node's.
+    // Removed after the new one is in place, so the node never has no source address.
+    for (ip, prefix) in addrs.into_iter().filter(|a| *a != want) {
+        k.del_addr(link.index, ip, prefix)?;
         change = repaired(change);
     }
     if !link.up {
@@ -237,6 +247,11 @@ impl OverlayKernel for FakeKernel {
         self.by_index(index)?.addrs.push((ip, prefix));
         Ok(())
     }
+    fn del_addr(&mut self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<(), OverlayError> {
+        self.calls.push(format!("addr del {index} {ip}/{prefix}"));
+        self.by_index(index)?.addrs.retain(|a| *a != (ip, prefix));
+        Ok(())
+    }
     fn entries(&mut self, index: u32) -> Result<State, OverlayError> {
         Ok(self.by_index(index)?.entries.clone())
     }
@@ -330,6 +345,41 @@ mod tests {
         let l = &k.links["skiff.1"];
         assert_eq!((l.state.index, l.state.mtu, l.state.up), (idx, 1450, true));
         assert_eq!(l.addrs.len(), 1);
+    }
+
+    #[test]
+    fn the_address_moves_with_the_pod_cidr() {
+        let mut k = FakeKernel::default();
+        let (idx, _) = ensure_device(&mut k, &spec(), own()).unwrap();
+        // A stray address someone added by hand goes as well.
+        k.links
+            .get_mut("skiff.1")
+            .unwrap()
+            .addrs
+            .push(("192.0.2.7".parse().unwrap(), 24));
+        k.calls.clear();
+        let moved = Subnet::parse("10.244.9.0/24").unwrap();
+        let (idx2, c) = ensure_device(&mut k, &spec(), moved).unwrap();
+        assert_eq!((idx2, c), (idx, DeviceChange::Repaired));
+        assert_eq!(
+            k.links["skiff.1"].addrs,
+            vec![("10.244.9.0".parse().unwrap(), 32)]
+        );
+        // The new address first, so the node always has one to send from.
+        assert_eq!(
+            k.calls,
+            vec![
+                format!("addr {idx} 10.244.9.0/32"),
+                format!("addr del {idx} 10.244.0.0/32"),
+                format!("addr del {idx} 192.0.2.7/24"),
+            ]
+        );
+        k.calls.clear();
+        assert_eq!(
+            ensure_device(&mut k, &spec(), moved).unwrap().1,
+            DeviceChange::Unchanged
+        );
+        assert!(k.calls.is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -240,6 +241,26 @@ impl OverlayKernel for NetlinkKernel {
         ignore_errno(
             self.nl.add_addr(index, c).map_err(nl("add address")),
             &[libc::EEXIST],
+        )
+    }
+
+    fn del_addr(&mut self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<(), OverlayError> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.prefix_len = prefix;
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
+        m.attributes.push(AddressAttribute::Address(IpAddr::V4(ip)));
+        // Gone already (removed by hand between the listing and now) is what was wanted.
+        ignore_errno(
+            self.req(
+                RouteNetlinkMessage::DelAddress(m),
+                0,
+                "delete address",
+                &format!("{ip}/{prefix} on ifindex {index}"),
+            )
+            .map(drop),
+            &[libc::EADDRNOTAVAIL],
         )
     }
 
