@@ -27,6 +27,9 @@ pub struct Host {
     pub cpus: usize,
     /// Ports to probe by binding them, `(port, udp)`.
     pub ports: Vec<(u16, bool)>,
+    /// Where the node's cluster DNS will listen (`<node-ip>:53`), probed on UDP and TCP: a
+    /// resolver of the host bound to that address or to the wildcard would take it.
+    pub dns: Option<std::net::SocketAddr>,
 }
 
 impl Host {
@@ -46,6 +49,7 @@ impl Host {
                 .map(|n| n.get())
                 .unwrap_or(1),
             ports: vec![(6443, false), (10250, false), (8472, true)],
+            dns: None,
         }
     }
 }
@@ -163,6 +167,22 @@ pub fn run(host: &Host, cgroup_dir_override: Option<&Path>) -> Vec<Finding> {
             err("Port", format!("port {port}/{} is in use: stop whatever listens there (`ss -lntup | grep {port}`)", if *udp { "udp" } else { "tcp" }));
         }
     }
+    if let Some(addr) = host.dns {
+        let taken: Vec<&str> = [
+            ("udp", std::net::UdpSocket::bind(addr).is_err()),
+            ("tcp", std::net::TcpListener::bind(addr).is_err()),
+        ]
+        .into_iter()
+        .filter_map(|(proto, taken)| taken.then_some(proto))
+        .collect();
+        if !taken.is_empty() {
+            err("ClusterDNS", format!(
+                "{addr} ({}) is in use, and the node's cluster DNS listens there: stop the DNS server that holds it (`ss -lntup | grep ':{} '`; systemd-resolved's 127.0.0.53 does not collide), or pass --cluster-dns-port with a free port (pods still ask 10.96.0.10:53)",
+                taken.join(", "),
+                addr.port()
+            ));
+        }
+    }
     let hostname = read(&host.proc.join("sys/kernel/hostname"));
     if hostname.is_empty() || hostname == "localhost" {
         out.push(Finding {
@@ -230,6 +250,7 @@ mod tests {
             path_dirs: vec![bin],
             cpus: 2,
             ports: vec![],
+            dns: None,
         }
     }
 
@@ -278,5 +299,24 @@ mod tests {
         let findings = run(&host, Some(&dir.path().join("cgroup")));
         assert_eq!(findings.len(), 1);
         assert_eq!(findings[0].check, "Port");
+    }
+
+    #[test]
+    fn a_taken_cluster_dns_address_is_reported_with_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut host = fake(dir.path(), false, "1");
+        // Only the UDP side is held: the finding names that protocol alone.
+        let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        host.dns = Some(held.local_addr().unwrap());
+        let findings = run(&host, Some(&dir.path().join("cgroup")));
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].check, "ClusterDNS");
+        let m = &findings[0].message;
+        assert!(
+            m.contains("(udp)") && m.contains("--cluster-dns-port"),
+            "{m}"
+        );
+        drop(held);
+        assert_eq!(run(&host, Some(&dir.path().join("cgroup"))), vec![]);
     }
 }

@@ -461,6 +461,10 @@ fn up_load_deploy_curl_down_up_delete() {
     let out = env.skiffadm_ok(&up_args);
     assert!(out.contains("cgroup limits"), "{out}");
     assert!(out.contains("node         lm-node"), "{out}");
+    assert!(
+        out.contains("cluster DNS  10.96.0.10 (served on 192.0.2.1:53)"),
+        "{out}"
+    );
 
     // The node is Ready and has a podCIDR inside the cluster network.
     let node = env.json(&["get", "node", "lm-node"]);
@@ -562,6 +566,73 @@ fn up_load_deploy_curl_down_up_delete() {
         );
         println!("{target} -> {}", page.trim());
     }
+    // Cluster DNS: `up` serves it on the node address and pods ask 10.96.0.10, which the
+    // service proxy forwards there.
+    let client = &pods[0].0;
+    let resolv = env.kubectl_ok(&["exec", client, "--", "cat", "/etc/resolv.conf"], None);
+    assert!(
+        resolv.contains("nameserver 10.96.0.10\n")
+            && resolv
+                .contains("search default.svc.cluster.local svc.cluster.local cluster.local\n"),
+        "{resolv}"
+    );
+    let api_ip = env.kubectl_ok(
+        &[
+            "get",
+            "service",
+            "kubernetes",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+        None,
+    );
+    // busybox's nslookup asks A and AAAA and exits 1 when either has no answer, so the answer
+    // lines decide. A dotless name goes through the search path.
+    for (name, want) in [
+        ("demo", cluster_ip.as_str()),
+        ("demo.default.svc.cluster.local", cluster_ip.as_str()),
+        ("kubernetes.default.svc.cluster.local", api_ip.as_str()),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = env.kubectl(&["exec", client, "--", "nslookup", name], None);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains(&format!("Address: {want}\n")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nslookup {name} in {client} never gave {want}: {text}{}\n{}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                env.nat_rules(),
+                env.logs()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    // `kubernetes.default` has a dot, which busybox's nslookup does not search; wget resolves
+    // through the C library's search path (ndots:5) as any program in a pod does.
+    let out = env.kubectl(
+        &[
+            "exec",
+            client,
+            "--",
+            "wget",
+            "-T",
+            "5",
+            "-O",
+            "/dev/null",
+            "https://kubernetes.default/",
+        ],
+        None,
+    );
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("Connecting to kubernetes.default ({api_ip}:443)")),
+        "{text}"
+    );
+
     let wrong = env.skiffadm(&["service", "kubernetes", "--url"]);
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("ClusterIP"));

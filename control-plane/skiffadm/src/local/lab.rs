@@ -274,6 +274,7 @@ mod tests {
             cgroup_root: None,
             masq_chain: super::super::up::MASQ_CHAIN.into(),
             nodes: Some(3),
+            cluster_dns_bind: None,
         }
     }
 

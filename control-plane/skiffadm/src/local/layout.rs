@@ -106,6 +106,10 @@ pub struct Settings {
     /// of their own, nothing on the host's network but the API relay on loopback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<usize>,
+    /// Where the single node's cluster DNS listens (`<node-ip>:53`, or the fallback port when a
+    /// DNS server of the host holds 53); chosen again at every `up`. `None`: DNS off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_dns_bind: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -247,6 +251,7 @@ mod tests {
             cgroup_root: None,
             masq_chain: "SKIFF-LOCAL-MASQ".into(),
             nodes: None,
+            cluster_dns_bind: Some("192.0.2.10:53".parse().unwrap()),
         };
         s.save(&l).unwrap();
         assert_eq!(Settings::load(&l).unwrap(), Some(s));

@@ -323,6 +323,7 @@ mod tests {
             cgroup_root: None,
             masq_chain: "SKIFF-LOCAL-MASQ".into(),
             nodes: None,
+            cluster_dns_bind: None,
         }
     }
 

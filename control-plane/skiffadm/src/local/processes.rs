@@ -69,6 +69,10 @@ pub fn agent_command(layout: &Layout, s: &Settings) -> Vec<OsString> {
         }
         None => argv.push(os("--allow-missing-cgroup-controllers")),
     }
+    if let Some(bind) = s.cluster_dns_bind {
+        argv.push(os("--cluster-dns-bind"));
+        argv.push(os(bind.to_string()));
+    }
     argv
 }
 
@@ -97,6 +101,7 @@ mod tests {
             cgroup_root,
             masq_chain: "SKIFF-LOCAL-MASQ".into(),
             nodes: None,
+            cluster_dns_bind: None,
         }
     }
 
@@ -151,6 +156,17 @@ mod tests {
             Some("/sys/fs/cgroup/skiff-local")
         );
         assert!(!with_cgroups.contains(&"--allow-missing-cgroup-controllers".to_string()));
+    }
+
+    #[test]
+    fn cluster_dns_is_served_only_where_up_chose_an_address() {
+        let l = Layout::new(Path::new("/r")).unwrap();
+        let off = strings(agent_command(&l, &settings(None)));
+        assert_eq!(after(&off, "--cluster-dns-bind"), None);
+        let mut s = settings(None);
+        s.cluster_dns_bind = Some("192.0.2.10:10053".parse().unwrap());
+        let on = strings(agent_command(&l, &s));
+        assert_eq!(after(&on, "--cluster-dns-bind"), Some("192.0.2.10:10053"));
     }
 
     #[test]

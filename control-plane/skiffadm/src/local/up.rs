@@ -215,7 +215,56 @@ pub fn resolve_settings(
         },
         masq_chain: MASQ_CHAIN.into(),
         nodes: args.nodes,
+        cluster_dns_bind: None,
     })
+}
+
+/// Where the single node's cluster DNS listens when port 53 of the node address is taken.
+/// Pods never see this port: they ask 10.96.0.10:53 and the service proxy forwards to the
+/// port the agent announces in its kube-dns EndpointSlice.
+pub const DNS_FALLBACK_PORT: u16 = 10053;
+
+/// Whether both a UDP socket and a TCP listener can be bound at `addr` right now.
+pub fn dns_addr_free(addr: std::net::SocketAddr) -> bool {
+    std::net::UdpSocket::bind(addr).is_ok() && std::net::TcpListener::bind(addr).is_ok()
+}
+
+/// Picks the cluster DNS address of a single node on the host's network: the node address
+/// (never a loopback one, which pods cannot reach, and never a wildcard, so that a resolver
+/// of the host on 127.0.0.53 or another address keeps its port), port 53 or, when a DNS
+/// server of the host already holds it, [`DNS_FALLBACK_PORT`]. Returns the address and, when
+/// it is not the plain one, the line that says why.
+pub fn choose_dns_bind(
+    node_ip: &str,
+    free: impl Fn(std::net::SocketAddr) -> bool,
+) -> Result<(Option<std::net::SocketAddr>, Option<String>), LocalError> {
+    let ip: std::net::IpAddr = node_ip
+        .parse()
+        .map_err(|_| LocalError::Invalid(format!("node IP {node_ip:?} is not an IP address")))?;
+    if ip.is_loopback() {
+        return Ok((
+            None,
+            Some(format!(
+                "cluster DNS is off: the node address {ip} is a loopback one, which pods cannot reach (give --node-ip on the first `up`)"
+            )),
+        ));
+    }
+    let standard = std::net::SocketAddr::new(ip, 53);
+    if free(standard) {
+        return Ok((Some(standard), None));
+    }
+    let fallback = std::net::SocketAddr::new(ip, DNS_FALLBACK_PORT);
+    if free(fallback) {
+        return Ok((
+            Some(fallback),
+            Some(format!(
+                "{standard} is taken (a DNS server of this host?): cluster DNS listens on {fallback}; pods still ask 10.96.0.10:53"
+            )),
+        ));
+    }
+    Err(LocalError::Preflight(format!(
+        "cluster DNS needs {standard} or {fallback} (UDP and TCP) and both are taken: stop what listens there (`ss -lntup | grep -E ':(53|{DNS_FALLBACK_PORT}) '`)"
+    )))
 }
 
 /// The agent's node API port (skiff-agent's default).
@@ -378,6 +427,10 @@ fn print_summary(layout: &Layout, settings: &Settings, node: &Node, user_kc: &Pa
         settings.node_name, settings.node_ip
     );
     println!("  pod network  {cidr} on bridge {}", settings.bridge);
+    match settings.cluster_dns_bind {
+        Some(bind) => println!("  cluster DNS  10.96.0.10 (served on {bind})"),
+        None => println!("  cluster DNS  off"),
+    }
     println!(
         "kubectl: the context \"skiff\" is now current in {}",
         user_kc.display()
@@ -427,7 +480,13 @@ pub async fn run(args: UpArgs) -> Result<(), LocalError> {
     // Children of a supervisor that was killed would hold the port and the store.
     super::stop::stop_processes(&layout);
     ports_free(&settings)?;
+    let mut settings = settings;
+    let (dns, why) = choose_dns_bind(&settings.node_ip, dns_addr_free)?;
+    settings.cluster_dns_bind = dns;
     println!("[local] {}", limits.line());
+    if let Some(line) = why {
+        println!("[local] {line}");
+    }
     for dir in [
         layout.root.clone(),
         layout.logs_dir(),
@@ -581,6 +640,47 @@ mod tests {
             || Some("192.0.2.7".into()),
             || Ok("/self".into()),
         )
+    }
+
+    #[test]
+    fn dns_takes_port_53_of_the_node_address_when_it_is_free() {
+        let (bind, why) = choose_dns_bind("192.0.2.7", |_| true).unwrap();
+        assert_eq!(bind, Some("192.0.2.7:53".parse().unwrap()));
+        assert_eq!(why, None);
+    }
+
+    #[test]
+    fn dns_falls_back_to_another_port_when_a_host_resolver_holds_53() {
+        let (bind, why) = choose_dns_bind("192.0.2.7", |a| a.port() != 53).unwrap();
+        assert_eq!(bind, Some("192.0.2.7:10053".parse().unwrap()));
+        let why = why.unwrap();
+        assert!(why.contains("192.0.2.7:53 is taken"), "{why}");
+        assert!(why.contains("10.96.0.10:53"), "{why}");
+    }
+
+    #[test]
+    fn dns_with_both_ports_taken_is_refused_naming_them() {
+        let e = choose_dns_bind("192.0.2.7", |_| false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("192.0.2.7:53") && e.contains("192.0.2.7:10053"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn dns_is_off_on_a_loopback_node_address() {
+        let (bind, why) = choose_dns_bind("127.0.0.1", |_| true).unwrap();
+        assert_eq!(bind, None);
+        assert!(why.unwrap().contains("loopback"));
+    }
+
+    #[test]
+    fn a_really_taken_port_is_seen_as_taken() {
+        // A listener on an ephemeral loopback port stands in for a host DNS server.
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(!dns_addr_free(held.local_addr().unwrap()));
     }
 
     #[test]

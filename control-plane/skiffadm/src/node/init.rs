@@ -29,6 +29,10 @@ pub struct InitArgs {
     /// The ClusterIP range.
     #[arg(long, default_value = DEFAULT_SERVICE_CIDR)]
     pub service_cidr: String,
+    /// Port of this node's cluster DNS on its address (UDP and TCP); 0 turns it off. Pods
+    /// always ask kube-dns' ClusterIP on 53.
+    #[arg(long, default_value_t = super::DEFAULT_DNS_PORT)]
+    pub cluster_dns_port: u16,
     /// Keep the cluster state in etcd (`http(s)://host:port`, comma-separated) instead of the
     /// embedded store.
     #[arg(long, value_delimiter = ',')]
@@ -121,6 +125,7 @@ pub fn resolve(
         network: Network {
             pod_cidr: args.pod_network_cidr.clone(),
             service_cidr: args.service_cidr.clone(),
+            dns_port: args.cluster_dns_port,
         },
         datastore: args.datastore_endpoint.clone(),
         control_plane_only: args.control_plane_only,
@@ -169,7 +174,7 @@ pub fn plan(
     });
     out.push(unit_action(paths, SERVER_UNIT, SERVER_UNIT_TEXT));
     if !cfg.control_plane_only {
-        let args = agent_args(paths, &cfg.node, &cfg.advertise.to_string(), &cfg.network);
+        let args = agent_args(paths, &cfg.node, &cfg.advertise.to_string(), &cfg.network)?;
         out.push(Action::File {
             path: paths.agent_env(),
             contents: env_line("SKIFF_AGENT_ARGS", &args)?,
@@ -192,6 +197,9 @@ pub fn join_command(endpoint: &str, token: &str, ca_hash: &str, net: &Network) -
     }
     if net.service_cidr != DEFAULT_SERVICE_CIDR {
         c += &format!(" --service-cidr {}", net.service_cidr);
+    }
+    if net.dns_port != super::DEFAULT_DNS_PORT {
+        c += &format!(" --cluster-dns-port {}", net.dns_port);
     }
     c
 }
@@ -222,9 +230,14 @@ pub fn no_systemd_message() -> String {
     format!("systemd is not running this machine (PID 1 is {pid1:?}): init and join install systemd units. For a single-node cluster without systemd, use `skiffadm up`. Nothing was changed.")
 }
 
-pub fn run_preflight(ignore: &[String], ports: Vec<(u16, bool)>) -> Result<(), NodeError> {
+pub fn run_preflight(
+    ignore: &[String],
+    ports: Vec<(u16, bool)>,
+    dns: Option<std::net::SocketAddr>,
+) -> Result<(), NodeError> {
     let mut host = crate::preflight::Host::real();
     host.ports = ports;
+    host.dns = dns;
     let findings = crate::preflight::run(&host, None);
     let blocking = crate::preflight::blocking(&findings, ignore);
     for f in &findings {
@@ -410,7 +423,9 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
             (8472, true),
         ]
     };
-    run_preflight(&args.ignore_preflight_errors, ports)?;
+    let dns = (!cfg.control_plane_only && cfg.network.dns_port != 0)
+        .then(|| std::net::SocketAddr::new(cfg.advertise, cfg.network.dns_port));
+    run_preflight(&args.ignore_preflight_errors, ports, dns)?;
     let source = own_bin_dir()?;
     let missing = super::missing_binaries(&source);
     if !missing.is_empty() {
@@ -534,6 +549,7 @@ mod tests {
             apiserver_advertise_address: None,
             pod_network_cidr: DEFAULT_POD_CIDR.into(),
             service_cidr: DEFAULT_SERVICE_CIDR.into(),
+            cluster_dns_port: super::super::DEFAULT_DNS_PORT,
             datastore_endpoint: vec![],
             control_plane_only: false,
             schedule_workloads: false,
@@ -708,6 +724,7 @@ mod tests {
         let net = Network {
             pod_cidr: DEFAULT_POD_CIDR.into(),
             service_cidr: DEFAULT_SERVICE_CIDR.into(),
+            dns_port: super::super::DEFAULT_DNS_PORT,
         };
         assert_eq!(
             join_command("10.88.0.11:6443", "abcdef.0123456789abcdef", "sha256:00", &net),
@@ -716,6 +733,7 @@ mod tests {
         let net = Network {
             pod_cidr: "10.10.0.0/16".into(),
             service_cidr: DEFAULT_SERVICE_CIDR.into(),
+            dns_port: super::super::DEFAULT_DNS_PORT,
         };
         assert!(join_command("h:1", "t", "h", &net).ends_with(" --pod-network-cidr 10.10.0.0/16"));
     }

@@ -39,6 +39,10 @@ pub struct JoinArgs {
     /// The cluster's ClusterIP range (as given to init).
     #[arg(long, default_value = DEFAULT_SERVICE_CIDR)]
     pub service_cidr: String,
+    /// Port of this node's cluster DNS on its address (UDP and TCP); 0 turns it off. Pods
+    /// always ask kube-dns' ClusterIP on 53.
+    #[arg(long, default_value_t = super::DEFAULT_DNS_PORT)]
+    pub cluster_dns_port: u16,
     /// Checks whose errors are only reported (names as printed, or `all`).
     #[arg(long, value_delimiter = ',')]
     pub ignore_preflight_errors: Vec<String>,
@@ -84,6 +88,7 @@ pub fn resolve(
         network: Network {
             pod_cidr: args.pod_network_cidr.clone(),
             service_cidr: args.service_cidr.clone(),
+            dns_port: args.cluster_dns_port,
         },
     })
 }
@@ -113,7 +118,7 @@ pub fn plan(
         ),
         mode: 0o600,
     });
-    let mut args = agent_args(paths, &cfg.node, &cfg.node_ip.to_string(), &cfg.network);
+    let mut args = agent_args(paths, &cfg.node, &cfg.node_ip.to_string(), &cfg.network)?;
     args.extend([
         "--bootstrap-kubeconfig".into(),
         paths.bootstrap_kubeconfig().display().to_string(),
@@ -143,6 +148,8 @@ pub async fn run(args: JoinArgs) -> anyhow::Result<()> {
     run_preflight(
         &args.ignore_preflight_errors,
         vec![(10250, false), (8472, true)],
+        (cfg.network.dns_port != 0)
+            .then(|| std::net::SocketAddr::new(cfg.node_ip, cfg.network.dns_port)),
     )?;
     let source = super::init::own_bin_dir()?;
     let missing = super::missing_binaries(&source);
@@ -202,6 +209,7 @@ mod tests {
             node_ip: None,
             pod_network_cidr: DEFAULT_POD_CIDR.into(),
             service_cidr: DEFAULT_SERVICE_CIDR.into(),
+            cluster_dns_port: super::super::DEFAULT_DNS_PORT,
             ignore_preflight_errors: vec![],
         }
     }

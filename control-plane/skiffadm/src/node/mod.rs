@@ -180,6 +180,28 @@ pub fn apply(sys: &mut dyn System, actions: &[Action]) -> Result<(), NodeError> 
 pub struct Network {
     pub pod_cidr: String,
     pub service_cidr: String,
+    /// Port of the node's cluster DNS on its own address; 0: the node serves no DNS. Pods
+    /// never see it: they ask kube-dns' ClusterIP on 53 and the proxy forwards here.
+    pub dns_port: u16,
+}
+
+/// The cluster DNS port of a node (`--cluster-dns-port`); 53 like every cluster DNS.
+pub const DEFAULT_DNS_PORT: u16 = 53;
+
+/// kube-dns' ClusterIP, the 10th address of the service range, as skiff-server (and kubeadm)
+/// place it; pods get it as their nameserver.
+pub fn cluster_dns_ip(service_cidr: &str) -> Result<std::net::Ipv4Addr, NodeError> {
+    check_cidr("--service-cidr", service_cidr)?;
+    let (ip, len) = service_cidr.split_once('/').expect("checked above");
+    let ip: std::net::Ipv4Addr = ip.parse().expect("checked above");
+    let len: u32 = len.parse().expect("checked above");
+    let network = u32::from(ip) & (u32::MAX.checked_shl(32 - len).unwrap_or(0));
+    if len > 28 {
+        return Err(NodeError::Refused(format!(
+            "--service-cidr {service_cidr:?} is too small: kube-dns takes its 10th address; use a /28 or larger"
+        )));
+    }
+    Ok(std::net::Ipv4Addr::from(network + 10))
 }
 
 pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
@@ -224,9 +246,14 @@ pub fn conflist(paths: &Paths) -> String {
 }
 
 /// The agent's flags (`SKIFF_AGENT_ARGS`) other than its kubeconfig, which the unit names.
-pub fn agent_args(paths: &Paths, node: &str, node_ip: &str, net: &Network) -> Vec<String> {
+pub fn agent_args(
+    paths: &Paths,
+    node: &str,
+    node_ip: &str,
+    net: &Network,
+) -> Result<Vec<String>, NodeError> {
     let s = |p: PathBuf| p.display().to_string();
-    vec![
+    let mut args = vec![
         "--node-name".into(),
         node.into(),
         "--node-ip".into(),
@@ -247,7 +274,19 @@ pub fn agent_args(paths: &Paths, node: &str, node_ip: &str, net: &Network) -> Ve
         net.pod_cidr.clone(),
         "--service-cidr".into(),
         net.service_cidr.clone(),
-    ]
+        "--cluster-dns".into(),
+        cluster_dns_ip(&net.service_cidr)?.to_string(),
+    ];
+    if net.dns_port != 0 {
+        let ip: std::net::IpAddr = node_ip.parse().map_err(|_| {
+            NodeError::Refused(format!("node address {node_ip:?} is not an IP address"))
+        })?;
+        args.extend([
+            "--cluster-dns-bind".into(),
+            std::net::SocketAddr::new(ip, net.dns_port).to_string(),
+        ]);
+    }
+    Ok(args)
 }
 
 /// An environment file line `NAME="a b c"` for systemd's EnvironmentFile (`$NAME` in
@@ -369,6 +408,48 @@ pub fn check_node_name(name: &str) -> Result<(), NodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kube_dns_is_the_tenth_address_of_the_service_range() {
+        assert_eq!(
+            cluster_dns_ip("10.96.0.0/12").unwrap().to_string(),
+            "10.96.0.10"
+        );
+        // A range given with host bits set still counts from its network address.
+        assert_eq!(
+            cluster_dns_ip("172.20.5.7/16").unwrap().to_string(),
+            "172.20.0.10"
+        );
+        assert!(cluster_dns_ip("10.96.0.0/29")
+            .unwrap_err()
+            .to_string()
+            .contains("/28"));
+    }
+
+    #[test]
+    fn agents_serve_dns_on_their_own_address_unless_the_port_is_zero() {
+        let paths = Paths::standard();
+        let mut net = Network {
+            pod_cidr: DEFAULT_POD_CIDR.into(),
+            service_cidr: "10.100.0.0/16".into(),
+            dns_port: DEFAULT_DNS_PORT,
+        };
+        let flag = |args: &[String], f: &str| {
+            args.iter()
+                .position(|a| a == f)
+                .map(|i| args[i + 1].clone())
+        };
+        let args = agent_args(&paths, "vm2", "10.88.0.12", &net).unwrap();
+        assert_eq!(
+            flag(&args, "--cluster-dns-bind").as_deref(),
+            Some("10.88.0.12:53")
+        );
+        assert_eq!(flag(&args, "--cluster-dns").as_deref(), Some("10.100.0.10"));
+        net.dns_port = 0;
+        let args = agent_args(&paths, "vm2", "10.88.0.12", &net).unwrap();
+        assert_eq!(flag(&args, "--cluster-dns-bind"), None);
+        assert_eq!(flag(&args, "--cluster-dns").as_deref(), Some("10.100.0.10"));
+    }
 
     #[test]
     fn cidrs_and_names_are_checked() {
