@@ -611,15 +611,17 @@ fn up_load_deploy_curl_down_up_delete() {
         }
     }
     // `kubernetes.default` has a dot, which busybox's nslookup does not search; wget resolves
-    // through the C library's search path (ndots:5) as any program in a pod does.
+    // through the C library's search path (ndots:5) as any program in a pod does. (Debian's
+    // static busybox wget crashes with -T; `timeout` bounds it instead.)
     let out = env.kubectl(
         &[
             "exec",
             client,
             "--",
+            "busybox",
+            "timeout",
+            "10",
             "wget",
-            "-T",
-            "5",
             "-O",
             "/dev/null",
             "https://kubernetes.default/",
