@@ -21,7 +21,12 @@ pub const SIGNERS: [&str; 2] = [
     "kubernetes.io/kube-apiserver-client-kubelet",
     "kubernetes.io/kube-apiserver-client",
 ];
-const DEFAULT_VALIDITY_SECONDS: i64 = 365 * 24 * 3600;
+/// kube-controller-manager's `--cluster-signing-duration` default, one year.
+pub const DEFAULT_SIGNING_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How far `notBefore` lies in the past, for clocks behind the server's: five minutes, as
+/// kube's signer does, but never more than a tenth of a short lifetime, whose holder would
+/// otherwise find most of it gone (and renew at once) when it receives the certificate.
+const MAX_BACKDATE_SECONDS: i64 = 300;
 /// kube refuses expirationSeconds below ten minutes.
 const MIN_EXPIRATION_SECONDS: i64 = 600;
 
@@ -177,8 +182,14 @@ pub fn condition_summary(obj: &Value) -> String {
 }
 
 /// Issues the certificate for an approved request: subject and SANs from the request, key
-/// usages from `spec.usages`, lifetime from `spec.expirationSeconds` (at most a year).
-pub fn sign(ca: &CertAndKey, pki_dir: &std::path::Path, obj: &Value) -> Result<String, String> {
+/// usages from `spec.usages`, lifetime from `spec.expirationSeconds`, at most `max_lifetime`
+/// (`--cluster-signing-duration`), which is also the lifetime when the request names none.
+pub fn sign(
+    ca: &CertAndKey,
+    pki_dir: &std::path::Path,
+    obj: &Value,
+    max_lifetime: Duration,
+) -> Result<String, String> {
     let pem = request_pem(obj)?;
     let mut csr = parse_request(&pem)?;
     let usages: Vec<&str> = obj
@@ -207,14 +218,18 @@ pub fn sign(ca: &CertAndKey, pki_dir: &std::path::Path, obj: &Value) -> Result<S
         .collect();
     // A client certificate from this signer may never act as a CA.
     params.is_ca = rcgen::IsCa::ExplicitNoCa;
-    let seconds = obj
+    let max = i64::try_from(max_lifetime.as_secs())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    let seconds = match obj
         .pointer("/spec/expirationSeconds")
         .and_then(Value::as_i64)
-        .unwrap_or(DEFAULT_VALIDITY_SECONDS)
-        .clamp(MIN_EXPIRATION_SECONDS, DEFAULT_VALIDITY_SECONDS);
+    {
+        Some(asked) => asked.max(MIN_EXPIRATION_SECONDS).min(max),
+        None => max,
+    };
     let now = time::OffsetDateTime::now_utc();
-    // Backdated a little for clocks that lag behind the server's.
-    params.not_before = now - time::Duration::minutes(5);
+    params.not_before = now - time::Duration::seconds((seconds / 10).min(MAX_BACKDATE_SECONDS));
     params.not_after = now + time::Duration::seconds(seconds);
     params.serial_number = Some(rcgen::SerialNumber::from_slice(
         uuid::Uuid::new_v4().as_bytes(),
@@ -244,6 +259,7 @@ impl ApiServer {
         &self,
         ca: &CertAndKey,
         pki_dir: &std::path::Path,
+        max_lifetime: Duration,
     ) -> Result<(), skiff_store::StoreError> {
         let rt = registry::find("certificates.k8s.io", "v1", "certificatesigningrequests")
             .expect("CSRs are served");
@@ -258,7 +274,7 @@ impl ApiServer {
                 .unwrap_or("")
                 .to_string();
             let mut updated = (*obj).clone();
-            match sign(ca, pki_dir, &obj) {
+            match sign(ca, pki_dir, &obj, max_lifetime) {
                 Ok(pem) => {
                     updated["status"]["certificate"] =
                         json!(base64::engine::general_purpose::STANDARD.encode(pem.as_bytes()));
@@ -306,13 +322,18 @@ impl ApiServer {
 }
 
 /// Signs approved requests for as long as the server runs.
-pub fn spawn_signer(server: Arc<ApiServer>, ca: CertAndKey, pki_dir: std::path::PathBuf) {
+pub fn spawn_signer(
+    server: Arc<ApiServer>,
+    ca: CertAndKey,
+    pki_dir: std::path::PathBuf,
+    max_lifetime: Duration,
+) {
     tokio::spawn(async move {
         let mut seen = None;
         loop {
             let revision = server.cache.revision();
             if seen != Some(revision) {
-                match server.sign_pending(&ca, &pki_dir).await {
+                match server.sign_pending(&ca, &pki_dir, max_lifetime).await {
                     Ok(()) => seen = Some(revision),
                     Err(e) => tracing::warn!(error = %e, "signing certificate requests"),
                 }
@@ -401,7 +422,7 @@ mod tests {
         assert_eq!(condition_summary(&obj), "Pending");
         obj["status"] = json!({"conditions": [{"type": "Approved", "status": "True"}]});
         assert!(ready_to_sign(&obj));
-        let pem = sign(&pki.ca, dir.path(), &obj).unwrap();
+        let pem = sign(&pki.ca, dir.path(), &obj, DEFAULT_SIGNING_DURATION).unwrap();
         let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
         let cert = parsed.parse_x509().unwrap();
         let user = crate::auth::user_from_certificate(&parsed.contents).unwrap();
@@ -415,6 +436,31 @@ mod tests {
         let lifetime =
             cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
         assert_eq!(lifetime, 3600 + 300);
+        let lifetime_of = |pem: String| {
+            let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+            let cert = parsed.parse_x509().unwrap();
+            let v = cert.validity();
+            (
+                v.not_after.timestamp() - v.not_before.timestamp(),
+                v.not_after.timestamp() - jiff::Timestamp::now().as_second(),
+            )
+        };
+        // --cluster-signing-duration caps what the request asks for, and is the lifetime of
+        // a request that asks for none; a short one is backdated by a tenth only.
+        let short = Duration::from_secs(60);
+        let (total, left) = lifetime_of(sign(&pki.ca, dir.path(), &obj, short).unwrap());
+        assert_eq!(total, 66);
+        assert!((55..=60).contains(&left), "{left}");
+        let mut unasked = obj.clone();
+        unasked["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("expirationSeconds");
+        let (total, _) = lifetime_of(sign(&pki.ca, dir.path(), &unasked, short).unwrap());
+        assert_eq!(total, 66);
+        let (total, _) =
+            lifetime_of(sign(&pki.ca, dir.path(), &unasked, DEFAULT_SIGNING_DURATION).unwrap());
+        assert_eq!(total, 365 * 24 * 3600 + 300);
         obj["status"]["certificate"] = json!("x");
         assert_eq!(condition_summary(&obj), "Approved,Issued");
         assert!(!ready_to_sign(&obj));

@@ -68,6 +68,39 @@ struct Args {
     /// Pod network of the cluster; each node gets a /24 of it.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: String,
+    /// The longest lifetime of certificates issued for CertificateSigningRequests (agents'
+    /// client certificates), and the lifetime of those that ask for none: `8760h`, `30m`, `60s`.
+    #[arg(long, default_value = "8760h", value_parser = parse_signing_duration)]
+    cluster_signing_duration: std::time::Duration,
+}
+
+/// A duration as kube-controller-manager's flags take it, in whole `h`, `m` or `s` units,
+/// combined (`1h30m`); at least a second.
+fn parse_signing_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration like 8760h, 30m or 90s");
+    let (mut total, mut digits) = (0u64, String::new());
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        digits.clear();
+    }
+    if !digits.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
 }
 
 fn node_port_range(s: &str) -> anyhow::Result<(u16, u16)> {
@@ -226,7 +259,12 @@ async fn main() -> anyhow::Result<()> {
         server_url.clone(),
         pki.ca.cert_pem.clone(),
     );
-    skiff_server::csr::spawn_signer(api.clone(), pki.ca.clone(), pki.dir.clone());
+    skiff_server::csr::spawn_signer(
+        api.clone(),
+        pki.ca.clone(),
+        pki.dir.clone(),
+        args.cluster_signing_duration,
+    );
 
     let tls = serve::tls_config(&pki)?;
     let addr = SocketAddr::new(args.bind_address, args.secure_port);
@@ -291,4 +329,21 @@ async fn main() -> anyhow::Result<()> {
     }
     serve::serve(listener, tls, api).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_signing_duration;
+
+    #[test]
+    fn signing_durations_parse_like_kube_flags() {
+        let secs = |s| parse_signing_duration(s).map(|d| d.as_secs());
+        assert_eq!(secs("8760h"), Ok(8760 * 3600));
+        assert_eq!(secs("1h30m"), Ok(5400));
+        assert_eq!(secs("60s"), Ok(60));
+        for bad in ["", "60", "0s", "1d", "h", "-5s", "99999999999999999999h"] {
+            let e = parse_signing_duration(bad).unwrap_err();
+            assert!(e.contains("not a duration"), "{bad}: {e}");
+        }
+    }
 }
