@@ -43,17 +43,17 @@ struct Args {
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
     /// Store the cluster state in etcd v3 instead of the embedded store: comma-separated
-    /// `http://host:port` or `https://host:port` URLs.
-    #[arg(long, value_delimiter = ',')]
+    /// `http://host:port` or `https://host:port` URLs (kube-apiserver's `--etcd-servers`).
+    #[arg(long, value_delimiter = ',', visible_alias = "etcd-servers")]
     datastore_endpoint: Vec<String>,
     /// CA that signed etcd's serving certificate (for `https://` endpoints).
-    #[arg(long, requires_all = ["datastore_endpoint", "datastore_certfile", "datastore_keyfile"])]
+    #[arg(long, visible_alias = "etcd-cafile", requires_all = ["datastore_endpoint", "datastore_certfile", "datastore_keyfile"])]
     datastore_cafile: Option<PathBuf>,
     /// Client certificate presented to etcd.
-    #[arg(long, requires_all = ["datastore_endpoint", "datastore_cafile", "datastore_keyfile"])]
+    #[arg(long, visible_alias = "etcd-certfile", requires_all = ["datastore_endpoint", "datastore_cafile", "datastore_keyfile"])]
     datastore_certfile: Option<PathBuf>,
     /// Key of the client certificate.
-    #[arg(long, requires_all = ["datastore_endpoint", "datastore_cafile", "datastore_certfile"])]
+    #[arg(long, visible_alias = "etcd-keyfile", requires_all = ["datastore_endpoint", "datastore_cafile", "datastore_certfile"])]
     datastore_keyfile: Option<PathBuf>,
     /// Controllers not to run (comma-separated names, or `all`): scheduler, replicaset,
     /// deployment, daemonset, endpoints, endpointslice, serviceaccount, nodelifecycle, nodeipam.
@@ -206,9 +206,9 @@ async fn main() -> anyhow::Result<()> {
                 .transpose()
         };
         let tls = match (
-            read("--datastore-cafile", &args.datastore_cafile)?,
-            read("--datastore-certfile", &args.datastore_certfile)?,
-            read("--datastore-keyfile", &args.datastore_keyfile)?,
+            read("--etcd-cafile", &args.datastore_cafile)?,
+            read("--etcd-certfile", &args.datastore_certfile)?,
+            read("--etcd-keyfile", &args.datastore_keyfile)?,
         ) {
             (Some(ca_pem), Some(cert_pem), Some(key_pem)) => Some(skiff_store::EtcdTls {
                 ca_pem,

@@ -218,7 +218,17 @@ impl EtcdStore {
         .await
         {
             Ok(Ok(_)) => Ok(store),
-            Ok(Err(e)) => Err(fail(format!("etcd is not reachable: {e}"))),
+            Ok(Err(e)) => {
+                let text = e.to_string();
+                // tonic's words for a failed handshake are deep in a long message: say what
+                // to look at.
+                let hint = if https > 0 && text.to_ascii_lowercase().contains("certificate") {
+                    " (TLS: the CA file must be the one that signed etcd's serving certificate, for this endpoint's name or IP, and etcd must trust the client certificate's CA)"
+                } else {
+                    ""
+                };
+                Err(fail(format!("etcd is not reachable: {text}{hint}")))
+            }
             Err(_) => Err(fail(format!(
                 "etcd did not answer within {}s (is it running, and are the endpoints and TLS files right?)",
                 CONNECT_TIMEOUT.as_secs()

@@ -398,7 +398,7 @@ async fn https_with_client_certificates() {
     // A client certificate from another CA is refused, and reported as such.
     let other = make_pki();
     let stranger = EtcdTls {
-        ca_pem: pki.ca_pem.into_bytes(),
+        ca_pem: pki.ca_pem.clone().into_bytes(),
         cert_pem: other.client_cert_pem.into_bytes(),
         key_pem: other.client_key_pem.into_bytes(),
     };
@@ -406,5 +406,25 @@ async fn https_with_client_certificates() {
         EtcdStore::connect(&[server.endpoint()], Some(stranger)).await,
         Err(StoreError::Backend { .. })
     ));
+
+    // Trusting another CA than the one that signed etcd's certificate: refused, with the
+    // endpoint and the reason in the error.
+    let wrong_ca = EtcdTls {
+        ca_pem: other.ca_pem.into_bytes(),
+        cert_pem: pki.client_cert_pem.clone().into_bytes(),
+        key_pem: pki.client_key_pem.clone().into_bytes(),
+    };
+    match EtcdStore::connect(&[server.endpoint()], Some(wrong_ca)).await {
+        Err(StoreError::Backend { path, message }) => {
+            println!("wrong CA: {path}: {message}");
+            assert!(path.contains(&server.endpoint()), "{path}: {message}");
+            assert!(
+                message.contains("certificate") && message.contains("the CA file must be"),
+                "{path}: {message}"
+            );
+        }
+        Err(other) => panic!("expected a backend error, got {other}"),
+        Ok(_) => panic!("connected to an etcd whose certificate the CA did not sign"),
+    }
     let _ = server.dir();
 }

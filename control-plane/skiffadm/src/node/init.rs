@@ -1,7 +1,7 @@
 //! `skiffadm init`: make this machine the control plane (and, unless told otherwise, a node).
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Taint};
@@ -37,6 +37,16 @@ pub struct InitArgs {
     /// embedded store.
     #[arg(long, value_delimiter = ',')]
     pub datastore_endpoint: Vec<String>,
+    /// CA that signed etcd's serving certificate, for `https://` datastore endpoints; copied
+    /// to /etc/skiff/pki/etcd/ca.crt (the server unit cannot read /root, /home or /tmp).
+    #[arg(long, visible_alias = "datastore-cafile")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate the API server presents to etcd (copied to pki/etcd/client.crt).
+    #[arg(long, visible_alias = "datastore-certfile")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Key of that client certificate (copied to pki/etcd/client.key, mode 0600).
+    #[arg(long, visible_alias = "datastore-keyfile")]
+    pub etcd_keyfile: Option<PathBuf>,
     /// Run only the control plane here, no node agent.
     #[arg(long)]
     pub control_plane_only: bool,
@@ -63,8 +73,81 @@ pub struct InitConfig {
     pub endpoint: String,
     pub network: Network,
     pub datastore: Vec<String>,
+    /// The etcd CA, client certificate and key, read from the files given.
+    pub etcd_tls: Option<EtcdTlsFiles>,
     pub control_plane_only: bool,
     pub schedule_workloads: bool,
+}
+
+/// PEM contents of the files the API server uses to reach etcd over TLS.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdTlsFiles {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+// A private key never goes into a log line through `{:?}`.
+impl std::fmt::Debug for EtcdTlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTlsFiles").finish_non_exhaustive()
+    }
+}
+
+/// Reads the etcd TLS files: all three or none, only with `https://` endpoints (which need
+/// them, as the store authenticates with a client certificate), each a PEM file.
+pub fn etcd_tls(args: &InitArgs) -> Result<Option<EtcdTlsFiles>, NodeError> {
+    let https = args
+        .datastore_endpoint
+        .iter()
+        .any(|e| e.starts_with("https://"));
+    let files = [
+        ("--etcd-cafile", &args.etcd_cafile),
+        ("--etcd-certfile", &args.etcd_certfile),
+        ("--etcd-keyfile", &args.etcd_keyfile),
+    ];
+    let missing: Vec<&str> = files
+        .iter()
+        .filter(|(_, p)| p.is_none())
+        .map(|(f, _)| *f)
+        .collect();
+    if missing.len() == files.len() {
+        if https {
+            return Err(NodeError::Refused(
+                "https:// datastore endpoints need --etcd-cafile, --etcd-certfile and --etcd-keyfile".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if !missing.is_empty() {
+        return Err(NodeError::Refused(format!(
+            "etcd TLS needs all three of --etcd-cafile, --etcd-certfile and --etcd-keyfile; missing {}",
+            missing.join(", ")
+        )));
+    }
+    if !https {
+        return Err(NodeError::Refused(
+            "--etcd-cafile/--etcd-certfile/--etcd-keyfile were given but no --datastore-endpoint is https://".into(),
+        ));
+    }
+    let read = |(flag, path): (&str, &Option<PathBuf>)| -> Result<String, NodeError> {
+        let path = path.as_ref().expect("checked above");
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            NodeError::Refused(format!("{flag} {}: cannot read it: {e}", path.display()))
+        })?;
+        if !text.contains("-----BEGIN ") {
+            return Err(NodeError::Refused(format!(
+                "{flag} {}: not a PEM file",
+                path.display()
+            )));
+        }
+        Ok(text)
+    };
+    Ok(Some(EtcdTlsFiles {
+        ca: read(files[0])?,
+        cert: read(files[1])?,
+        key: read(files[2])?,
+    }))
 }
 
 /// Splits `host:port` (`[v6]:port` too), checking the port.
@@ -128,6 +211,7 @@ pub fn resolve(
             dns_port: args.cluster_dns_port,
         },
         datastore: args.datastore_endpoint.clone(),
+        etcd_tls: etcd_tls(args)?,
         control_plane_only: args.control_plane_only,
         schedule_workloads: args.schedule_workloads,
     })
@@ -153,6 +237,16 @@ pub fn server_args(paths: &Paths, cfg: &InitConfig) -> Result<Vec<String>, NodeE
     if !cfg.datastore.is_empty() {
         a.extend(["--datastore-endpoint".into(), cfg.datastore.join(",")]);
     }
+    if cfg.etcd_tls.is_some() {
+        let dir = paths.pki_dir().join("etcd");
+        for (flag, file) in [
+            ("--etcd-cafile", "ca.crt"),
+            ("--etcd-certfile", "client.crt"),
+            ("--etcd-keyfile", "client.key"),
+        ] {
+            a.extend([flag.into(), dir.join(file).display().to_string()]);
+        }
+    }
     Ok(a)
 }
 
@@ -164,6 +258,21 @@ pub fn plan(
 ) -> Result<Vec<Action>, NodeError> {
     let mut out = common_actions(paths, source_bin_dir);
     out.push(Action::Dir(paths.pki_dir()));
+    if let Some(tls) = &cfg.etcd_tls {
+        let dir = paths.pki_dir().join("etcd");
+        out.push(Action::Dir(dir.clone()));
+        for (file, contents, mode) in [
+            ("ca.crt", &tls.ca, 0o644),
+            ("client.crt", &tls.cert, 0o644),
+            ("client.key", &tls.key, 0o600),
+        ] {
+            out.push(Action::File {
+                path: dir.join(file),
+                contents: contents.clone(),
+                mode,
+            });
+        }
+    }
     // The server unit may write only here (ProtectSystem=strict), and the directory must
     // exist for systemd to set that up.
     out.push(Action::Dir(paths.server_data_dir()));
@@ -551,6 +660,9 @@ mod tests {
             service_cidr: DEFAULT_SERVICE_CIDR.into(),
             cluster_dns_port: super::super::DEFAULT_DNS_PORT,
             datastore_endpoint: vec![],
+            etcd_cafile: None,
+            etcd_certfile: None,
+            etcd_keyfile: None,
             control_plane_only: false,
             schedule_workloads: false,
             node_name: None,
@@ -646,8 +758,44 @@ mod tests {
             "https://10.0.0.5:2379".into(),
             "https://10.0.0.6:2379".into(),
         ];
+        let e = resolve(&a, "vm1", ip).unwrap_err().to_string();
+        assert!(e.contains("need --etcd-cafile"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let pem = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, format!("-----BEGIN {name}-----\n")).unwrap();
+            Some(p)
+        };
+        a.etcd_cafile = pem("ca");
+        a.etcd_certfile = pem("cert");
+        let e = resolve(&a, "vm1", ip).unwrap_err().to_string();
+        assert!(e.contains("missing --etcd-keyfile"), "{e}");
+        a.etcd_keyfile = Some(dir.path().join("absent"));
+        let e = resolve(&a, "vm1", ip).unwrap_err().to_string();
+        assert!(e.contains("--etcd-keyfile") && e.contains("absent"), "{e}");
+        a.etcd_keyfile = pem("key");
         let cfg = resolve(&a, "vm1", ip).unwrap();
+        assert_eq!(cfg.etcd_tls.as_ref().unwrap().key, "-----BEGIN key-----\n");
         let s = server_args(&paths, &cfg).unwrap().join(" ");
+        for flag in [
+            "--etcd-cafile /r/etc/skiff/pki/etcd/ca.crt",
+            "--etcd-certfile /r/etc/skiff/pki/etcd/client.crt",
+            "--etcd-keyfile /r/etc/skiff/pki/etcd/client.key",
+        ] {
+            assert!(s.contains(flag), "{s}");
+        }
+        let plan = plan(&paths, &cfg, Path::new("/src")).unwrap();
+        assert!(plan
+            .iter()
+            .any(|a| matches!(a, Action::File { path, mode: 0o600, .. }
+            if path.ends_with("pki/etcd/client.key"))));
+        let mut plain_etcd = args();
+        plain_etcd.datastore_endpoint = vec!["http://10.0.0.5:2379".into()];
+        plain_etcd.etcd_cafile = a.etcd_cafile.clone();
+        plain_etcd.etcd_certfile = a.etcd_certfile.clone();
+        plain_etcd.etcd_keyfile = a.etcd_keyfile.clone();
+        let e = resolve(&plain_etcd, "vm1", ip).unwrap_err().to_string();
+        assert!(e.contains("no --datastore-endpoint is https://"), "{e}");
         assert!(s.contains("--pki-dir /r/etc/skiff/pki"), "{s}");
         assert!(s.contains("--advertise-address 10.88.0.11"), "{s}");
         assert!(s.contains("--secure-port 7443"), "{s}");
