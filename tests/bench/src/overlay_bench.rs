@@ -103,6 +103,17 @@ fn iperf(
     bail!("iperf3 client never connected to {server_ip}: {last}")
 }
 
+/// IPv4 fragments made and reassemblies asked for in the namespace at `ns`: a pod MTU larger
+/// than the overlay carries shows up here (and would make the comparison meaningless).
+fn fragments(ns: &str) -> anyhow::Result<u64> {
+    let out = run_in(ns, &["nstat", "-asz", "IpFragCreates", "IpReasmReqds"])?;
+    Ok(out
+        .lines()
+        .filter(|l| l.starts_with("Ip"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum())
+}
+
 /// Best, median and worst of a non-empty set of figures.
 fn spread(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
@@ -288,6 +299,14 @@ fn main() -> anyhow::Result<()> {
     // Alternate the two, and swap which goes first each round, so neither gets the quieter
     // moments of a machine shared with other builds. Best-of estimates what the path can do
     // when it has a core; the paired ratios show how much the noise moves it.
+    let namespaces = [node_ns(1), node_ns(2), ns_a.clone(), ns_b.clone()];
+    let frag_count = || -> anyhow::Result<u64> {
+        namespaces
+            .iter()
+            .map(|ns| fragments(ns))
+            .sum::<anyhow::Result<u64>>()
+    };
+    let frags_before = frag_count()?;
     let mut overlay = Vec::new();
     let mut bare = Vec::new();
     let mut paired = Vec::new();
@@ -314,6 +333,7 @@ fn main() -> anyhow::Result<()> {
         overlay.push(o.bps / 1e9);
         bare.push(b.bps / 1e9);
     }
+    let frags = frag_count()? - frags_before;
     let (o_best, o_med, o_min) = spread(&overlay);
     let (b_best, b_med, b_min) = spread(&bare);
     let (p_best, p_med, p_min) = spread(&paired);
@@ -330,6 +350,7 @@ fn main() -> anyhow::Result<()> {
         "ratio overlay / bare VxLAN (best of each): {ratio:.2} (target ≥ 0.90: {}); per round: median {p_med:.2}, range {p_min:.2}–{p_best:.2}",
         if ratio >= 0.9 { "met" } else { "not met" }
     );
+    println!("IPv4 fragments and reassemblies on both nodes and pods during the runs: {frags}");
     println!(
         "round trip pod→pod {lat_pod:.3} ms, node→node on the underlay {lat_under:.3} ms (+{:.3} ms)",
         lat_pod - lat_under
