@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use super::kernel::{ConntrackFlush, Kernel, KernelError};
-use super::model::{Endpoint, Model, Protocol, ServicePort};
-use super::render::{self, Ruleset, Table, CANARY, JUMPS, SERVICE_CHAIN_PREFIXES};
+use super::model::{Endpoint, Model, Protocol, ServicePort, ServicePortName};
+use super::render::{self, Table, CANARY, JUMPS, SERVICE_CHAIN_PREFIXES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -40,11 +40,15 @@ pub struct SyncReport {
 
 pub struct Proxier<K: Kernel> {
     pub kernel: K,
-    /// What the kernel holds since the last successful restore; `None` forces a full one.
-    applied: Option<Ruleset>,
-    last_model: Option<Model>,
-    conntrack_warned: bool,
+    /// The rules of the last model rendered, per service port.
     cache: render::RenderCache,
+    /// Whether the kernel holds exactly what `cache` holds (the last restore succeeded); when
+    /// not, the next sync is a full one.
+    in_kernel: bool,
+    /// UDP flows to delete once a restore has succeeded; kept across a failed one so that an
+    /// endpoint removed in a failed sync still gets its flows cleared.
+    pending_flushes: BTreeSet<ConntrackFlush>,
+    conntrack_warned: bool,
 }
 
 /// The endpoints traffic of a port actually goes to (cluster-wide and local ones).
@@ -58,18 +62,28 @@ fn in_use<'a>(sp: &'a ServicePort, node: &str) -> BTreeSet<&'a Endpoint> {
 /// keeps bypassing the new DNAT. kube-proxy deletes both kinds; so does this.
 pub fn conntrack_flushes(old: &Model, new: &Model) -> Vec<ConntrackFlush> {
     let mut out = BTreeSet::new();
-    for (id, sp) in new
-        .services
-        .iter()
-        .filter(|(id, _)| id.protocol == Protocol::Udp)
-    {
-        let now = in_use(sp, &new.node.name);
-        let before = old
-            .services
-            .get(id)
-            .map(|o| in_use(o, &old.node.name))
-            .unwrap_or_default();
-        if before.is_empty() && !now.is_empty() && old.services.contains_key(id) {
+    let ids: BTreeSet<&ServicePortName> = old.services.keys().chain(new.services.keys()).collect();
+    for id in ids {
+        port_conntrack_flushes(
+            (old.services.get(id), &old.node.name),
+            (new.services.get(id), &new.node.name),
+            &mut out,
+        );
+    }
+    out.into_iter().collect()
+}
+
+/// `conntrack_flushes` for one service port, given what it was and is (`None`: absent) and
+/// the node name each side was categorised for.
+pub fn port_conntrack_flushes(
+    (old, old_node): (Option<&ServicePort>, &str),
+    (new, new_node): (Option<&ServicePort>, &str),
+    out: &mut BTreeSet<ConntrackFlush>,
+) {
+    if let Some(sp) = new.filter(|sp| sp.id.protocol == Protocol::Udp) {
+        let now = in_use(sp, new_node);
+        let before = old.map(|o| in_use(o, old_node)).unwrap_or_default();
+        if before.is_empty() && !now.is_empty() && old.is_some() {
             out.insert(ConntrackFlush {
                 orig_dst: Some(sp.cluster_ip),
                 dport: None,
@@ -84,22 +98,11 @@ pub fn conntrack_flushes(old: &Model, new: &Model) -> Vec<ConntrackFlush> {
             }
         }
     }
-    for (id, sp) in old
-        .services
-        .iter()
-        .filter(|(id, _)| id.protocol == Protocol::Udp)
-    {
+    if let Some(sp) = old.filter(|sp| sp.id.protocol == Protocol::Udp) {
         let still: BTreeSet<(std::net::Ipv4Addr, u16)> = new
-            .services
-            .get(id)
-            .map(|n| {
-                in_use(n, &new.node.name)
-                    .iter()
-                    .map(|e| (e.ip, e.port))
-                    .collect()
-            })
+            .map(|n| in_use(n, new_node).iter().map(|e| (e.ip, e.port)).collect())
             .unwrap_or_default();
-        for ep in in_use(sp, &old.node.name) {
+        for ep in in_use(sp, old_node) {
             if still.contains(&(ep.ip, ep.port)) {
                 continue;
             }
@@ -119,105 +122,122 @@ pub fn conntrack_flushes(old: &Model, new: &Model) -> Vec<ConntrackFlush> {
             }
         }
     }
-    out.into_iter().collect()
 }
 
 impl<K: Kernel> Proxier<K> {
     pub fn new(kernel: K) -> Self {
         Proxier {
             kernel,
-            applied: None,
-            last_model: None,
-            conntrack_warned: false,
             cache: render::RenderCache::default(),
+            in_kernel: false,
+            pending_flushes: BTreeSet::new(),
+            conntrack_warned: false,
         }
     }
 
     /// Make the next sync a full one.
     pub fn invalidate(&mut self) {
-        self.applied = None;
+        self.in_kernel = false;
     }
 
+    /// Brings the kernel to `model`: a full restore when asked, first, after a failure or when
+    /// the node changed; otherwise one holding only what changed since the last sync, whose
+    /// cost (rendering, comparing, writing) follows the number of changed ports, not the
+    /// number of services.
     pub fn sync(&mut self, model: &Model, full: bool) -> Result<SyncReport, SyncError> {
-        if full {
-            self.applied = None;
-        }
         let started = Instant::now();
-        let new = render::render_cached(model, &mut self.cache);
-        let full = self.applied.is_none();
-        let mut stale = Vec::new();
-        let mut jumps = Vec::new();
-        if full {
-            // One read per table finds chains of services deleted while no agent ran (or left
-            // by a previous one) and which jumps from the built-in chains are missing; the
-            // restore then fixes both in the same transaction.
-            for t in Table::ALL {
-                let dump = self.kernel.dump(t).map_err(|source| SyncError::List {
-                    table: t.name(),
-                    source,
-                })?;
-                stale.extend(
-                    dump.chains
-                        .iter()
-                        .filter(|c| SERVICE_CHAIN_PREFIXES.iter().any(|p| c.starts_with(p)))
-                        .filter(|c| !new.table(t).chains.contains_key(*c))
-                        .map(|c| (t, c.clone())),
-                );
-                jumps.extend(
-                    JUMPS
-                        .iter()
-                        .filter(|(jt, chain, rule)| {
-                            *jt == t && !dump.rules.contains(&format!("-A {chain} {rule}"))
-                        })
-                        .map(|(jt, chain, rule)| (*jt, format!("-I {chain} {rule}"))),
-                );
-            }
+        let delta = self.cache.update(model);
+        let old_node = delta.old_node.as_deref().unwrap_or(&model.node.name);
+        for c in &delta.ports {
+            port_conntrack_flushes(
+                (c.old.as_ref().map(|(sp, _)| sp), old_node),
+                (model.services.get(&c.id), &model.node.name),
+                &mut self.pending_flushes,
+            );
         }
-        let text = render::restore_text(&new, self.applied.as_ref(), &stale, &jumps);
+        let partial = if full || !self.in_kernel {
+            None
+        } else {
+            self.cache.partial_text(&delta)
+        };
+        let full = partial.is_none();
+        let text = match partial {
+            Some(text) => text,
+            None => self.full_text()?,
+        };
         let render_time = started.elapsed();
         let restore_started = Instant::now();
         if !text.is_empty() {
-            if let Err(source) = self.kernel.restore(&text) {
-                // A table may or may not have been applied: only a full sync is safe now.
-                self.applied = None;
-                return Err(SyncError::Restore {
+            // A table may or may not have been applied if this fails: only a full sync is
+            // safe next.
+            self.in_kernel = false;
+            self.kernel
+                .restore(&text)
+                .map_err(|source| SyncError::Restore {
                     what: if full { "full" } else { "partial" },
                     rules: text.lines().filter(|l| l.starts_with("-A")).count(),
                     source,
-                });
-            }
+                })?;
         }
+        self.in_kernel = true;
         let restore_time = restore_started.elapsed();
         let mut flushed = 0;
-        if let Some(old) = &self.last_model {
-            let flushes = conntrack_flushes(old, model);
-            if !flushes.is_empty() && !self.kernel.conntrack_available() {
-                if !self.conntrack_warned {
-                    tracing::warn!(
-                        "the conntrack tool is not installed: UDP flows to removed endpoints are not cleared"
-                    );
-                    self.conntrack_warned = true;
-                }
-            } else {
-                for f in &flushes {
-                    match self.kernel.conntrack_delete(f) {
-                        Ok(()) => flushed += 1,
-                        Err(e) => tracing::warn!(?f, "deleting conntrack entries: {e}"),
-                    }
+        let flushes = std::mem::take(&mut self.pending_flushes);
+        if !flushes.is_empty() && !self.kernel.conntrack_available() {
+            if !self.conntrack_warned {
+                tracing::warn!(
+                    "the conntrack tool is not installed: UDP flows to removed endpoints are not cleared"
+                );
+                self.conntrack_warned = true;
+            }
+        } else {
+            for f in &flushes {
+                match self.kernel.conntrack_delete(f) {
+                    Ok(()) => flushed += 1,
+                    Err(e) => tracing::warn!(?f, "deleting conntrack entries: {e}"),
                 }
             }
         }
-        let report = SyncReport {
+        Ok(SyncReport {
             full,
-            rules: new.rule_count(),
+            rules: self.cache.rule_count(),
             restore_bytes: text.len(),
             render: render_time,
             restore: restore_time,
             conntrack_flushes: flushed,
-        };
-        self.applied = Some(new);
-        self.last_model = Some(model.clone());
-        Ok(report)
+        })
+    }
+
+    /// Every chain, plus the deletion of owned chains the kernel holds but the model does not
+    /// (services deleted while no agent ran, or left by a previous one) and the jumps from the
+    /// built-in chains that are missing; one read per table finds both, and the restore fixes
+    /// them in the same transaction.
+    fn full_text(&mut self) -> Result<String, SyncError> {
+        let new = self.cache.ruleset();
+        let mut stale = Vec::new();
+        let mut jumps = Vec::new();
+        for t in Table::ALL {
+            let dump = self.kernel.dump(t).map_err(|source| SyncError::List {
+                table: t.name(),
+                source,
+            })?;
+            stale.extend(
+                dump.chains
+                    .iter()
+                    .filter(|c| SERVICE_CHAIN_PREFIXES.iter().any(|p| c.starts_with(p)))
+                    .filter(|c| !new.table(t).chains.contains_key(*c))
+                    .map(|c| (t, c.clone())),
+            );
+            jumps.extend(
+                JUMPS
+                    .iter()
+                    .filter(|(jt, chain, rule)| {
+                        *jt == t && !dump.rules.contains(&format!("-A {chain} {rule}"))
+                    })
+                    .map(|(jt, chain, rule)| (*jt, format!("-I {chain} {rule}"))),
+            );
+        }
+        Ok(render::restore_text(&new, None, &stale, &jumps))
     }
 
     /// Whether both canary chains still exist with their rule: if someone flushed a table or
@@ -347,7 +367,7 @@ mod tests {
     use super::*;
     use crate::proxy::kernel::FakeKernel;
     use crate::proxy::model::{NodeInfo, ServicePortName};
-    use crate::proxy::render::{sep_chain, svc_chain, KUBE_SERVICES};
+    use crate::proxy::render::{sep_chain, svc_chain, Ruleset, KUBE_SERVICES};
     use std::net::Ipv4Addr;
 
     fn ep(last: u8, node: &str) -> Endpoint {

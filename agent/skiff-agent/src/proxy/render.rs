@@ -5,7 +5,7 @@
 //! Rules are written in the form `iptables-save` prints them back (address masks, `-m tcp`,
 //! `--set-xmark`), so a rendered chain can be compared with the kernel's copy.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -164,13 +164,53 @@ pub fn sep_chain(id: &ServicePortName, ep: &Endpoint) -> String {
     )
 }
 
-/// Each service port's own rules (its chains, and its lines in the shared chains), kept
-/// while the port and the node are unchanged: a sync after one service changed renders one
-/// service, not all of them.
+/// The chains every service port adds lines to; every other chain a port renders is its own
+/// (its name hashes the port's name), so no two ports write the same one.
+pub const SHARED_CHAINS: [(Table, &str); 4] = [
+    (Table::Nat, KUBE_SERVICES),
+    (Table::Nat, KUBE_NODEPORTS),
+    (Table::Filter, KUBE_SERVICES),
+    (Table::Filter, KUBE_EXTERNAL_SERVICES),
+];
+
+fn is_shared(t: Table, chain: &str) -> bool {
+    SHARED_CHAINS.iter().any(|(st, c)| *st == t && *c == chain)
+}
+
+/// A service port whose rules differ from the previous render; `None` on a side means the
+/// port did not exist there.
+#[derive(Debug, Clone)]
+pub struct PortChange {
+    pub id: ServicePortName,
+    pub old: Option<(ServicePort, Arc<Ruleset>)>,
+    pub new: Option<Arc<Ruleset>>,
+}
+
+/// What `RenderCache::update` changed.
+#[derive(Debug, Clone, Default)]
+pub struct RenderDelta {
+    /// The node's settings changed, so the fixed chains may differ and every port was
+    /// rendered again: only a full restore applies this.
+    pub node_changed: bool,
+    /// The node name the previous rules were rendered for.
+    pub old_node: Option<String>,
+    /// Sorted by port name, so the restore input is deterministic.
+    pub ports: Vec<PortChange>,
+}
+
+/// The rendered rules of the last model, kept per service port: each port's own chains and
+/// its lines in the shared chains behind an `Arc`. Updating it renders only ports whose inputs
+/// changed and reports them, so a sync after one service changed costs one service (plus a
+/// pass of cheap comparisons), not a rebuild and comparison of the whole ruleset.
 #[derive(Debug, Default)]
 pub struct RenderCache {
     node: Option<NodeInfo>,
-    services: HashMap<ServicePortName, (ServicePort, Arc<Ruleset>)>,
+    /// Rules that depend on the node only: the fixed chains and the shared chains (empty).
+    base: Ruleset,
+    /// The lines that must end nat KUBE-SERVICES (the jumps to KUBE-NODEPORTS).
+    services_tail: Vec<String>,
+    services: BTreeMap<ServicePortName, (ServicePort, Arc<Ruleset>)>,
+    rules: usize,
 }
 
 impl RenderCache {
@@ -179,6 +219,182 @@ impl RenderCache {
     }
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
+    }
+    /// How many rules the whole ruleset holds.
+    pub fn rule_count(&self) -> usize {
+        self.rules
+    }
+
+    /// Brings the cache to `model`, rendering only the ports that are new or differ.
+    pub fn update(&mut self, model: &Model) -> RenderDelta {
+        let mut delta = RenderDelta::default();
+        // A port's rules depend on the node too (its name, CIDRs), so a node change renders
+        // everything again; the old parts are kept aside to report what each port had.
+        let mut previous = BTreeMap::new();
+        if self.node.as_ref() != Some(&model.node) {
+            delta.node_changed = true;
+            delta.old_node = self.node.as_ref().map(|n| n.name.clone());
+            previous = std::mem::take(&mut self.services);
+            let (base, tail) = render_base(&model.node);
+            self.base = base;
+            self.services_tail = tail;
+            self.node = Some(model.node.clone());
+            self.rules = self.base.rule_count() + self.services_tail.len();
+        } else {
+            delta.old_node = Some(model.node.name.clone());
+        }
+        for sp in model.services.values() {
+            match self.services.get_mut(&sp.id) {
+                Some((seen, _)) if seen == sp => {}
+                Some(entry) => {
+                    let part = Arc::new(render_port(model, sp));
+                    self.rules += part.rule_count();
+                    let old = std::mem::replace(entry, (sp.clone(), part.clone()));
+                    self.rules -= old.1.rule_count();
+                    delta.ports.push(PortChange {
+                        id: sp.id.clone(),
+                        old: Some(old),
+                        new: Some(part),
+                    });
+                }
+                None => {
+                    let part = Arc::new(render_port(model, sp));
+                    self.rules += part.rule_count();
+                    self.services
+                        .insert(sp.id.clone(), (sp.clone(), part.clone()));
+                    delta.ports.push(PortChange {
+                        id: sp.id.clone(),
+                        old: previous.remove(&sp.id),
+                        new: Some(part),
+                    });
+                }
+            }
+        }
+        for (id, old) in previous {
+            delta.ports.push(PortChange {
+                id,
+                old: Some(old),
+                new: None,
+            });
+        }
+        // Every port of the model is in the cache now; anything more is a removed port.
+        if self.services.len() > model.services.len() {
+            let gone: Vec<ServicePortName> = self
+                .services
+                .keys()
+                .filter(|id| !model.services.contains_key(*id))
+                .cloned()
+                .collect();
+            for id in gone {
+                let old = self.services.remove(&id).expect("listed just above");
+                self.rules -= old.1.rule_count();
+                delta.ports.push(PortChange {
+                    id,
+                    old: Some(old),
+                    new: None,
+                });
+            }
+        }
+        delta.ports.sort_by(|a, b| a.id.cmp(&b.id));
+        delta
+    }
+
+    /// The whole ruleset of the cached model.
+    pub fn ruleset(&self) -> Ruleset {
+        let mut rs = self.base.clone();
+        for (_, part) in self.services.values() {
+            merge(&mut rs.nat, &part.nat);
+            merge(&mut rs.filter, &part.filter);
+        }
+        rs.nat
+            .chain(KUBE_SERVICES)
+            .extend(self.services_tail.iter().cloned());
+        rs
+    }
+
+    /// The lines of one shared chain, composed from every port in order.
+    fn shared_lines(&self, t: Table, chain: &str) -> Vec<&String> {
+        let mut out: Vec<&String> = self
+            .base
+            .table(t)
+            .chains
+            .get(chain)
+            .into_iter()
+            .flatten()
+            .collect();
+        for (_, part) in self.services.values() {
+            out.extend(part.table(t).chains.get(chain).into_iter().flatten());
+        }
+        if t == Table::Nat && chain == KUBE_SERVICES {
+            out.extend(self.services_tail.iter());
+        }
+        out
+    }
+
+    /// `iptables-restore --noflush` input that takes a kernel holding the previous render to
+    /// this one, touching only the chains of the changed ports and the shared chains whose
+    /// lines from those ports changed. `None` when the delta needs a full restore (the node
+    /// changed). Chains a port no longer has are flushed and deleted in the same transaction:
+    /// measured on nft, the `-X` lines cost nothing noticeable next to the commit itself.
+    pub fn partial_text(&self, delta: &RenderDelta) -> Option<String> {
+        if delta.node_changed {
+            return None;
+        }
+        let empty = TableRules::default();
+        let mut out = String::new();
+        for t in Table::ALL {
+            let mut changed: BTreeMap<&str, &[String]> = BTreeMap::new();
+            let mut removed: BTreeSet<&str> = BTreeSet::new();
+            let mut shared: BTreeSet<&str> = BTreeSet::new();
+            for c in &delta.ports {
+                let old = c.old.as_ref().map_or(&empty, |(_, p)| p.table(t));
+                let new = c.new.as_ref().map_or(&empty, |p| p.table(t));
+                for (name, lines) in &new.chains {
+                    if old.chains.get(name) == Some(lines) {
+                        continue;
+                    }
+                    if is_shared(t, name) {
+                        shared.insert(name);
+                    } else {
+                        changed.insert(name, lines);
+                    }
+                }
+                for name in old.chains.keys() {
+                    if new.chains.contains_key(name) {
+                        continue;
+                    }
+                    if is_shared(t, name) {
+                        shared.insert(name);
+                    } else {
+                        removed.insert(name);
+                    }
+                }
+            }
+            if changed.is_empty() && removed.is_empty() && shared.is_empty() {
+                continue;
+            }
+            let _ = writeln!(out, "*{}", t.name());
+            for name in changed.keys().chain(shared.iter()).chain(removed.iter()) {
+                let _ = writeln!(out, ":{name} - [0:0]");
+            }
+            for lines in changed.values() {
+                for l in *lines {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+            for name in &shared {
+                for l in self.shared_lines(t, name) {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+            for name in &removed {
+                let _ = writeln!(out, "-X {name}");
+            }
+            out.push_str("COMMIT\n");
+        }
+        Some(out)
     }
 }
 
@@ -200,13 +416,18 @@ pub fn render(model: &Model) -> Ruleset {
 
 /// `render`, reusing the rules of service ports that are the same as in the cache.
 pub fn render_cached(model: &Model, cache: &mut RenderCache) -> Ruleset {
-    if cache.node.as_ref() != Some(&model.node) {
-        cache.services.clear();
-        cache.node = Some(model.node.clone());
-    }
-    cache
-        .services
-        .retain(|id, _| model.services.contains_key(id));
+    cache.update(model);
+    cache.ruleset()
+}
+
+fn render_port(model: &Model, sp: &ServicePort) -> Ruleset {
+    let mut part = Ruleset::default();
+    render_service(model, sp, &mut part);
+    part
+}
+
+/// The chains that do not depend on any service, and the lines that end nat KUBE-SERVICES.
+fn render_base(node: &NodeInfo) -> (Ruleset, Vec<String>) {
     let mut rs = Ruleset::default();
     let nat = &mut rs.nat;
     let filter = &mut rs.filter;
@@ -249,40 +470,22 @@ pub fn render_cached(model: &Model, cache: &mut RenderCache) -> Ruleset {
         ),
     );
 
-    for sp in model.services.values() {
-        let part = match cache.services.get(&sp.id) {
-            Some((seen, part)) if seen == sp => part.clone(),
-            _ => {
-                let mut part = Ruleset::default();
-                render_service(model, sp, &mut part);
-                let part = Arc::new(part);
-                cache
-                    .services
-                    .insert(sp.id.clone(), (sp.clone(), part.clone()));
-                part
-            }
-        };
-        merge(&mut rs.nat, &part.nat);
-        merge(&mut rs.filter, &part.filter);
-    }
-
     let nodeports = "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
-    if model.node.addresses.is_empty() {
-        rs.nat.rule(
-            KUBE_SERVICES,
-            format_args!(
-                "-m comment --comment \"{nodeports}\" -m addrtype --dst-type LOCAL -j {KUBE_NODEPORTS}"
-            ),
-        );
+    let tail = if node.addresses.is_empty() {
+        vec![format!(
+            "-A {KUBE_SERVICES} -m comment --comment \"{nodeports}\" -m addrtype --dst-type LOCAL -j {KUBE_NODEPORTS}"
+        )]
     } else {
-        for a in &model.node.addresses {
-            rs.nat.rule(
-                KUBE_SERVICES,
-                format_args!("-d {a}/32 -m comment --comment \"{nodeports}\" -j {KUBE_NODEPORTS}"),
-            );
-        }
-    }
-    rs
+        node.addresses
+            .iter()
+            .map(|a| {
+                format!(
+                    "-A {KUBE_SERVICES} -d {a}/32 -m comment --comment \"{nodeports}\" -j {KUBE_NODEPORTS}"
+                )
+            })
+            .collect()
+    };
+    (rs, tail)
 }
 
 /// kube-proxy's spreading: rule i of n catches 1/(n-i) of what reaches it, so each endpoint
