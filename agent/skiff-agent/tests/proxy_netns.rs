@@ -485,6 +485,17 @@ fn scenario(backend: Backend, tag: &str) {
     let seen = answers(&lab, "client", &web, 30);
     assert_eq!(seen.len(), 2);
     assert!(!seen.contains("p3"), "{seen:?}");
+    let seen = answers(&lab, "client", &np, 30);
+    assert!(
+        !seen.contains("p3"),
+        "NodePort after the scale-down: {seen:?}"
+    );
+    // Back up by a partial sync too: p3's chain is written again and p3 answers.
+    let r = proxier.sync(&full, false).unwrap();
+    assert!(!r.full);
+    assert_eq!(answers(&lab, "client", &web, 30), all, "after scaling up");
+    proxier.sync(&two, false).unwrap();
+    assert!(!answers(&lab, "p1", &web, 30).contains("p3"));
 
     // Down to none: the service's chains go and it refuses.
     let none = model(&[]);

@@ -558,6 +558,50 @@ mod tests {
     }
 
     #[test]
+    fn flushes_owed_by_a_failed_sync_run_after_the_next_good_one() {
+        let mut p = Proxier::new(FakeKernel {
+            conntrack: true,
+            ..Default::default()
+        });
+        let udp = port("dns", Protocol::Udp, vec![ep(2, "n1"), ep(3, "n1")]);
+        p.sync(&model(vec![udp.clone()]), false).unwrap();
+        let mut less = udp.clone();
+        less.endpoints.pop();
+        p.kernel.fail_next_restore = true;
+        p.sync(&model(vec![less.clone()]), false).unwrap_err();
+        assert!(
+            p.kernel.conntrack_deleted.is_empty(),
+            "nothing before rules"
+        );
+        // The model does not change again, so only the owed flush says 10.244.1.3 went.
+        let r = p.sync(&model(vec![less]), false).unwrap();
+        assert!(r.full);
+        assert_eq!(
+            p.kernel.conntrack_deleted,
+            vec![ConntrackFlush {
+                orig_dst: Some(Ipv4Addr::new(10, 96, 0, 10)),
+                dport: None,
+                dst_nat: Some(Ipv4Addr::new(10, 244, 1, 3))
+            }]
+        );
+    }
+
+    #[test]
+    fn a_node_change_is_applied_by_a_full_sync() {
+        let mut p = Proxier::new(FakeKernel::default());
+        let mut m = model(vec![port("dns", Protocol::Tcp, vec![ep(2, "n1")])]);
+        p.sync(&m, false).unwrap();
+        m.node.addresses = vec![Ipv4Addr::new(192, 0, 2, 1)];
+        let r = p.sync(&m, false).unwrap();
+        assert!(r.full);
+        kernel_matches(&p.kernel, &render::render(&m));
+        assert!(p.kernel.tables[&Table::Nat][KUBE_SERVICES]
+            .iter()
+            .any(|l| l.starts_with("-A KUBE-SERVICES -d 192.0.2.1/32")));
+        assert_eq!(r.rules, render::render(&m).rule_count());
+    }
+
+    #[test]
     fn without_conntrack_nothing_is_deleted() {
         let mut p = Proxier::new(FakeKernel::default());
         let udp = port("dns", Protocol::Udp, vec![ep(2, "n1"), ep(3, "n1")]);

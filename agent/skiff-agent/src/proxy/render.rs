@@ -789,6 +789,7 @@ pub fn restore_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::kernel::{FakeKernel, Kernel};
     use crate::proxy::model::{Ipv4Cidr, NodeInfo, Protocol};
     use std::net::Ipv4Addr;
 
@@ -1177,5 +1178,125 @@ mod tests {
             "{filter}"
         );
         assert!(text.contains("-X KUBE-SEP-OLDOLDOLDOLDOLDO"));
+    }
+
+    /// `n` services named svc-0… with three endpoints each, every tenth with a node port.
+    fn many(n: usize) -> Model {
+        let ports = (0..n)
+            .map(|i| {
+                let mut sp = web((0..3)
+                    .map(|j| ep([10, 244, (i / 200) as u8, (i % 200) as u8 + j], 8080, "n1"))
+                    .collect());
+                sp.id = id("ns", &format!("svc-{i}"), "http", Protocol::Tcp);
+                sp.cluster_ip = Ipv4Addr::from(0x0a60_0100 + i as u32);
+                sp.node_port = (i % 10 == 0).then_some(30000 + i as u16);
+                sp
+            })
+            .collect();
+        model(ports)
+    }
+
+    fn owned(k: &FakeKernel, t: Table) -> BTreeMap<String, Vec<String>> {
+        k.tables[&t]
+            .iter()
+            .filter(|(name, _)| name.starts_with("KUBE-"))
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect()
+    }
+
+    /// Applies `m` to the cache and the fake kernel through a partial restore and checks the
+    /// kernel then holds exactly a fresh render of `m`; returns the restore input.
+    fn step(cache: &mut RenderCache, k: &mut FakeKernel, m: &Model) -> String {
+        let delta = cache.update(m);
+        let text = cache.partial_text(&delta).expect("same node: partial");
+        if !text.is_empty() {
+            k.restore(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        }
+        let fresh = render(m);
+        assert_eq!(cache.ruleset(), fresh);
+        assert_eq!(cache.rule_count(), fresh.rule_count());
+        for t in Table::ALL {
+            assert_eq!(owned(k, t), fresh.table(t).chains, "{}", t.name());
+        }
+        text
+    }
+
+    #[test]
+    fn partial_restores_keep_the_kernel_equal_to_a_fresh_render() {
+        let mut m = many(60);
+        let mut cache = RenderCache::default();
+        let mut k = FakeKernel::default();
+        let delta = cache.update(&m);
+        assert!(delta.node_changed && delta.ports.len() == 60);
+        k.restore(&restore_text(&cache.ruleset(), None, &[], &[]))
+            .unwrap();
+        let name = |i: usize| id("ns", &format!("svc-{i}"), "http", Protocol::Tcp);
+
+        // Scale down: one SVC chain rewritten, one SEP chain deleted, nothing shared touched.
+        let gone = m.services[&name(7)].endpoints[2].clone();
+        m.services.get_mut(&name(7)).unwrap().endpoints.pop();
+        let text = step(&mut cache, &mut k, &m);
+        assert!(
+            !text.contains(KUBE_SERVICES) && !text.contains("*filter"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("-X {}\n", sep_chain(&name(7), &gone))));
+        let declared: Vec<&str> = text.lines().filter(|l| l.starts_with(':')).collect();
+        assert_eq!(declared.len(), 2, "{text}");
+        // Scale up with a new address, a node port service losing every endpoint (its
+        // KUBE-EXT goes, KUBE-NODEPORTS loses its line, filter gets the REJECTs), a port
+        // removed and one added, all in one sync.
+        m.services
+            .get_mut(&name(7))
+            .unwrap()
+            .endpoints
+            .push(ep([10, 244, 99, 1], 8080, "n2"));
+        m.services.get_mut(&name(20)).unwrap().endpoints.clear();
+        m.services.remove(&name(33));
+        let mut added = m.services[&name(1)].clone();
+        added.id = name(1000);
+        added.cluster_ip = Ipv4Addr::new(10, 96, 9, 9);
+        m.services.insert(added.id.clone(), added);
+        let text = step(&mut cache, &mut k, &m);
+        for shared in [
+            ":KUBE-SERVICES",
+            ":KUBE-NODEPORTS",
+            ":KUBE-EXTERNAL-SERVICES",
+        ] {
+            assert!(text.contains(shared), "{shared} not rewritten: {text}");
+        }
+        assert!(text.contains(&format!("-X {}", ext_chain(&name(20)))));
+        assert!(text.contains(&format!("-X {}", svc_chain(&name(33)))));
+        // The same model again: nothing to write.
+        assert_eq!(step(&mut cache, &mut k, &m), "");
+        // Back to endpoints for svc-20.
+        m.services.get_mut(&name(20)).unwrap().endpoints = three();
+        step(&mut cache, &mut k, &m);
+        // A node change cannot be applied in parts.
+        m.node.addresses = vec![Ipv4Addr::new(192, 0, 2, 1)];
+        let delta = cache.update(&m);
+        assert!(delta.node_changed && cache.partial_text(&delta).is_none());
+        assert_eq!(cache.ruleset(), render(&m));
+    }
+
+    #[test]
+    fn a_partial_restore_does_not_grow_with_the_number_of_services() {
+        // The same endpoint change among 5 and among 2,000 services writes the same input.
+        let change = |n: usize| {
+            let mut m = many(n);
+            let mut cache = RenderCache::default();
+            cache.update(&m);
+            let sp = m
+                .services
+                .get_mut(&id("ns", "svc-3", "http", Protocol::Tcp))
+                .unwrap();
+            sp.endpoints[2].ip = Ipv4Addr::new(10, 244, 250, 1);
+            let delta = cache.update(&m);
+            assert_eq!(delta.ports.len(), 1);
+            cache.partial_text(&delta).unwrap()
+        };
+        let small = change(5);
+        assert!(small.lines().count() > 3, "{small}");
+        assert_eq!(small, change(2000));
     }
 }
