@@ -48,10 +48,24 @@ fn run_in(ns: &str, argv: &[&str]) -> anyhow::Result<String> {
     run(&refs)
 }
 
-/// One iperf3 run: receiver-side bits/s and the sender's retransmitted segments.
+/// One iperf3 run: receiver-side bits/s, the sender's retransmitted segments, and CPU
+/// milliseconds per GB moved.
 struct Sample {
     bps: f64,
     retransmits: u64,
+    cpu_ms_per_gb: f64,
+}
+
+/// The machine's softirq time so far, in seconds. /proc/stat counts in USER_HZ, which is 100
+/// on every Linux ABI.
+fn softirq_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let ticks: u64 = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .and_then(|l| l.split_whitespace().nth(7)?.parse().ok())
+        .context("/proc/stat has no softirq column")?;
+    Ok(ticks as f64 / 100.0)
 }
 
 /// One iperf3 run from `client_ns` to `server_ip`, the server in `server_ns`.
@@ -71,6 +85,7 @@ fn iperf(
     // The server needs a moment to listen; retry the client rather than sleeping blindly.
     let mut last = String::new();
     for _ in 0..50 {
+        let softirq_before = softirq_seconds()?;
         match run_in(
             client_ns,
             &[
@@ -88,8 +103,28 @@ fn iperf(
                 let v: serde_json::Value = serde_json::from_str(&json)?;
                 if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
                     let _ = child.wait();
+                    let softirq = softirq_seconds()? - softirq_before;
                     let retransmits = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-                    return Ok(Sample { bps, retransmits });
+                    // Both iperf3 processes' CPU time plus the machine's softirq time (where
+                    // most forwarding runs): unlike Gbit/s it barely depends on how much of a
+                    // core the other builds leave, though their own softirq time counts too.
+                    let end = &v["end"];
+                    let cpu = &end["cpu_utilization_percent"];
+                    let secs = end["sum_received"]["seconds"].as_f64().unwrap_or(0.0);
+                    let bytes = end["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+                    let proc_pct = cpu["host_total"].as_f64().unwrap_or(0.0)
+                        + cpu["remote_total"].as_f64().unwrap_or(0.0);
+                    let cpu_s = proc_pct / 100.0 * secs + softirq;
+                    let cpu_ms_per_gb = if bytes > 0.0 {
+                        cpu_s * 1e3 / (bytes / 1e9)
+                    } else {
+                        f64::NAN
+                    };
+                    return Ok(Sample {
+                        bps,
+                        retransmits,
+                        cpu_ms_per_gb,
+                    });
                 }
                 // Typically "Connection refused": the server is not listening yet.
                 last = v["error"].as_str().unwrap_or("no result").to_string();
@@ -310,6 +345,7 @@ fn main() -> anyhow::Result<()> {
     let mut overlay = Vec::new();
     let mut bare = Vec::new();
     let mut paired = Vec::new();
+    let (mut cpu_o, mut cpu_b) = (Vec::new(), Vec::new());
     let (mut retr_o, mut retr_b) = (0, 0);
     for round in 1..=rounds {
         let measure_overlay = || iperf(&ns_b, &ns_a, &ip_b, &seconds);
@@ -322,12 +358,16 @@ fn main() -> anyhow::Result<()> {
             (measure_overlay()?, b)
         };
         println!(
-            "overlay-bench: round {round} of {rounds}: overlay {:.2} Gbit/s, bare {:.2} Gbit/s, ratio {:.2}",
+            "overlay-bench: round {round} of {rounds}: overlay {:.2} Gbit/s, bare {:.2} Gbit/s, ratio {:.2}; CPU per GB {:.0} / {:.0} ms",
             o.bps / 1e9,
             b.bps / 1e9,
-            o.bps / b.bps
+            o.bps / b.bps,
+            o.cpu_ms_per_gb,
+            b.cpu_ms_per_gb
         );
         paired.push(o.bps / b.bps);
+        cpu_o.push(o.cpu_ms_per_gb);
+        cpu_b.push(b.cpu_ms_per_gb);
         retr_o += o.retransmits;
         retr_b += b.retransmits;
         overlay.push(o.bps / 1e9);
@@ -349,6 +389,12 @@ fn main() -> anyhow::Result<()> {
     println!(
         "ratio overlay / bare VxLAN (best of each): {ratio:.2} (target ≥ 0.90: {}); per round: median {p_med:.2}, range {p_min:.2}–{p_best:.2}",
         if ratio >= 0.9 { "met" } else { "not met" }
+    );
+    let (_, co, _) = spread(&cpu_o);
+    let (_, cb, _) = spread(&cpu_b);
+    println!(
+        "CPU per GB (both iperf3 processes + softirq, median): pod→pod {co:.0} ms, bare {cb:.0} ms ({:.2}×)",
+        co / cb
     );
     println!("IPv4 fragments and reassemblies on both nodes and pods during the runs: {frags}");
     println!(
