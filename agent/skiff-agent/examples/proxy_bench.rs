@@ -4,10 +4,16 @@
 //!   2. a partial sync after one service's endpoints change, beside the full-sync time.
 //!
 //! `cargo run --release -p skiff-agent --example proxy_bench -- [--services N] [--backend nft|legacy]`
+//!
+//! The bench thread enters each namespace itself (setns) and runs the tools directly, as the
+//! agent does on a node; `ip netns exec` would add its own mount-namespace setup to every
+//! restore.
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use nix::sched::{setns, CloneFlags};
 
 use skiff_agent::proxy::apply::Proxier;
 use skiff_agent::proxy::kernel::{Backend, Iptables};
@@ -35,6 +41,21 @@ impl Netns {
             .map(|s| s.to_string())
             .collect()
     }
+    /// Runs `f` with this thread (and so the processes it starts) in the namespace.
+    fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
+        let home = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.0)).expect("netns file");
+        setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns into the bench namespace");
+        let out = f();
+        setns(&home, CloneFlags::CLONE_NEWNET).expect("setns back");
+        out
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
 impl Drop for Netns {
@@ -147,6 +168,7 @@ fn main() {
         text.lines().filter(|l| l.starts_with("-A")).count(),
         text.len() / 1024
     );
+    let load_start = load_average();
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), &text).expect("writing the rules file");
 
@@ -156,14 +178,17 @@ fn main() {
         // iptables-restore alone, same file, fresh namespace.
         let ns = Netns::new(&format!("alone{round}"));
         let input = std::fs::File::open(file.path()).expect("rules file");
-        let t = Instant::now();
-        let ok = Command::new("ip")
-            .args(["netns", "exec", &ns.0, restore_tool, "--noflush"])
-            .stdin(Stdio::from(input))
-            .status()
-            .expect("running iptables-restore")
-            .success();
-        alone.push(t.elapsed());
+        let (took, ok) = ns.enter(|| {
+            let t = Instant::now();
+            let ok = Command::new(restore_tool)
+                .arg("--noflush")
+                .stdin(Stdio::from(input))
+                .status()
+                .expect("running iptables-restore")
+                .success();
+            (t.elapsed(), ok)
+        });
+        alone.push(took);
         assert!(ok, "{restore_tool} failed");
         drop(ns);
 
@@ -171,35 +196,40 @@ fn main() {
         let ns = Netns::new(&format!("proxy{round}"));
         let kernel = Iptables {
             backend,
-            prefix: ns.prefix(),
+            prefix: vec![],
             conntrack: None,
         };
         let mut proxier = Proxier::new(kernel);
-        let t = Instant::now();
-        let report = proxier.sync(&m, true).expect("full sync");
-        proxy_total.push(t.elapsed());
-        proxy_render.push(report.render);
-
-        // One service's endpoints change: a partial sync.
-        let mut changed = m.clone();
-        for g in 1..=5 {
-            let sp = changed
-                .services
-                .values_mut()
-                .nth((round * 997 + g * 131) % services)
-                .expect("a service");
-            let i = sp.cluster_ip.to_bits() as usize;
-            sp.endpoints = (0..3).map(|j| endpoint(i, j, g)).collect();
+        ns.enter(|| {
             let t = Instant::now();
-            let r = proxier.sync(&changed, false).expect("partial sync");
-            partial.push(t.elapsed());
-            partial_render.push(r.render);
-            partial_restore.push(r.restore);
-            assert!(!r.full);
-        }
+            let report = proxier.sync(&m, true).expect("full sync");
+            proxy_total.push(t.elapsed());
+            proxy_render.push(report.render);
+
+            // One service's endpoints change: a partial sync.
+            let mut changed = m.clone();
+            for g in 1..=5 {
+                let sp = changed
+                    .services
+                    .values_mut()
+                    .nth((round * 997 + g * 131) % services)
+                    .expect("a service");
+                let i = sp.cluster_ip.to_bits() as usize;
+                sp.endpoints = (0..3).map(|j| endpoint(i, j, g)).collect();
+                let t = Instant::now();
+                let r = proxier.sync(&changed, false).expect("partial sync");
+                partial.push(t.elapsed());
+                partial_render.push(r.render);
+                partial_restore.push(r.restore);
+                assert!(!r.full);
+            }
+        });
         drop(ns);
     }
     let (total, render_t, alone) = (median(proxy_total), median(proxy_render), median(alone));
+    let best_partial = partial.iter().min().copied().unwrap_or_default();
+    let worst_partial = partial.iter().max().copied().unwrap_or_default();
+    let partials = partial.len();
     let partial = median(partial);
     println!("iptables-restore alone (same file):  {:8.1} ms", ms(alone));
     println!(
@@ -214,5 +244,13 @@ fn main() {
         ms(median(partial_render)),
         ms(median(partial_restore)),
         100.0 * partial.as_secs_f64() / total.as_secs_f64()
+    );
+    println!(
+        "  {partials} partial syncs: best {:.1} ms, median {:.1} ms, worst {:.1} ms; load average {} at the start, {} at the end",
+        ms(best_partial),
+        ms(partial),
+        ms(worst_partial),
+        load_start,
+        load_average()
     );
 }
