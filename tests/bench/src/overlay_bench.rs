@@ -74,6 +74,7 @@ fn iperf(
     client_ns: &str,
     server_ip: &str,
     seconds: &str,
+    streams: &str,
 ) -> anyhow::Result<Sample> {
     let server = in_ns(server_ns, &["iperf3", "-s", "-1", "-B", server_ip]);
     let mut child = Command::new(&server[0])
@@ -94,6 +95,8 @@ fn iperf(
                 server_ip,
                 "-t",
                 seconds,
+                "-P",
+                streams,
                 "-J",
                 "--connect-timeout",
                 "2000",
@@ -161,10 +164,12 @@ fn spread(v: &[f64]) -> (f64, f64, f64) {
     (s[s.len() - 1], median, s[0])
 }
 
-/// `--rounds N` and `--seconds S` (per iperf3 run).
-fn options() -> anyhow::Result<(usize, String)> {
+/// `--rounds N`, `--seconds S` (per iperf3 run) and `--streams P` (iperf3's parallel
+/// streams; with one, a run measures what one core can push through each path).
+fn options() -> anyhow::Result<(usize, String, String)> {
     let mut rounds = 4usize;
     let mut seconds = "8".to_string();
+    let mut streams = "1".to_string();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let value = args.next().with_context(|| format!("{a} needs a value"))?;
@@ -184,10 +189,20 @@ fn options() -> anyhow::Result<(usize, String)> {
                     .with_context(|| format!("--seconds {value:?}: want a positive number"))?;
                 seconds = value;
             }
-            other => bail!("unknown option {other:?} (known: --rounds N, --seconds S)"),
+            "--streams" => {
+                value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=128).contains(n))
+                    .with_context(|| format!("--streams {value:?}: want 1 to 128"))?;
+                streams = value;
+            }
+            other => {
+                bail!("unknown option {other:?} (known: --rounds N, --seconds S, --streams P)")
+            }
         }
     }
-    Ok((rounds, seconds))
+    Ok((rounds, seconds, streams))
 }
 
 /// Average round trip in ms of 10 pings (busybox ping, which works in any namespace).
@@ -281,7 +296,7 @@ fn bare_vxlan(c: &Cluster, node: usize, peer: usize, mtu: &str) -> anyhow::Resul
 }
 
 fn main() -> anyhow::Result<()> {
-    let (rounds, seconds) = options()?;
+    let (rounds, seconds, streams) = options()?;
     let mut missing = missing_prerequisites();
     if Command::new("iperf3").arg("--version").output().is_err() {
         missing.push("iperf3".into());
@@ -348,8 +363,16 @@ fn main() -> anyhow::Result<()> {
     let (mut cpu_o, mut cpu_b) = (Vec::new(), Vec::new());
     let (mut retr_o, mut retr_b) = (0, 0);
     for round in 1..=rounds {
-        let measure_overlay = || iperf(&ns_b, &ns_a, &ip_b, &seconds);
-        let measure_bare = || iperf(&node_ns(2), &node_ns(1), &format!("{BARE_NET}.2"), &seconds);
+        let measure_overlay = || iperf(&ns_b, &ns_a, &ip_b, &seconds, &streams);
+        let measure_bare = || {
+            iperf(
+                &node_ns(2),
+                &node_ns(1),
+                &format!("{BARE_NET}.2"),
+                &seconds,
+                &streams,
+            )
+        };
         let (o, b) = if round % 2 == 1 {
             let o = measure_overlay()?;
             (o, measure_bare()?)
@@ -380,7 +403,7 @@ fn main() -> anyhow::Result<()> {
     let lat_pod = ping_avg(&ns_a, &ip_b)?;
     let lat_under = ping_avg(&node_ns(1), &c.spec.node_ip(2).to_string())?;
     println!(
-        "pod→pod over skiff.1 (iperf3 -t {seconds}, {rounds} rounds): best {o_best:.2}, median {o_med:.2}, worst {o_min:.2} Gbit/s; {retr_o} retransmits"
+        "pod→pod over skiff.1 (iperf3 -t {seconds} -P {streams}, {rounds} rounds): best {o_best:.2}, median {o_med:.2}, worst {o_min:.2} Gbit/s; {retr_o} retransmits"
     );
     println!(
         "bare VxLAN node→node, same namespaces, MTU {mtu}: best {b_best:.2}, median {b_med:.2}, worst {b_min:.2} Gbit/s; {retr_b} retransmits"
