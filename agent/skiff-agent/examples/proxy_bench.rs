@@ -18,9 +18,12 @@ use nix::sched::{setns, CloneFlags};
 use skiff_agent::proxy::apply::Proxier;
 use skiff_agent::proxy::kernel::{Backend, Iptables};
 use skiff_agent::proxy::model::{
-    Endpoint, Model, NodeInfo, Protocol, ServicePort, ServicePortName,
+    self, Endpoint, Model, NodeInfo, Protocol, ServicePort, ServicePortName,
 };
 use skiff_agent::proxy::render;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 struct Netns(String);
 
@@ -113,6 +116,57 @@ fn model(services: usize) -> Model {
     }
 }
 
+/// The API objects the agent's reflectors would hold for `model(services)`: what the controller
+/// turns into a model before every sync.
+fn api_objects(services: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let mut svcs = Vec::with_capacity(services);
+    let mut slices = Vec::with_capacity(services);
+    for i in 0..services {
+        let (ns, name) = (format!("ns-{}", i % 50), format!("svc-{i}"));
+        let ip = Ipv4Addr::from(0x0a60_0000u32 + 10 + i as u32);
+        let node_port = (i % 10 == 0).then(|| 30000 + (i / 10) as u16);
+        let mut port = serde_json::json!({"name": "http", "port": 80, "protocol": "TCP"});
+        if let Some(np) = node_port {
+            port["nodePort"] = np.into();
+        }
+        svcs.push(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": ns, "name": name},
+                "spec": {
+                    "type": if node_port.is_some() { "NodePort" } else { "ClusterIP" },
+                    "clusterIP": ip.to_string(),
+                    "ports": [port],
+                },
+            }))
+            .expect("a Service"),
+        );
+        let endpoints: Vec<serde_json::Value> = (0..3)
+            .map(|j| {
+                let e = endpoint(i, j, 0);
+                serde_json::json!({
+                    "addresses": [e.ip.to_string()],
+                    "conditions": {"ready": true, "serving": true, "terminating": false},
+                    "nodeName": e.node,
+                })
+            })
+            .collect();
+        slices.push(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "namespace": ns,
+                    "name": format!("{name}-abcde"),
+                    "labels": {"kubernetes.io/service-name": name},
+                },
+                "addressType": "IPv4",
+                "endpoints": endpoints,
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            }))
+            .expect("an EndpointSlice"),
+        );
+    }
+    (svcs, slices)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -156,6 +210,18 @@ fn main() {
         Backend::Legacy => "iptables-legacy-restore",
     };
     let m = model(services);
+    // The controller builds the model from its stores before each sync; that is part of the
+    // time from an EndpointSlice change to new rules, so it is timed here too.
+    let (svc_objects, slice_objects) = api_objects(services);
+    let mut builds = vec![];
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (built, problems) =
+            model::build(svc_objects.iter(), slice_objects.iter(), m.node.clone());
+        builds.push(t.elapsed());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(built, m, "the API objects describe the bench's model");
+    }
     // Exactly what the proxy's first sync restores into an empty namespace: every chain and
     // every jump from the built-in chains.
     let jumps: Vec<_> = render::JUMPS
@@ -244,6 +310,10 @@ fn main() {
         ms(median(partial_render)),
         ms(median(partial_restore)),
         100.0 * partial.as_secs_f64() / total.as_secs_f64()
+    );
+    println!(
+        "  model built from {services} Services + EndpointSlices before each sync: median {:.1} ms",
+        ms(median(builds))
     );
     println!(
         "  {partials} partial syncs: best {:.1} ms, median {:.1} ms, worst {:.1} ms; load average {} at the start, {} at the end",

@@ -2,7 +2,7 @@
 //! EndpointSlices give it, already filtered and categorised by kube-proxy's rules. Building it
 //! is pure (API objects in, model and a list of problems out) so every edge case is a unit test.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -367,7 +367,6 @@ pub fn build<'a>(
     }
 
     // Endpoints, keyed by (namespace, service) then matched to ports by name and protocol.
-    let mut seen: BTreeMap<ServicePortName, BTreeSet<(Ipv4Addr, u16)>> = BTreeMap::new();
     for slice in slices {
         let ns = slice.metadata.namespace.clone().unwrap_or_default();
         let Some(svc) = slice
@@ -424,10 +423,6 @@ pub fn build<'a>(
                     });
                     continue;
                 }
-                // One endpoint may appear in two slices while the controller moves it.
-                if !seen.entry(id.clone()).or_default().insert((ip, port)) {
-                    continue;
-                }
                 let c = ep.conditions.clone().unwrap_or_default();
                 // The API says a missing condition means ready (serving follows ready).
                 let ready = c.ready.unwrap_or(true);
@@ -443,6 +438,10 @@ pub fn build<'a>(
         }
     }
     for sp in out.values_mut() {
+        // One endpoint may appear in two slices while the controller moves it: the first
+        // one seen counts (the sort is stable, so dedup keeps it).
+        sp.endpoints.sort_by_key(|e| (e.ip, e.port));
+        sp.endpoints.dedup_by_key(|e| (e.ip, e.port));
         sp.endpoints.sort();
     }
     (
@@ -696,7 +695,20 @@ mod tests {
         );
         let mut b = a.clone();
         b.metadata.name = Some("web-def".into());
-        let (m, _) = build(&[s], &[a, b], node_info());
+        let (m, _) = build(
+            std::slice::from_ref(&s),
+            &[a.clone(), b.clone()],
+            node_info(),
+        );
         assert_eq!(m.services.values().next().unwrap().endpoints.len(), 1);
+        // The copy in the first slice seen counts, whatever the other one says.
+        b.endpoints[0].conditions = Some(Default::default());
+        b.endpoints[0].conditions.as_mut().unwrap().ready = Some(false);
+        for (slices, ready) in [([a.clone(), b.clone()], true), ([b, a], false)] {
+            let (m, _) = build(std::slice::from_ref(&s), &slices, node_info());
+            let eps = &m.services.values().next().unwrap().endpoints;
+            assert_eq!(eps.len(), 1);
+            assert_eq!(eps[0].ready, ready);
+        }
     }
 }
