@@ -884,6 +884,12 @@ mod tests {
             dns_port: super::super::DEFAULT_DNS_PORT,
         };
         assert!(join_command("h:1", "t", "h", &net).ends_with(" --pod-network-cidr 10.10.0.0/16"));
+        let net = Network {
+            pod_cidr: DEFAULT_POD_CIDR.into(),
+            service_cidr: DEFAULT_SERVICE_CIDR.into(),
+            dns_port: 5353,
+        };
+        assert!(join_command("h:1", "t", "h", &net).ends_with(" --cluster-dns-port 5353"));
     }
 
     #[test]
