@@ -196,10 +196,12 @@ resolv=$(kc exec "$a" -- cat /etc/resolv.conf 2>&1 || true)
 grep -qx 'nameserver 10.96.0.10' <<<"$resolv" && grep -qx 'search default.svc.cluster.local svc.cluster.local cluster.local' <<<"$resolv" &&
     ok "pod $a: resolv.conf names 10.96.0.10 and the search path" || bad "pod $a resolv.conf: $resolv"
 # busybox's nslookup asks A and AAAA and exits 1 when AAAA has no answer: the address line
-# decides. It searches only dotless names, so kubernetes.default is asked in full.
+# decides. It searches only dotless names, so kubernetes.default is asked in full (and
+# busybox-static's wget, which would search it through the C library, crashes in this
+# rootfs without glibc's NSS modules). The image links no nslookup applet: `busybox`.
 lookup() { # lookup NAME IP: the pod $a resolves NAME to IP
     local out
-    out=$(kc exec "$a" -- nslookup "$1" 2>/dev/null || true)
+    out=$(kc exec "$a" -- busybox nslookup "$1" 2>/dev/null || true)
     grep -qx "Address: $2" <<<"$out"
 }
 wait_for 120 "pod $a resolves web.default.svc.cluster.local to $web_ip" lookup web.default.svc.cluster.local "$web_ip" || true
