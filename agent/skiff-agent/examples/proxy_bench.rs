@@ -240,6 +240,7 @@ fn main() {
 
     let (mut proxy_total, mut proxy_render, mut alone) = (vec![], vec![], vec![]);
     let (mut partial, mut partial_render, mut partial_restore) = (vec![], vec![], vec![]);
+    let mut additions = vec![];
     for round in 0..rounds {
         // iptables-restore alone, same file, fresh namespace.
         let ns = Netns::new(&format!("alone{round}"));
@@ -289,6 +290,15 @@ fn main() {
                 partial_restore.push(r.restore);
                 assert!(!r.full);
             }
+            // A new service: its chains plus the whole KUBE-SERVICES chain, which gains a line.
+            let mut added = changed.services.values().next().expect("a service").clone();
+            added.id.name = format!("added-{round}");
+            added.cluster_ip = Ipv4Addr::new(10, 100, 0, round as u8 + 1);
+            changed.services.insert(added.id.clone(), added);
+            let t = Instant::now();
+            let r = proxier.sync(&changed, false).expect("partial sync");
+            additions.push(t.elapsed());
+            assert!(!r.full);
         });
         drop(ns);
     }
@@ -310,6 +320,10 @@ fn main() {
         ms(median(partial_render)),
         ms(median(partial_restore)),
         100.0 * partial.as_secs_f64() / total.as_secs_f64()
+    );
+    println!(
+        "  partial sync adding one service (KUBE-SERVICES rewritten): median {:.1} ms",
+        ms(median(additions))
     );
     println!(
         "  model built from {services} Services + EndpointSlices before each sync: median {:.1} ms",
