@@ -16,25 +16,9 @@ impl Default for Host {
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         Self {
             proc_swaps: "/proc/swaps".into(),
-            cgroup_root: cgroup2_mount(&mounts),
+            cgroup_root: skiff_shim::cgroup::cgroup2_mount_in(&mounts),
         }
     }
-}
-
-/// Where cgroup2 is mounted, from /proc/self/mounts; the canonical place wins if listed.
-pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
-    let found: Vec<PathBuf> = mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .collect();
-    found
-        .iter()
-        .find(|p| *p == Path::new("/sys/fs/cgroup"))
-        .or(found.first())
-        .cloned()
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -222,24 +206,6 @@ mod tests {
         assert!(err.to_string().contains("--cgroup-driver=cgroupfs"));
         std::fs::create_dir(&marker).unwrap();
         assert_eq!(check_cgroup_driver(Driver::Systemd, &marker), Ok(()));
-    }
-
-    #[test]
-    fn finds_the_cgroup2_mount() {
-        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
-        assert_eq!(
-            cgroup2_mount(hybrid),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n";
-        assert_eq!(
-            cgroup2_mount(unified),
-            Some(PathBuf::from("/sys/fs/cgroup"))
-        );
-        assert_eq!(
-            cgroup2_mount("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"),
-            None
-        );
     }
 
     #[test]

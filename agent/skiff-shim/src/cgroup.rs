@@ -26,6 +26,28 @@ pub mod systemd;
 /// for pids.current.
 const ALWAYS: &[&str] = &["cpu", "memory", "pids"];
 
+/// Where cgroup2 is mounted, given the text of /proc/self/mounts; the canonical place wins
+/// when several are listed (hybrid hosts mount it at /sys/fs/cgroup/unified too).
+pub fn cgroup2_mount_in(mounts: &str) -> Option<PathBuf> {
+    let found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .collect();
+    found
+        .iter()
+        .find(|p| *p == Path::new("/sys/fs/cgroup"))
+        .or(found.first())
+        .cloned()
+}
+
+/// This process's cgroup2 mount point.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    cgroup2_mount_in(&std::fs::read_to_string("/proc/self/mounts").ok()?)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cgroup {
     pub path: PathBuf,
@@ -290,4 +312,27 @@ pub fn parse_oom_kills(events: &str) -> u64 {
         .find_map(|l| l.strip_prefix("oom_kill "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount_in() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_mount_in(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_mount_in(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(
+            cgroup2_mount_in("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"),
+            None
+        );
+    }
 }

@@ -121,23 +121,6 @@ enum Placement {
     },
 }
 
-/// The cgroup2 mount point, from /proc/self/mounts.
-fn cgroup2_mount() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    let found: Vec<PathBuf> = mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .collect();
-    found
-        .iter()
-        .find(|p| *p == Path::new("/sys/fs/cgroup"))
-        .or(found.first())
-        .cloned()
-}
-
 fn placement(opts: &Options, plan: &Plan) -> Result<Placement> {
     let Some(cp) = &plan.cgroups_path else {
         return Ok(Placement::None);
@@ -147,7 +130,7 @@ fn placement(opts: &Options, plan: &Plan) -> Result<Placement> {
         let scope = crate::cgroup::systemd::ScopePath::parse(&text)?;
         let root = match &opts.cgroup_root {
             Some(r) => r.clone(),
-            None => cgroup2_mount().ok_or_else(|| {
+            None => crate::cgroup::cgroup2_mount().ok_or_else(|| {
                 ShimError::Init("systemd cgroup driver: no cgroup2 hierarchy is mounted".into())
             })?,
         };

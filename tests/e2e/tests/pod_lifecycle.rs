@@ -299,7 +299,8 @@ fn graceful_deletion_runs_pre_stop_then_sigterm_then_sigkill() {
     };
     // Pod cgroups under a directory of this test's own in the cgroup v2 hierarchy (this
     // host's has no controllers, so only placement and removal are checked).
-    let cgroup_root = cgroup2_mount().map(|m| m.join(format!("skiff-e2e-{}", std::process::id())));
+    let cgroup_root = skiff_shim::cgroup::cgroup2_mount()
+        .map(|m| m.join(format!("skiff-e2e-{}", std::process::id())));
     let _cgroup_guard = cgroup_root.clone().map(CgroupDir);
     let root_arg = cgroup_root.as_ref().map(|r| r.display().to_string());
     let extra: Vec<&str> = match &root_arg {
@@ -448,15 +449,6 @@ fn a_killed_agent_comes_back_without_restarting_containers() {
     );
     assert_eq!(status(&s, "keeper")["phase"], "Running");
     assert_eq!(condition(&status(&s, "keeper"), "Ready"), "True");
-}
-
-fn cgroup2_mount() -> Option<std::path::PathBuf> {
-    std::fs::read_to_string("/proc/self/mounts")
-        .ok()?
-        .lines()
-        .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .map(std::path::PathBuf::from)
 }
 
 /// Every pod cgroup under `root`.

@@ -82,7 +82,7 @@ pub fn run(argv: &[String], rt: tokio::runtime::Handle) -> Result<String, CliErr
     })?;
     let driver = select_driver(args.driver, std::path::Path::new(SYSTEMD_MARKER));
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let mount = crate::preflight::cgroup2_mount(&mounts)
+    let mount = skiff_shim::cgroup::cgroup2_mount_in(&mounts)
         .ok_or_else(|| CliError::Usage("no cgroup2 hierarchy is mounted".into()))?;
     let root = match (driver, args.cgroup_root) {
         (Driver::Cgroupfs, Some(r)) => r,
