@@ -1,6 +1,9 @@
 //! Node lifecycle: a node whose Lease in `kube-node-lease` goes stale becomes Ready=Unknown
 //! and gets the `node.kubernetes.io/unreachable` taints; pods on it that do not tolerate
 //! NoExecute (for longer than they have) are evicted, so their controllers replace them.
+//! Until then its pods are marked Ready=False (kube's MarkPodsNotReady) and the endpoints
+//! agents publish for it (the kube-dns slices) not ready, so Services stop sending traffic
+//! to a node nobody hears from.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,6 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint, Toleration};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
@@ -19,6 +23,8 @@ use crate::{Context, Error};
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 const PASS: Duration = Duration::from_secs(2);
+/// Slices that agents write about themselves (the kube-dns endpoint of each node).
+const AGENT_SLICES: &str = "endpointslice.kubernetes.io/managed-by=skiff-agent";
 
 pub async fn run(ctx: Arc<Context>) {
     loop {
@@ -144,6 +150,8 @@ async fn pass(ctx: &Context) -> Result<(), Error> {
                     )
                     .await;
             }
+            mark_pods_not_ready(ctx, &name, now).await?;
+            mark_agent_endpoints_not_ready(ctx, &name).await?;
             for effect in ["NoSchedule", "NoExecute"] {
                 let existing = current_taints
                     .iter()
@@ -195,6 +203,140 @@ async fn pass(ctx: &Context) -> Result<(), Error> {
             }
         }
         evict(ctx, node, &wanted_taints, now).await?;
+    }
+    Ok(())
+}
+
+/// The pod's Ready condition set to False, or `None` when it already is (or the pod is
+/// finished, or has no Ready condition yet: nothing advertises it).
+fn not_ready_conditions(pod: &Pod, now: jiff::Timestamp) -> Option<Vec<serde_json::Value>> {
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let conditions = status.conditions.as_ref()?;
+    if !conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status != "False")
+    {
+        return None;
+    }
+    Some(
+        conditions
+            .iter()
+            .map(|c| {
+                let mut v = serde_json::to_value(c).unwrap_or_default();
+                if c.type_ == "Ready" {
+                    v["status"] = json!("False");
+                    v["reason"] = json!("NodeNotReady");
+                    v["message"] = json!("The node stopped reporting: its pods may not be running");
+                    v["lastTransitionTime"] = json!(Time(now));
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+/// kube's MarkPodsNotReady: the endpoint controllers then stop advertising the pods. The node's
+/// agent, once back, writes its own view again.
+async fn mark_pods_not_ready(ctx: &Context, node: &str, now: jiff::Timestamp) -> Result<(), Error> {
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let on_node = pods
+        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await?
+        .items;
+    for pod in &on_node {
+        let Some(conditions) = not_ready_conditions(pod, now) else {
+            continue;
+        };
+        let api: Api<Pod> =
+            Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+        // Conditions are a list: a merge patch replaces it whole, so it carries the
+        // resourceVersion (a status written since the listing wins; the next pass retries).
+        let patch = json!({
+            "metadata": {"resourceVersion": pod.metadata.resource_version},
+            "status": {"conditions": conditions},
+        });
+        match api
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(pod = %pod.name_any(), %node, "pod marked not ready: its node is unreachable")
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The endpoints of agent-written slices that sit on `node`, set not ready; `None` when none
+/// is ready.
+fn endpoints_not_ready(slice: &EndpointSlice, node: &str) -> Option<Vec<serde_json::Value>> {
+    let on_node =
+        |e: &&k8s_openapi::api::discovery::v1::Endpoint| e.node_name.as_deref() == Some(node);
+    if !slice
+        .endpoints
+        .iter()
+        .filter(on_node)
+        .any(|e| e.conditions.as_ref().is_none_or(|c| c.ready != Some(false)))
+    {
+        return None;
+    }
+    Some(
+        slice
+            .endpoints
+            .iter()
+            .map(|e| {
+                let mut v = serde_json::to_value(e).unwrap_or_default();
+                if on_node(&e) {
+                    v["conditions"]["ready"] = json!(false);
+                    v["conditions"]["serving"] = json!(false);
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+/// An agent's own slices (kube-dns) name its node as the endpoint; nothing else marks them when
+/// the agent dies, so this does. The agent re-applies them as ready when it is back.
+async fn mark_agent_endpoints_not_ready(ctx: &Context, node: &str) -> Result<(), Error> {
+    let slices: Api<EndpointSlice> = Api::all(ctx.client.clone());
+    for slice in slices
+        .list(&ListParams::default().labels(AGENT_SLICES))
+        .await?
+        .items
+    {
+        let Some(endpoints) = endpoints_not_ready(&slice, node) else {
+            continue;
+        };
+        let api: Api<EndpointSlice> =
+            Api::namespaced(ctx.client.clone(), &slice.namespace().unwrap_or_default());
+        let patch = json!({
+            "metadata": {"resourceVersion": slice.metadata.resource_version},
+            "endpoints": endpoints,
+        });
+        match api
+            .patch(
+                &slice.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(slice = %slice.name_any(), %node, "agent endpoint marked not ready: its node is unreachable")
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
@@ -311,5 +453,57 @@ mod tests {
             toleration_seconds(&[everything], &taint("custom"), default),
             None
         );
+    }
+
+    fn pod(phase: &str, ready: Option<&str>) -> Pod {
+        let mut conditions = vec![json!({"type": "PodScheduled", "status": "True"})];
+        if let Some(r) = ready {
+            conditions.push(json!({"type": "Ready", "status": r}));
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns"},
+            "status": {"phase": phase, "conditions": conditions},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_ready_running_pods_are_marked_not_ready() {
+        let now = jiff::Timestamp::now();
+        let marked = not_ready_conditions(&pod("Running", Some("True")), now).unwrap();
+        assert_eq!(marked.len(), 2, "every condition kept: {marked:?}");
+        assert_eq!(marked[0], json!({"type": "PodScheduled", "status": "True"}));
+        assert_eq!(marked[1]["status"], "False");
+        assert_eq!(marked[1]["reason"], "NodeNotReady");
+        assert!(not_ready_conditions(&pod("Running", Some("False")), now).is_none());
+        assert!(not_ready_conditions(&pod("Pending", None), now).is_none());
+        assert!(not_ready_conditions(&pod("Succeeded", Some("True")), now).is_none());
+        // Unknown is not False: it is marked too.
+        assert!(not_ready_conditions(&pod("Running", Some("Unknown")), now).is_some());
+    }
+
+    #[test]
+    fn only_the_dead_nodes_endpoints_are_marked() {
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "kube-dns-node-1", "namespace": "kube-system"},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "nodeName": "node-1",
+                 "conditions": {"ready": true, "serving": true, "terminating": false}},
+                {"addresses": ["10.0.0.2"], "nodeName": "node-2",
+                 "conditions": {"ready": true}},
+            ],
+        }))
+        .unwrap();
+        let marked = endpoints_not_ready(&slice, "node-1").unwrap();
+        assert_eq!(marked[0]["conditions"]["ready"], false);
+        assert_eq!(marked[0]["conditions"]["serving"], false);
+        assert_eq!(marked[0]["conditions"]["terminating"], false);
+        assert_eq!(marked[1]["conditions"]["ready"], true);
+        assert_eq!(marked[1]["addresses"], json!(["10.0.0.2"]));
+        assert!(endpoints_not_ready(&slice, "node-3").is_none());
+        let mut done = slice.clone();
+        done.endpoints = serde_json::from_value(json!(marked)).unwrap();
+        assert!(endpoints_not_ready(&done, "node-1").is_none(), "idempotent");
     }
 }

@@ -382,6 +382,89 @@ fn a_dead_node_is_tainted_and_its_pods_move() {
     );
 }
 
+/// The Ready condition's status of a pod, as JSON.
+fn pod_ready(pod: &Value) -> (String, String) {
+    let c = pod["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or_default();
+    (
+        c["status"].as_str().unwrap_or("").to_string(),
+        c["reason"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// `ready` of the endpoint on `node` in every slice matching `selector` in `ns`.
+fn endpoint_ready(s: &Server, ns: &str, selector: &str, node: &str) -> Vec<bool> {
+    s.json(&["get", "endpointslices", "-n", ns, "-l", selector])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|slice| slice["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["nodeName"] == node)
+        .map(|e| e["conditions"]["ready"].as_bool().unwrap_or(true))
+        .collect()
+}
+
+#[test]
+fn an_unreachable_nodes_pods_and_agent_endpoints_stop_being_ready() {
+    let s = Server::start_with(&["--node-monitor-grace-period", "4"]);
+    let kubelet = FakeKubelet::start(&s.kubeconfig(), nodes(2));
+    // Tolerates the node-health taints forever, so it stays on the dead node (not evicted).
+    let keeper = r#"{"apiVersion": "v1", "kind": "Pod",
+      "metadata": {"name": "keeper", "labels": {"app": "keeper"}},
+      "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "busybox:1.36"}],
+               "tolerations": [{"operator": "Exists", "effect": "NoExecute"}]}}"#;
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], keeper);
+    assert!(out.status.success(), "{out:?}");
+    s.ok(&["expose", "pod", "keeper", "--port=80"]);
+    // What an agent publishes for its DNS server: one endpoint per node, managed by the agent.
+    for node in ["node-1", "node-2"] {
+        let slice = format!(
+            r#"{{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+              "metadata": {{"name": "kube-dns-{node}", "namespace": "kube-system",
+                "labels": {{"kubernetes.io/service-name": "kube-dns",
+                           "endpointslice.kubernetes.io/managed-by": "skiff-agent"}}}},
+              "addressType": "IPv4",
+              "endpoints": [{{"addresses": ["192.0.2.{}"], "nodeName": "{node}",
+                             "conditions": {{"ready": true, "serving": true, "terminating": false}}}}],
+              "ports": [{{"name": "dns", "port": 53, "protocol": "UDP"}}]}}"#,
+            if node == "node-1" { 11 } else { 12 }
+        );
+        let out = s.kubectl_stdin(&["apply", "-f", "-"], &slice);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let dns = "kubernetes.io/service-name=kube-dns";
+    let svc = "kubernetes.io/service-name=keeper";
+    eventually(
+        "keeper ready behind its service",
+        Duration::from_secs(30),
+        || {
+            pod_ready(&s.json(&["get", "pod", "keeper"])).0 == "True"
+                && endpoint_ready(&s, "default", svc, "node-1") == vec![true]
+        },
+    );
+
+    kubelet.stop_node("node-1");
+    eventually(
+        "keeper marked not ready, its endpoint and node-1's DNS endpoint too",
+        Duration::from_secs(60),
+        || {
+            pod_ready(&s.json(&["get", "pod", "keeper"]))
+                == ("False".to_string(), "NodeNotReady".to_string())
+                && endpoint_ready(&s, "default", svc, "node-1") == vec![false]
+                && endpoint_ready(&s, "kube-system", dns, "node-1") == vec![false]
+        },
+    );
+    // The live node's endpoint is untouched, and the pod stays (it tolerates the taint).
+    assert_eq!(endpoint_ready(&s, "kube-system", dns, "node-2"), vec![true]);
+    assert_eq!(
+        s.json(&["get", "pod", "keeper"])["spec"]["nodeName"],
+        "node-1"
+    );
+}
+
 #[test]
 fn leader_election_hands_controllers_over() {
     let etcd = skiff_e2e::Etcd::start();

@@ -355,6 +355,22 @@ pub fn pod_status(view: &PodView<'_>) -> Value {
 }
 
 /// Drops what changes without meaning anything, so an unchanged status is not written again.
+/// The reason the node lifecycle controller gives when it marks the pods of an unreachable
+/// node not ready.
+pub const NODE_NOT_READY: &str = "NodeNotReady";
+
+/// Whether the pod's Ready condition in the API is the node lifecycle controller's, not ours
+/// (the agent never writes that reason).
+pub fn marked_by_node_lifecycle(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Ready" && c.reason.as_deref() == Some(NODE_NOT_READY))
+        })
+}
+
 pub fn comparable(status: &Value) -> Value {
     let mut s = status.clone();
     if let Some(Value::Array(cs)) = s.get_mut("conditions") {
@@ -559,5 +575,21 @@ mod tests {
             json!({"reason": "ErrImagePull", "message": "not found"})
         );
         assert_eq!(s["phase"], "Pending");
+    }
+
+    #[test]
+    fn recognises_the_node_lifecycle_controllers_mark() {
+        let mut p = pod();
+        assert!(!marked_by_node_lifecycle(&p));
+        p.status = serde_json::from_value(json!({"conditions": [
+            {"type": "Ready", "status": "False", "reason": "NodeNotReady"},
+        ]}))
+        .unwrap();
+        assert!(marked_by_node_lifecycle(&p));
+        p.status = serde_json::from_value(json!({"conditions": [
+            {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+        ]}))
+        .unwrap();
+        assert!(!marked_by_node_lifecycle(&p));
     }
 }

@@ -1043,6 +1043,11 @@ impl Worker {
             Source::Api => None,
             Source::File { mirror } => mirror.clone(),
         };
+        if matches!(self.source, Source::Api) && status::marked_by_node_lifecycle(pod) {
+            // The control plane marked the pod not ready while this node was unreachable;
+            // what we posted before is no longer what the API holds.
+            self.last_status = None;
+        }
         let unchanged = self
             .last_status
             .as_ref()
