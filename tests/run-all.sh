@@ -27,6 +27,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== build"
 cargo build --workspace --bins
 
+# Every tier runs even when an earlier one fails, so one run reports all of them; the
+# exit status says whether any failed.
+failed=""
+
 # ---- VM lab (tests/vmlab; see its README) --------------------------------
 # Payloads that need systemd and real cgroup v2 controllers run in Debian VMs
 # under QEMU with the binaries just built. On by default: image build, boot
@@ -36,12 +40,18 @@ if [ "${SKIFF_VMLAB:-1}" = 0 ]; then
     echo "== VM lab: SKIPPED (SKIFF_VMLAB=0)"
 else
     echo "== VM lab payloads (tests/vmlab/run.sh)"
-    tests/vmlab/run.sh
+    tests/vmlab/run.sh || failed="$failed vmlab"
 fi
 # ---- end of VM lab ---------------------------------------------------------
 
 echo "== tests (embedded store)"
-cargo test --workspace --no-fail-fast "$@"
+cargo test --workspace --no-fail-fast "$@" || failed="$failed tests"
 
 echo "== end-to-end tests again, on a real etcd"
-SKIFF_E2E_DATASTORE=etcd cargo test -p skiff-e2e --no-fail-fast "$@"
+SKIFF_E2E_DATASTORE=etcd cargo test -p skiff-e2e --no-fail-fast "$@" || failed="$failed e2e-etcd"
+
+if [ -n "$failed" ]; then
+    echo "== FAILED tiers:$failed"
+    exit 1
+fi
+echo "== all tiers passed"

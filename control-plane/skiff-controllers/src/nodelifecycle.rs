@@ -5,9 +5,9 @@
 //! agents publish for it (the kube-dns slices) not ready, so Services stop sending traffic
 //! to a node nobody hears from.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint, Toleration};
@@ -26,9 +26,43 @@ const PASS: Duration = Duration::from_secs(2);
 /// Slices that agents write about themselves (the kube-dns endpoint of each node).
 const AGENT_SLICES: &str = "endpointslice.kubernetes.io/managed-by=skiff-agent";
 
+/// When this controller last saw each node's Lease renewed, on its own clock: comparing the
+/// renewTime an agent wrote (its clock) with ours would declare a live node dead, or a dead
+/// one alive, whenever the two clocks are further apart than the grace period (kube's node
+/// lifecycle controller keeps a probe timestamp for the same reason).
+#[derive(Debug, Default)]
+pub struct Heartbeats {
+    seen: HashMap<String, (Option<String>, Instant)>,
+}
+
+impl Heartbeats {
+    /// Records the node's current renewTime (`None`: no Lease yet) as observed at `at`, and
+    /// returns how long ago it last changed. A node seen for the first time counts as just
+    /// heard from, so a restarted controller gives every node a full grace period.
+    pub fn observe(&mut self, node: &str, renew: Option<String>, at: Instant) -> Duration {
+        match self.seen.get_mut(node) {
+            Some((last, since)) if *last == renew => at.saturating_duration_since(*since),
+            Some(entry) => {
+                *entry = (renew, at);
+                Duration::ZERO
+            }
+            None => {
+                self.seen.insert(node.to_string(), (renew, at));
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Forgets nodes that no longer exist.
+    pub fn retain(&mut self, nodes: &HashSet<String>) {
+        self.seen.retain(|name, _| nodes.contains(name));
+    }
+}
+
 pub async fn run(ctx: Arc<Context>) {
+    let mut heartbeats = Heartbeats::default();
     loop {
-        if let Err(e) = pass(&ctx).await {
+        if let Err(e) = pass(&ctx, &mut heartbeats).await {
             tracing::warn!(error = %e, "node lifecycle pass failed");
         }
         tokio::time::sleep(PASS).await;
@@ -83,7 +117,7 @@ pub fn toleration_seconds(
     }
 }
 
-async fn pass(ctx: &Context) -> Result<(), Error> {
+async fn pass(ctx: &Context, heartbeats: &mut Heartbeats) -> Result<(), Error> {
     let nodes_api: Api<Node> = Api::all(ctx.client.clone());
     let leases_api: Api<Lease> = Api::namespaced(ctx.client.clone(), "kube-node-lease");
     let nodes = nodes_api.list(&ListParams::default()).await?.items;
@@ -95,21 +129,16 @@ async fn pass(ctx: &Context) -> Result<(), Error> {
         .map(|l| (l.name_any(), l))
         .collect();
     let now = jiff::Timestamp::now();
-    let grace = ctx.settings.node_monitor_grace.as_secs() as i64;
+    let observed_at = Instant::now();
+    heartbeats.retain(&nodes.iter().map(|n| n.name_any()).collect());
     for node in &nodes {
         let name = node.name_any();
         let renewed = leases
             .get(&name)
             .and_then(|l| l.spec.as_ref()?.renew_time.as_ref())
-            .map(|t| t.0.as_second());
-        let created = node
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second())
-            .unwrap_or(now.as_second());
-        let last_seen = renewed.unwrap_or(created);
-        let stale = now.as_second() - last_seen > grace;
+            .map(|t| t.0.to_string());
+        let stale =
+            heartbeats.observe(&name, renewed, observed_at) > ctx.settings.node_monitor_grace;
         let ready = ready_condition(node)
             .map(|c| c.status.as_str())
             .unwrap_or("Unknown");
@@ -407,6 +436,29 @@ async fn evict(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staleness_is_measured_on_the_controllers_clock() {
+        let mut beats = Heartbeats::default();
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // A renewTime from a clock an hour behind is as good as any: it changed.
+        let old = Some("2026-11-24T17:00:00Z".to_string());
+        assert_eq!(beats.observe("a", old.clone(), t0), Duration::ZERO);
+        assert_eq!(beats.observe("a", old.clone(), t0 + s(30)), s(30));
+        let newer = Some("2026-11-24T17:00:10Z".to_string());
+        assert_eq!(
+            beats.observe("a", newer.clone(), t0 + s(31)),
+            Duration::ZERO
+        );
+        assert_eq!(beats.observe("a", newer, t0 + s(90)), s(59));
+        // No Lease at all: the first sighting starts the clock.
+        assert_eq!(beats.observe("b", None, t0 + s(5)), Duration::ZERO);
+        assert_eq!(beats.observe("b", None, t0 + s(50)), s(45));
+        // A node deleted and created again starts over.
+        beats.retain(&HashSet::from(["a".to_string()]));
+        assert_eq!(beats.observe("b", None, t0 + s(60)), Duration::ZERO);
+    }
 
     fn taint(key: &str) -> Taint {
         Taint {

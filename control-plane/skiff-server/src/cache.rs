@@ -237,6 +237,45 @@ impl Cache {
         (items, inner.revision)
     }
 
+    /// Objects under `prefix` after `after_key` as they were at revision `at` (the pages of
+    /// one paginated list all show the revision of its first page, as etcd's revision reads
+    /// do for kube-apiserver): the current objects with every later change undone from the
+    /// history. `TooOld` once the history no longer reaches back to `at`.
+    pub fn list_encoded_at(
+        &self,
+        prefix: &str,
+        after_key: &str,
+        at: Revision,
+    ) -> Result<Vec<(String, Encoded)>, TooOld> {
+        let inner = self.inner.read().expect("cache lock");
+        if at < inner.oldest {
+            return Err(TooOld {
+                oldest: inner.oldest,
+            });
+        }
+        let in_range = |k: &str| k.starts_with(prefix) && k > after_key;
+        let mut items: BTreeMap<String, Encoded> = inner
+            .objects
+            .range((
+                std::ops::Bound::Excluded(after_key.to_string()),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for event in inner.history.iter().rev().take_while(|e| e.revision > at) {
+            if !in_range(&event.key) {
+                continue;
+            }
+            // `prev` is what the cache held before the change: absent for a creation.
+            match &event.prev {
+                Some(before) => items.insert(event.key.clone(), before.clone()),
+                None => items.remove(&event.key),
+            };
+        }
+        Ok(items.into_iter().collect())
+    }
+
     /// Objects whose key starts with `prefix`, in key order, starting after `after_key`.
     pub fn list(
         &self,

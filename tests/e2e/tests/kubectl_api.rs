@@ -690,3 +690,128 @@ fn status_binding_and_eviction_subresources() {
     s.ok(&["delete", "pod", "solo", "--grace-period=0", "--force"]);
     assert!(!s.kubectl(&["get", "pod", "solo"]).status.success());
 }
+
+/// Every page of a paginated list shows the cluster as it was at the first page (etcd's
+/// revision reads give kube-apiserver the same): objects created, changed or deleted
+/// between the pages do not leak into the later ones. A token for another list is refused,
+/// and one older than the server's history gets 410 Expired.
+#[test]
+fn paged_lists_are_one_snapshot() {
+    let mut s = Server::start();
+    s.ok(&["create", "namespace", "paging"]);
+    for i in 0..6 {
+        s.ok(&[
+            "create",
+            "configmap",
+            "-n",
+            "paging",
+            &format!("page-{i}"),
+            "--from-literal=v=old",
+        ]);
+    }
+    let page = |path: &str| s.raw_json(path);
+    let items = |v: &Value| -> Vec<(String, String)> {
+        v["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| {
+                (
+                    i["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                    i["data"]["v"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let base = "/api/v1/namespaces/paging/configmaps?limit=2";
+    let first = page(base);
+    let revision = first["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut seen = items(&first);
+    let mut token = first["metadata"]["continue"]
+        .as_str()
+        .expect("a continue token")
+        .to_string();
+    let first_token = token.clone();
+    // Between the pages: one deleted, one changed, one created, all after the first page.
+    s.ok(&["delete", "configmap", "-n", "paging", "page-5"]);
+    s.ok(&[
+        "patch",
+        "configmap",
+        "-n",
+        "paging",
+        "page-4",
+        "-p",
+        r#"{"data":{"v":"new"}}"#,
+    ]);
+    s.ok(&[
+        "create",
+        "configmap",
+        "-n",
+        "paging",
+        "page-9",
+        "--from-literal=v=old",
+    ]);
+    loop {
+        let next = page(&format!("{base}&continue={token}"));
+        assert_eq!(
+            next["metadata"]["resourceVersion"],
+            revision.as_str(),
+            "{next}"
+        );
+        seen.extend(items(&next));
+        match next["metadata"]["continue"].as_str() {
+            Some(t) if !t.is_empty() => token = t.to_string(),
+            _ => break,
+        }
+    }
+    let pages: Vec<(String, String)> = seen
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("page-"))
+        .collect();
+    let expected: Vec<(String, String)> = (0..6)
+        .map(|i| (format!("page-{i}"), "old".to_string()))
+        .collect();
+    assert_eq!(pages, expected, "the pages mix revisions");
+    // An unpaged list now shows the changes.
+    let now: Vec<String> = items(&page("/api/v1/namespaces/paging/configmaps"))
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("page-"))
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    assert_eq!(
+        now,
+        [
+            "page-0=old",
+            "page-1=old",
+            "page-2=old",
+            "page-3=old",
+            "page-4=new",
+            "page-9=old"
+        ]
+    );
+
+    let other = s.curl(
+        "GET",
+        &format!("/api/v1/namespaces/paging/secrets?limit=2&continue={first_token}"),
+        None,
+        None,
+        skiff_e2e::Credentials::Admin,
+    );
+    assert_eq!(other.code, 400, "{}", other.body);
+    assert!(other.body.contains("another list"), "{}", other.body);
+
+    // A restart starts the server's history afresh: the old revision is gone.
+    s.restart();
+    let expired = s.curl(
+        "GET",
+        &format!("{base}&continue={first_token}"),
+        None,
+        None,
+        skiff_e2e::Credentials::Admin,
+    );
+    assert_eq!(expired.code, 410, "{}", expired.body);
+    assert_eq!(expired.json()["reason"], "Expired", "{}", expired.body);
+}

@@ -179,6 +179,8 @@ fn resource_version_of(obj: &Value) -> Option<i64> {
 
 struct Continue {
     start_after: String,
+    /// The revision of the list's first page, which every later page shows.
+    revision: i64,
 }
 
 fn encode_continue(key: &str, rv: i64) -> String {
@@ -193,11 +195,13 @@ fn decode_continue(token: &str) -> Result<Continue, ApiError> {
         .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
     let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?;
-    if !start.starts_with("/registry/") {
+    let revision = v.get("rv").and_then(Value::as_i64).ok_or_else(bad)?;
+    if !start.starts_with("/registry/") || revision < 0 {
         return Err(bad());
     }
     Ok(Continue {
         start_after: start.to_string(),
+        revision,
     })
 }
 
@@ -690,9 +694,27 @@ impl ApiServer {
             .map(decode_continue)
             .transpose()?;
         let prefix = t.rt.key_prefix(t.namespace.as_deref());
-        let (items, revision) = self
-            .cache
-            .list_encoded(&prefix, after.as_ref().map(|c| c.start_after.as_str()));
+        let (items, revision) = match &after {
+            None => self.cache.list_encoded(&prefix, None),
+            Some(c) => {
+                if !c.start_after.starts_with(&prefix) {
+                    return Err(ApiError::bad_request(
+                        "continue key is not valid: the token was issued for another list",
+                    ));
+                }
+                let items = self
+                    .cache
+                    .list_encoded_at(&prefix, &c.start_after, c.revision)
+                    .map_err(|too_old| {
+                        ApiError::gone(format!(
+                            "the continue token is too old: the list's revision {} is no longer \
+                             kept (the oldest is {}); start the list again without continue",
+                            c.revision, too_old.oldest
+                        ))
+                    })?;
+                (items, c.revision)
+            }
+        };
         // Objects are parsed only when something needs their fields.
         let parse = !selectors.is_empty() || ctx.wants_table();
         let mut selected: Vec<(&crate::cache::Encoded, Option<Value>)> = Vec::new();
