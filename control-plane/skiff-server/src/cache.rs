@@ -328,3 +328,77 @@ impl Cache {
         (items, inner.revision, self.events.subscribe())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_store::EmbeddedStore;
+
+    fn cm(name: &str, v: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"metadata": {"name": name}, "data": {"v": v}}))
+            .unwrap()
+    }
+
+    fn names_and_values(items: &[(String, Encoded)]) -> Vec<String> {
+        items
+            .iter()
+            .map(|(_, b)| {
+                let v = decode(b);
+                format!(
+                    "{}={}",
+                    v["metadata"]["name"].as_str().unwrap(),
+                    v["data"]["v"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+
+    async fn caught_up(cache: &Cache, revision: Revision) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), cache.wait_for(revision))
+            .await
+            .expect("the cache follows the store");
+    }
+
+    #[tokio::test]
+    async fn a_past_revision_is_rebuilt_from_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(EmbeddedStore::open(dir.path().join("s.redb")).unwrap());
+        let p = "/registry/configmaps/ns/";
+        for n in ["a", "b", "c", "d"] {
+            store.create(&format!("{p}{n}"), cm(n, "1")).await.unwrap();
+        }
+        // Another prefix's changes must not leak in.
+        store
+            .create("/registry/secrets/ns/x", cm("x", "1"))
+            .await
+            .unwrap();
+        let cache = Cache::start(store.clone()).await.unwrap();
+        let at = cache.revision();
+        let c = store.get(&format!("{p}c")).await.unwrap().unwrap();
+        store
+            .update(&format!("{p}c"), cm("c", "2"), c.mod_revision)
+            .await
+            .unwrap();
+        store.delete(&format!("{p}d"), None).await.unwrap();
+        let e = store.create(&format!("{p}e"), cm("e", "1")).await.unwrap();
+        store
+            .create("/registry/configmaps/ns2/a", cm("a", "1"))
+            .await
+            .unwrap();
+        caught_up(&cache, e.mod_revision + 1).await;
+
+        let then = cache.list_encoded_at(p, &format!("{p}a"), at).ok().unwrap();
+        assert_eq!(names_and_values(&then), ["b=1", "c=1", "d=1"]);
+        let (now, _) = cache.list_encoded(p, Some(&format!("{p}a")));
+        assert_eq!(names_and_values(&now), ["b=1", "c=2", "e=1"]);
+        // The object keeps the resourceVersion it had at that revision.
+        let c_then = decode(&then[1].1);
+        assert_eq!(
+            c_then["metadata"]["resourceVersion"],
+            c.mod_revision.to_string()
+        );
+        // Before the history's start (a relist after the store was written) it is too old.
+        assert!(cache.list_encoded_at(p, p, at - 1).is_err());
+    }
+}
