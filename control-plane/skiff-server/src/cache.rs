@@ -85,6 +85,24 @@ pub fn set_resource_version(value: &mut Value, revision: Revision) {
     }
 }
 
+impl Inner {
+    /// The objects under `prefix` in key order, after `after_key` when given.
+    fn range<'a>(
+        &'a self,
+        prefix: &'a str,
+        after_key: Option<&str>,
+    ) -> impl Iterator<Item = (String, Encoded)> + 'a {
+        let start = match after_key {
+            Some(k) => std::ops::Bound::Excluded(k.to_string()),
+            None => std::ops::Bound::Included(prefix.to_string()),
+        };
+        self.objects
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+    }
+}
+
 impl Cache {
     /// Loads everything and starts following the store.
     pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
@@ -224,17 +242,7 @@ impl Cache {
         after_key: Option<&str>,
     ) -> (Vec<(String, Encoded)>, Revision) {
         let inner = self.inner.read().expect("cache lock");
-        let start = match after_key {
-            Some(k) => std::ops::Bound::Excluded(k.to_string()),
-            None => std::ops::Bound::Included(prefix.to_string()),
-        };
-        let items = inner
-            .objects
-            .range((start, std::ops::Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        (items, inner.revision)
+        (inner.range(prefix, after_key).collect(), inner.revision)
     }
 
     /// Objects under `prefix` after `after_key` as they were at revision `at` (the pages of
@@ -254,15 +262,7 @@ impl Cache {
             });
         }
         let in_range = |k: &str| k.starts_with(prefix) && k > after_key;
-        let mut items: BTreeMap<String, Encoded> = inner
-            .objects
-            .range((
-                std::ops::Bound::Excluded(after_key.to_string()),
-                std::ops::Bound::Unbounded,
-            ))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut items: BTreeMap<String, Encoded> = inner.range(prefix, Some(after_key)).collect();
         for event in inner.history.iter().rev().take_while(|e| e.revision > at) {
             if !in_range(&event.key) {
                 continue;
