@@ -354,7 +354,6 @@ pub fn pod_status(view: &PodView<'_>) -> Value {
     status
 }
 
-/// Drops what changes without meaning anything, so an unchanged status is not written again.
 /// The reason the node lifecycle controller gives when it marks the pods of an unreachable
 /// node not ready.
 pub const NODE_NOT_READY: &str = "NodeNotReady";
@@ -371,6 +370,7 @@ pub fn marked_by_node_lifecycle(pod: &Pod) -> bool {
         })
 }
 
+/// Drops what changes without meaning anything, so an unchanged status is not written again.
 pub fn comparable(status: &Value) -> Value {
     let mut s = status.clone();
     if let Some(Value::Array(cs)) = s.get_mut("conditions") {
