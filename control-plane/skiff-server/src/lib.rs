@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod cache;
 pub mod csr;
 pub mod gc;
+mod json_scan;
 pub mod lifecycle;
 pub mod pki;
 pub mod registry;

@@ -12,7 +12,7 @@ use k8s_openapi::api::{
 
 /// Decodes `value` as the typed object and encodes it again: this rejects wrong types and
 /// yields the canonical form (unknown fields dropped), as kube-apiserver's decoder does.
-pub type RoundTrip = fn(Value) -> Result<Value, serde_json::Error>;
+pub type RoundTrip = fn(&Value) -> Result<Value, serde_json::Error>;
 
 /// Adds the kind's OpenAPI schema (and everything it references) to the generator.
 pub type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
@@ -23,8 +23,8 @@ fn schema_of<T: schemars::JsonSchema>(
     generator.subschema_for::<T>()
 }
 
-fn round_trip<T: DeserializeOwned + Serialize>(value: Value) -> Result<Value, serde_json::Error> {
-    let typed: T = serde_json::from_value(value)?;
+fn round_trip<T: DeserializeOwned + Serialize>(value: &Value) -> Result<Value, serde_json::Error> {
+    let typed = T::deserialize(value)?;
     serde_json::to_value(typed)
 }
 

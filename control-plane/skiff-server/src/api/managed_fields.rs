@@ -154,17 +154,21 @@ pub fn remove_at(root: &mut Value, path: &[String]) {
 
 pub fn to_fields_v1(set: &FieldSet) -> Value {
     let mut root = Map::new();
-    for path in set {
+    let mut paths = set.iter().peekable();
+    while let Some(path) = paths.next() {
+        // In sorted order a path's children follow it directly: a path that has any is a
+        // node ("."), not only a leaf.
+        let has_children = paths.peek().is_some_and(|next| next.starts_with(path));
         let mut cur = &mut root;
         for (i, el) in path.iter().enumerate() {
-            let entry = cur.entry(el.clone()).or_insert_with(|| json!({}));
-            let map = entry.as_object_mut().expect("fieldsV1 nodes are objects");
-            if i + 1 == path.len()
-                && set
-                    .range(path.clone()..)
-                    .nth(1)
-                    .is_some_and(|next| next.starts_with(path))
-            {
+            if !cur.contains_key(el) {
+                cur.insert(el.clone(), Value::Object(Map::new()));
+            }
+            let map = cur
+                .get_mut(el)
+                .and_then(Value::as_object_mut)
+                .expect("fieldsV1 nodes are objects");
+            if i + 1 == path.len() && has_children {
                 map.insert(".".into(), json!({}));
             }
             cur = map;

@@ -166,11 +166,45 @@ fn with_type_meta(rt: &ResourceType, mut obj: Value) -> Value {
 
 /// What goes to the store: the object without its resourceVersion (the store's revision is).
 fn storable(obj: &Value) -> Vec<u8> {
-    let mut copy = obj.clone();
-    if let Some(m) = copy.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
+    serde_json::to_vec(&WithoutResourceVersion(obj)).expect("JSON values serialize")
+}
+
+/// Serializes an object as it is but for `metadata.resourceVersion`, so that storing an
+/// object needs no copy of it.
+struct WithoutResourceVersion<'a>(&'a Value);
+
+impl serde::Serialize for WithoutResourceVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(top) = self.0.as_object() else {
+            return self.0.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(Some(top.len()))?;
+        for (key, value) in top {
+            match value {
+                Value::Object(meta) if key == "metadata" => {
+                    map.serialize_entry(key, &MetadataWithoutResourceVersion(meta))?;
+                }
+                _ => map.serialize_entry(key, value)?,
+            }
+        }
+        map.end()
     }
-    serde_json::to_vec(&copy).expect("JSON values serialize")
+}
+
+struct MetadataWithoutResourceVersion<'a>(&'a serde_json::Map<String, Value>);
+
+impl serde::Serialize for MetadataWithoutResourceVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.0 {
+            if key != "resourceVersion" {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        map.end()
+    }
 }
 
 fn resource_version_of(obj: &Value) -> Option<i64> {
@@ -436,14 +470,17 @@ fn track_update(
         managed_fields::store_entries(obj, entries, &rt.api_version(), &now_rfc3339());
         return;
     }
-    let present: managed_fields::FieldSet = changed
-        .iter()
-        .filter(|p| managed_fields::value_at(obj, p).is_some())
-        .cloned()
-        .collect();
     for e in entries.iter_mut() {
         e.fields.retain(|p| !changed.contains(p));
     }
+    // On create every field comes from `obj` itself; after an update some are gone.
+    let present: managed_fields::FieldSet = match old {
+        None => changed,
+        Some(_) => changed
+            .into_iter()
+            .filter(|p| managed_fields::value_at(obj, p).is_some())
+            .collect(),
+    };
     let own = entries.iter_mut().find(|e| {
         e.manager == manager && e.operation == "Update" && e.subresource.as_deref() == subresource
     });
@@ -572,7 +609,13 @@ impl ApiServer {
                 &table::table(rt.kind, &[obj], &rv, None, include, true),
             );
         }
-        json_response(code, &with_type_meta(rt, obj.clone()))
+        let typed = obj.get("apiVersion").and_then(Value::as_str) == Some(&rt.api_version())
+            && obj.get("kind").and_then(Value::as_str) == Some(rt.kind);
+        if typed {
+            json_response(code, obj)
+        } else {
+            json_response(code, &with_type_meta(rt, obj.clone()))
+        }
     }
 
     /// Decodes through the kind's type, applies defaults and validation; returns the object
@@ -585,7 +628,7 @@ impl ApiServer {
         old: Option<&Value>,
     ) -> Result<(Value, Vec<String>), ApiError> {
         let name = meta_str(&input, "name").unwrap_or("").to_string();
-        let decoded = (rt.round_trip)(input.clone()).map_err(|e| {
+        let decoded = (rt.round_trip)(&input).map_err(|e| {
             ApiError::bad_request(format!(
                 "{} in version \"{}\" cannot be handled as a {}: {e}",
                 rt.kind, rt.version, rt.kind
@@ -645,23 +688,21 @@ impl ApiServer {
         &self,
         rt: &ResourceType,
         key: &str,
-        obj: &Value,
+        mut obj: Value,
     ) -> Result<Value, ApiError> {
-        let name = meta_str(obj, "name").unwrap_or("").to_string();
         let kv = self
             .store
-            .create(key, storable(obj))
+            .create(key, storable(&obj))
             .await
             .map_err(|e| match e {
                 StoreError::AlreadyExists { .. } => {
-                    ApiError::already_exists(&rt.qualified(), &name)
+                    ApiError::already_exists(&rt.qualified(), meta_str(&obj, "name").unwrap_or(""))
                 }
                 other => other.into(),
             })?;
         self.cache.wait_for(kv.mod_revision).await;
-        let mut out = obj.clone();
-        crate::cache::set_resource_version(&mut out, kv.mod_revision);
-        Ok(out)
+        crate::cache::set_resource_version(&mut obj, kv.mod_revision);
+        Ok(obj)
     }
 
     pub fn get(&self, t: &Target, ctx: &RequestContext) -> Result<Response<Body>, ApiError> {
@@ -810,7 +851,7 @@ impl ApiServer {
                 }
                 obj
             } else {
-                self.commit_create(t.rt, &key, &obj).await?
+                self.commit_create(t.rt, &key, obj).await?
             }
         };
         let mut resp = self.respond_object(t.rt, ctx, 201, &stored);
@@ -1236,7 +1277,7 @@ impl ApiServer {
                 let stored = if ctx.query.dry_run()? {
                     obj
                 } else {
-                    self.commit_create(t.rt, &key, &obj).await?
+                    self.commit_create(t.rt, &key, obj).await?
                 };
                 let mut resp = self.respond_object(t.rt, ctx, 201, &stored);
                 add_warnings(&mut resp, &warnings);
