@@ -11,7 +11,7 @@ use serde_json::Value;
 use skiff_store::{Event, Revision, Store, StoreError};
 use tokio::sync::{broadcast, watch};
 
-use crate::json_scan::{metadata_insert_point, InsertPoint};
+use crate::json_scan::{resource_version_spot, Spot};
 
 const HISTORY: usize = 20_000;
 
@@ -73,24 +73,29 @@ pub struct TooOld {
 }
 
 /// The stored object with `metadata.resourceVersion` set to `revision`. Objects are stored
-/// without it, so it is spliced in as the first field of `metadata`: every event and every
-/// relisted object passes here, and parsing and re-encoding each one cost a quarter of a
-/// create's CPU. Anything the splice does not recognise takes the parsing path.
+/// without it, so it is spliced in as the first field of `metadata` (or over the old value,
+/// for a deleted object taken from the cache): every event and every relisted object passes
+/// here, and parsing and re-encoding each one cost a quarter of a create's CPU. Anything the
+/// scan does not recognise takes the parsing path.
 fn with_resource_version(raw: &[u8], revision: Revision) -> Encoded {
-    if let Some(InsertPoint { at, empty }) = metadata_insert_point(raw) {
-        let field = format!("\"resourceVersion\":\"{revision}\"");
-        let mut out = Vec::with_capacity(raw.len() + field.len() + 1);
-        out.extend_from_slice(&raw[..at]);
-        out.extend_from_slice(field.as_bytes());
-        if !empty {
-            out.push(b',');
+    let value = format!("\"{revision}\"");
+    let (start, end, insert) = match resource_version_spot(raw) {
+        Some(Spot::Insert { at, empty }) => {
+            let comma = if empty { "" } else { "," };
+            (at, at, format!("\"resourceVersion\":{value}{comma}"))
         }
-        out.extend_from_slice(&raw[at..]);
-        return Arc::from(out);
-    }
-    let mut value: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
-    set_resource_version(&mut value, revision);
-    Arc::from(serde_json::to_vec(&value).unwrap_or_default())
+        Some(Spot::Replace(range)) => (range.start, range.end, value),
+        None => {
+            let mut parsed: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+            set_resource_version(&mut parsed, revision);
+            return Arc::from(serde_json::to_vec(&parsed).unwrap_or_default());
+        }
+    };
+    let mut out = Vec::with_capacity(raw.len() + insert.len());
+    out.extend_from_slice(&raw[..start]);
+    out.extend_from_slice(insert.as_bytes());
+    out.extend_from_slice(&raw[end..]);
+    Arc::from(out)
 }
 
 pub fn set_resource_version(value: &mut Value, revision: Revision) {
@@ -168,7 +173,8 @@ impl Cache {
 
     async fn relist(&self, store: &dyn Store) -> Result<skiff_store::WatchStream, StoreError> {
         let (items, revision) = store.list("/registry/").await?;
-        let stream = store.watch("/registry/", revision).await?;
+        // The cache holds every object, so the store need not send previous values.
+        let stream = store.watch_without_previous("/registry/", revision).await?;
         let mut inner = self.inner.write().expect("cache lock");
         inner.objects = items
             .into_iter()
@@ -189,29 +195,45 @@ impl Cache {
     fn apply(&self, event: Event) {
         let revision = event.revision();
         let mut inner = self.inner.write().expect("cache lock");
+        let kind = if event.is_create() {
+            EventType::Added
+        } else {
+            EventType::Modified
+        };
         let cache_event = match event {
-            Event::Put { kv, prev } => {
+            Event::Put { kv, .. } => {
                 let object = with_resource_version(&kv.value, kv.mod_revision);
                 let old = inner.objects.insert(kv.key.clone(), object.clone());
                 CacheEvent {
                     revision,
-                    kind: if prev.is_some() {
-                        EventType::Modified
-                    } else {
-                        EventType::Added
-                    },
+                    kind,
                     key: kv.key,
                     object,
                     prev: old,
                 }
             }
-            Event::Delete { prev, revision } => {
-                let old = inner.objects.remove(&prev.key);
-                let object = with_resource_version(&prev.value, revision);
+            Event::Delete {
+                key,
+                revision,
+                prev,
+            } => {
+                let old = inner.objects.remove(&key);
+                // The cache has applied every earlier event, so its copy is the deleted value.
+                let object = match (&prev, &old) {
+                    (Some(prev), _) => with_resource_version(&prev.value, revision),
+                    (None, Some(old)) => with_resource_version(old, revision),
+                    (None, None) => {
+                        tracing::warn!(key, revision, "deletion of an object the cache never had");
+                        inner.revision = revision;
+                        drop(inner);
+                        self.revision.send_replace(revision);
+                        return;
+                    }
+                };
                 CacheEvent {
                     revision,
                     kind: EventType::Deleted,
-                    key: prev.key,
+                    key,
                     object,
                     prev: old,
                 }
@@ -242,14 +264,17 @@ impl Cache {
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Value>> {
-        let bytes = self
-            .inner
+        Some(Arc::new(decode(&self.get_encoded(key)?)))
+    }
+
+    /// The object as stored (JSON bytes), for callers that need only part of it.
+    pub fn get_encoded(&self, key: &str) -> Option<Encoded> {
+        self.inner
             .read()
             .expect("cache lock")
             .objects
             .get(key)
-            .cloned()?;
-        Some(Arc::new(decode(&bytes)))
+            .cloned()
     }
 
     /// Objects under `prefix` as stored (JSON bytes), in key order, after `after_key`.
@@ -356,6 +381,47 @@ mod tests {
             .unwrap()
     }
 
+    /// etcd's watch for the cache carries no previous values: an update is told from a
+    /// create by its revisions, and a deletion shows the cache's own last copy.
+    #[tokio::test]
+    async fn events_without_previous_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(EmbeddedStore::open(dir.path().join("s.redb")).unwrap());
+        let key = "/registry/configmaps/ns/a";
+        let created = store.create(key, cm("a", "1")).await.unwrap();
+        let cache = Cache::start(store.clone()).await.unwrap();
+        let base = cache.revision();
+        let updated = skiff_store::KeyValue {
+            value: Arc::from(cm("a", "2").as_slice()),
+            mod_revision: base + 1,
+            ..created.clone()
+        };
+        cache.apply(Event::Put {
+            kv: updated,
+            prev: None,
+        });
+        cache.apply(Event::Delete {
+            key: key.into(),
+            revision: base + 2,
+            prev: None,
+        });
+        let (events, _) = cache.subscribe(base).ok().unwrap();
+        let summary: Vec<(EventType, Value)> = events
+            .iter()
+            .map(|e| (e.kind, decode(&e.object)))
+            .collect();
+        assert_eq!(summary[0].0, EventType::Modified);
+        assert_eq!(summary[1].0, EventType::Deleted);
+        assert_eq!(summary[1].1["data"]["v"], "2", "the deleted object is the last copy");
+        assert_eq!(
+            summary[1].1["metadata"]["resourceVersion"],
+            (base + 2).to_string()
+        );
+        assert!(cache.get(key).is_none());
+        assert_eq!(cache.revision(), base + 2);
+    }
+
     #[test]
     fn the_spliced_resource_version_equals_the_parsed_one() {
         let parsed = |raw: &[u8], rv| {
@@ -367,8 +433,9 @@ mod tests {
             r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"a","labels":{"x":"}"}},"spec":{"containers":[{"name":"c"}]}}"#,
             r#"{"kind":"Namespace","metadata":{}}"#,
             r#"{ "metadata" : { "name" : "spaced" } }"#,
-            // Already carries one (the parsing path replaces it) or has no metadata at all.
+            // Already carries one (a deleted object from the cache) or has no metadata at all.
             r#"{"metadata":{"name":"a","resourceVersion":"1"}}"#,
+            r#"{"metadata":{"resourceVersion":"1"}}"#,
             r#"{"kind":"Status"}"#,
         ] {
             let spliced = with_resource_version(raw.as_bytes(), 42);

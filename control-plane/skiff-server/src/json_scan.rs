@@ -1,14 +1,14 @@
 //! Finding one place in an encoded JSON object without parsing it into a tree.
 //!
 //! The watch cache stamps `metadata.resourceVersion` into every object it receives; a
-//! scanner that only skips over values finds where to put it for a few bytes of work per
-//! byte, where a parse and re-encode allocates the whole object twice.
+//! scanner that only skips over values finds where it goes with a look at each byte, where a
+//! parse and re-encode allocates the whole object twice.
 
-/// Where `"resourceVersion":"…"` can be inserted into `raw`, a JSON object: just inside the
-/// opening brace of its top-level `metadata` object. `None` if `raw` is not an object, has no
-/// `metadata` object, already has a `metadata.resourceVersion`, or is not well formed as far
+/// Where `metadata.resourceVersion` of `raw`, a JSON object, is or can be put: its value
+/// when it has one, else just inside the opening brace of the top-level `metadata` object.
+/// `None` if `raw` is not an object, has no `metadata` object, or is not well formed as far
 /// as the scan reads.
-pub fn metadata_insert_point(raw: &[u8]) -> Option<InsertPoint> {
+pub fn resource_version_spot(raw: &[u8]) -> Option<Spot> {
     let mut s = Scanner { b: raw, i: 0 };
     s.expect(b'{')?;
     loop {
@@ -24,11 +24,12 @@ pub fn metadata_insert_point(raw: &[u8]) -> Option<InsertPoint> {
             let at = s.i;
             s.skip_ws();
             let empty = s.peek()? == b'}';
-            // The stored form never has one; if it does, the parsing path replaces it.
-            if !empty && s.object_has_key(b"resourceVersion")? {
-                return None;
+            if !empty {
+                if let Some(value) = s.value_of_key(b"resourceVersion")? {
+                    return Some(Spot::Replace(value));
+                }
             }
-            return Some(InsertPoint { at, empty });
+            return Some(Spot::Insert { at, empty });
         }
         s.value()?;
         s.skip_ws();
@@ -39,12 +40,13 @@ pub fn metadata_insert_point(raw: &[u8]) -> Option<InsertPoint> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InsertPoint {
-    /// Byte offset just after `metadata`'s opening brace.
-    pub at: usize,
-    /// `metadata` has no fields, so the inserted one needs no trailing comma.
-    pub empty: bool,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spot {
+    /// No resourceVersion yet: insert `"resourceVersion":"…"` at byte `at`, just after
+    /// `metadata`'s opening brace, followed by a comma unless `metadata` is `empty`.
+    Insert { at: usize, empty: bool },
+    /// The bytes of the current value (with its quotes, if a string).
+    Replace(std::ops::Range<usize>),
 }
 
 struct Scanner<'a> {
@@ -126,22 +128,23 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Whether the object whose first key is at the cursor has `wanted` among its keys; the
-    /// cursor is left somewhere inside it.
-    fn object_has_key(&mut self, wanted: &[u8]) -> Option<bool> {
+    /// The byte range of the value of `wanted` in the object whose first key is at the
+    /// cursor, `Some(None)` if it has no such key; the cursor is left inside the object.
+    fn value_of_key(&mut self, wanted: &[u8]) -> Option<Option<std::ops::Range<usize>>> {
         loop {
             self.skip_ws();
             let key = self.string()?;
-            if key == wanted {
-                return Some(true);
-            }
             self.expect(b':')?;
             self.skip_ws();
+            let start = self.i;
             self.value()?;
+            if key == wanted {
+                return Some(Some(start..self.i));
+            }
             self.skip_ws();
             match self.next()? {
                 b',' => {}
-                b'}' => return Some(false),
+                b'}' => return Some(None),
                 _ => return None,
             }
         }
@@ -152,28 +155,37 @@ impl<'a> Scanner<'a> {
 mod tests {
     use super::*;
 
-    fn point(raw: &str) -> Option<InsertPoint> {
-        metadata_insert_point(raw.as_bytes())
+    fn point(raw: &str) -> Option<Spot> {
+        resource_version_spot(raw.as_bytes())
     }
 
     #[test]
     fn finds_the_top_level_metadata_after_values_of_every_kind() {
         let raw = r#"{"a":"x\"}{","n":-1.5e3,"t":true,"z":null,"arr":[{"metadata":{}},"]"],"o":{"metadata":{"q":1}},"metadata":{"name":"p"},"spec":{}}"#;
         let at = raw.find(r#""metadata":{"name""#).unwrap() + r#""metadata":{"#.len();
-        assert_eq!(point(raw), Some(InsertPoint { at, empty: false }));
+        assert_eq!(point(raw), Some(Spot::Insert { at, empty: false }));
     }
 
     #[test]
     fn empty_metadata_and_whitespace() {
         let raw = "{ \"kind\" : \"Pod\" ,\n \"metadata\" : { } }";
         let at = raw.find("{ }").unwrap() + 1;
-        assert_eq!(point(raw), Some(InsertPoint { at, empty: true }));
+        assert_eq!(point(raw), Some(Spot::Insert { at, empty: true }));
+    }
+
+    #[test]
+    fn an_existing_value_is_found_for_replacement() {
+        let raw = r#"{"metadata":{"name":"a","resourceVersion":"31","uid":"u"}}"#;
+        let start = raw.find(r#""31""#).unwrap();
+        assert_eq!(point(raw), Some(Spot::Replace(start..start + 4)));
+        let raw = r#"{"metadata":{"resourceVersion" : 7 }}"#;
+        let start = raw.find('7').unwrap();
+        assert_eq!(point(raw), Some(Spot::Replace(start..start + 1)));
     }
 
     #[test]
     fn refuses_what_it_must_not_splice() {
         for raw in [
-            r#"{"metadata":{"name":"a","resourceVersion":"3"}}"#,
             r#"{"kind":"Pod"}"#,
             r#"{"metadata":"x"}"#,
             r#"{"metadata":null}"#,
@@ -190,9 +202,10 @@ mod tests {
     #[test]
     fn a_key_that_only_contains_the_word_is_not_it() {
         let raw = r#"{"x":{"resourceVersion":"1"},"metadata":{"labels":{"resourceVersion":"2"},"name":"a"}}"#;
-        assert!(point(raw).is_some());
+        let at = raw.find(r#""metadata":{"#).unwrap() + r#""metadata":{"#.len();
+        assert_eq!(point(raw), Some(Spot::Insert { at, empty: false }));
         let raw = r#"{"metadata\u0000":{},"metadata":{"name":"a"}}"#;
         let at = raw.rfind(r#""metadata":{"#).unwrap() + r#""metadata":{"#.len();
-        assert_eq!(point(raw).map(|p| p.at), Some(at));
+        assert_eq!(point(raw), Some(Spot::Insert { at, empty: false }));
     }
 }

@@ -242,8 +242,9 @@ fn apply(
             Ok((
                 Some(prev.clone()),
                 Some(Event::Delete {
-                    prev,
+                    key: key.clone(),
                     revision: next_revision,
+                    prev: Some(prev),
                 }),
             ))
         }

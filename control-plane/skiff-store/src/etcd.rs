@@ -2,8 +2,9 @@
 //!
 //! The store revision is etcd's own revision, so a resourceVersion handed out by one API
 //! server is meaningful to every other one sharing the cluster. Compare-and-swap writes are
-//! etcd transactions on `create_revision` / `mod_revision`; a watch is an etcd watch with
-//! `prev_kv`, re-established from the last delivered revision when the connection drops.
+//! etcd transactions on `create_revision` / `mod_revision`; a watch is an etcd watch (with
+//! `prev_kv` unless the caller keeps values itself), re-established from the last delivered
+//! revision when the connection drops.
 //!
 //! Two differences from raw etcd that keep this backend interchangeable with the embedded
 //! one:
@@ -320,7 +321,12 @@ impl Inner {
         })
     }
 
-    fn convert_event(&self, event: &etcd_client::Event) -> Result<Event, StoreError> {
+    /// `with_previous`: the watch asked for `prev_kv`, so a delete without it is an error.
+    fn convert_event(
+        &self,
+        event: &etcd_client::Event,
+        with_previous: bool,
+    ) -> Result<Event, StoreError> {
         let kv = event
             .kv()
             .ok_or_else(|| self.fail("watch", "", "event without a key"))?;
@@ -337,14 +343,20 @@ impl Inner {
             }
             EventType::Delete => {
                 let revision = kv.mod_revision();
-                let prev = prev.ok_or_else(|| {
-                    self.fail(
+                if with_previous && prev.is_none() {
+                    return Err(self.fail(
                         "watch",
                         &String::from_utf8_lossy(kv.key()),
                         "delete event without the previous value",
-                    )
-                })?;
-                Ok(Event::Delete { prev, revision })
+                    ));
+                }
+                // A delete event's kv holds the key and the deletion's revision only.
+                let key = self.convert(kv)?.key;
+                Ok(Event::Delete {
+                    key,
+                    revision,
+                    prev,
+                })
             }
         }
     }
@@ -355,11 +367,14 @@ impl Inner {
         start_key: &[u8],
         end: &[u8],
         start: Revision,
+        with_previous: bool,
     ) -> Result<etcd_client::WatchStream, RpcError> {
-        let options = WatchOptions::new()
+        let mut options = WatchOptions::new()
             .with_range(end.to_vec())
-            .with_start_revision(start)
-            .with_prev_key();
+            .with_start_revision(start);
+        if with_previous {
+            options = options.with_prev_key();
+        }
         let mut watch = self.client.watch_client();
         let mut stream = self
             .rpc(watch.watch(start_key.to_vec(), Some(options)))
@@ -384,7 +399,7 @@ impl Inner {
         end: &[u8],
         start: Revision,
     ) -> Option<Revision> {
-        let mut stream = self.open_watch(start_key, end, start).await.ok()?;
+        let mut stream = self.open_watch(start_key, end, start, false).await.ok()?;
         let found = tokio::time::timeout(self.request_timeout, async {
             while let Ok(Some(resp)) = stream.message().await {
                 if resp.compact_revision() > 0 {
@@ -403,9 +418,9 @@ impl Inner {
 async fn pump_watch(
     inner: Arc<Inner>,
     mut stream: etcd_client::WatchStream,
-    start_key: Vec<u8>,
-    end: Vec<u8>,
+    (start_key, end): (Vec<u8>, Vec<u8>),
     after: Revision,
+    with_previous: bool,
     tx: mpsc::Sender<Result<Event, StoreError>>,
 ) {
     // Events at or below `last` have been delivered (or were asked to be skipped). etcd
@@ -440,7 +455,7 @@ async fn pump_watch(
                 }
                 let mut newest = last;
                 for event in resp.events() {
-                    let event = match inner.convert_event(event) {
+                    let event = match inner.convert_event(event, with_previous) {
                         Ok(event) => event,
                         Err(err) => {
                             let _ = tx.send(Err(err)).await;
@@ -469,7 +484,10 @@ async fn pump_watch(
                 return;
             }
             tokio::time::sleep(backoff).await;
-            match inner.open_watch(&start_key, &end, last.max(1)).await {
+            match inner
+                .open_watch(&start_key, &end, last.max(1), with_previous)
+                .await
+            {
                 Ok(stream) => break stream,
                 Err(err) => {
                     tracing::debug!(endpoints = %inner.endpoints, error = %err,
@@ -478,6 +496,57 @@ async fn pump_watch(
                 }
             }
         };
+    }
+}
+
+impl EtcdStore {
+    /// A watch from `after`, with `prev_kv` when `with_previous`.
+    async fn open(
+        &self,
+        prefix: &str,
+        after: Revision,
+        with_previous: bool,
+    ) -> Result<WatchStream, StoreError> {
+        let inner = &self.inner;
+        let (start_key, end) = prefix_range(&inner.full_key(prefix));
+        // etcd's watch start 0 means "from now": start at 1 at least.
+        let start = after.max(1);
+        // etcd reports a compacted start revision asynchronously, on the stream; a range read
+        // at the start revision answers now, and callers expect `watch` itself to refuse.
+        let mut kv = inner.client.kv_client();
+        let options = GetOptions::new()
+            .with_range(end.clone())
+            .with_revision(start)
+            .with_count_only();
+        match inner.rpc(kv.get(start_key.clone(), Some(options))).await {
+            Ok(_) => {}
+            Err(e) if e.is_future_revision() => {}
+            Err(e) if e.is_compacted() => {
+                let oldest = inner
+                    .compact_revision(&start_key, &end, start)
+                    .await
+                    .unwrap_or(after + 1);
+                return Err(StoreError::Compacted {
+                    requested: after,
+                    oldest,
+                });
+            }
+            Err(e) => return Err(inner.fail("watch", prefix, e)),
+        }
+        let stream = inner
+            .open_watch(&start_key, &end, start, with_previous)
+            .await
+            .map_err(|e| inner.fail("watch", prefix, e))?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(pump_watch(
+            self.inner.clone(),
+            stream,
+            (start_key, end),
+            after,
+            with_previous,
+            tx,
+        ));
+        Ok(rx)
     }
 }
 
@@ -689,46 +758,15 @@ impl Store for EtcdStore {
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-        let inner = &self.inner;
-        let (start_key, end) = prefix_range(&inner.full_key(prefix));
-        // etcd's watch start 0 means "from now": start at 1 at least.
-        let start = after.max(1);
-        // etcd reports a compacted start revision asynchronously, on the stream; a range read
-        // at the start revision answers now, and callers expect `watch` itself to refuse.
-        let mut kv = inner.client.kv_client();
-        let options = GetOptions::new()
-            .with_range(end.clone())
-            .with_revision(start)
-            .with_count_only();
-        match inner.rpc(kv.get(start_key.clone(), Some(options))).await {
-            Ok(_) => {}
-            Err(e) if e.is_future_revision() => {}
-            Err(e) if e.is_compacted() => {
-                let oldest = inner
-                    .compact_revision(&start_key, &end, start)
-                    .await
-                    .unwrap_or(after + 1);
-                return Err(StoreError::Compacted {
-                    requested: after,
-                    oldest,
-                });
-            }
-            Err(e) => return Err(inner.fail("watch", prefix, e)),
-        }
-        let stream = inner
-            .open_watch(&start_key, &end, start)
-            .await
-            .map_err(|e| inner.fail("watch", prefix, e))?;
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(pump_watch(
-            self.inner.clone(),
-            stream,
-            start_key,
-            end,
-            after,
-            tx,
-        ));
-        Ok(rx)
+        self.open(prefix, after, true).await
+    }
+
+    async fn watch_without_previous(
+        &self,
+        prefix: &str,
+        after: Revision,
+    ) -> Result<WatchStream, StoreError> {
+        self.open(prefix, after, false).await
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {

@@ -8,8 +8,9 @@
 //! setup fails (a binary is missing, a process does not start, a request cannot be sent).
 //!
 //! Environment: `SKIFF_BIN_DIR` (where `skiff-server` is), `SKIFF_BENCH_PODS` (pods per store,
-//! 10,000 by default; the targets are stated for 10,000), `SKIFF_BENCH_CONTROLLERS=1` (keep the
-//! server's in-process controllers running; by default they are disabled with `--disable all`).
+//! 10,000 by default; the targets are stated for 10,000), `SKIFF_BENCH_ETCD_ROUNDS` (rounds of
+//! the etcd comparison, 3 by default), `SKIFF_BENCH_CONTROLLERS=1` (keep the server's in-process
+//! controllers running; by default they are disabled with `--disable all`).
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,8 @@ use tokio_rustls::TlsConnector;
 const PODS: usize = 10_000;
 /// Concurrent clients (one keep-alive connection each) for the create and put loops.
 const CLIENTS: usize = 16;
+/// Rounds of (creates through skiff-server, raw puts) on etcd.
+const ETCD_ROUNDS: usize = 3;
 const GETS: usize = 2_000;
 const GET_WARMUP: usize = 100;
 const LISTS: usize = 30;
@@ -64,6 +67,14 @@ async fn run() -> Result<()> {
     let pods = match std::env::var("SKIFF_BENCH_PODS") {
         Ok(v) => v.parse().context("SKIFF_BENCH_PODS must be a number")?,
         Err(_) => PODS,
+    };
+    let etcd_rounds: usize = match std::env::var("SKIFF_BENCH_ETCD_ROUNDS") {
+        Ok(v) => v
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .context("SKIFF_BENCH_ETCD_ROUNDS must be a number above 0")?,
+        Err(_) => ETCD_ROUNDS,
     };
     let bin = bin_dir().join("skiff-server");
     if !bin.exists() {
@@ -106,7 +117,7 @@ async fn run() -> Result<()> {
     let work = tempfile::Builder::new().prefix("skiff-bench-").tempdir()?;
     let mut server = Server::start(&bin, &work.path().join("embedded"), &extra).await?;
     let cpu0 = cpu_seconds(server.proc.pid());
-    let created = create_pods(&server.api, pods).await?;
+    let created = create_pods(&server.api, 0, pods).await?;
     let create_cpu = cpu_seconds(server.proc.pid()) - cpu0;
     server.proc.check_alive()?;
     println!(
@@ -159,53 +170,81 @@ async fn run() -> Result<()> {
     let mut on_etcd_args = extra.clone();
     on_etcd_args.extend(["--datastore-endpoint".into(), etcd_url.clone()]);
     let mut server = Server::start(&bin, &work.path().join("on-etcd"), &on_etcd_args).await?;
-    let cpu0 = (cpu_seconds(server.proc.pid()), cpu_seconds(etcd.pid()));
-    let on_etcd = create_pods(&server.api, pods).await?;
-    let on_etcd_cpu = (
-        cpu_seconds(server.proc.pid()) - cpu0.0,
-        cpu_seconds(etcd.pid()) - cpu0.1,
-    );
-    server.proc.check_alive()?;
-    println!(
-        "[etcd] created {} pods in {:.2} s ({} errors){}; CPU: server {:.1} s, etcd {:.1} s",
-        on_etcd.ok.len(),
-        on_etcd.elapsed.as_secs_f64(),
-        on_etcd.errors,
-        if on_etcd.timed_out {
-            ", stopped at the time bound"
-        } else {
-            ""
-        },
-        on_etcd_cpu.0,
-        on_etcd_cpu.1
-    );
-    print_first_error(&on_etcd);
-    if on_etcd.ok.is_empty() {
-        bail!("no pod could be created on the etcd store");
-    }
-    // The server watches the store; stop it so that it adds no load to the raw loop.
-    drop(server);
     let etcd_client = etcd_client::Client::connect([etcd_url.as_str()], None)
         .await
         .context("connect to etcd")?;
-    let (key_len, value_len) = stored_pod_size(&etcd_client, &pod_name(on_etcd.ok[0])).await?;
-    let cpu0 = cpu_seconds(etcd.pid());
-    let puts = raw_puts(&etcd_client, pods, key_len, value_len, false).await?;
-    let put_cpu = cpu_seconds(etcd.pid()) - cpu0;
-    println!(
-        "[etcd] {} raw puts of {key_len} B keys and {value_len} B values in {:.2} s ({} errors){}; etcd CPU {:.1} s",
-        puts.ok.len(),
-        puts.elapsed.as_secs_f64(),
-        puts.errors,
-        if puts.timed_out { ", stopped at the time bound" } else { "" },
-        put_cpu
-    );
-    print_first_error(&puts);
-    if puts.ok.is_empty() {
-        bail!("no raw put succeeded on etcd");
+    // Rounds alternate which loop goes first, so that drift in the machine's load (other
+    // builds, page cache, etcd's growing database) does not favour one side; the verdict is
+    // the median of the rounds' ratios.
+    let mut rounds: Vec<EtcdRound> = Vec::with_capacity(etcd_rounds);
+    let mut sizes = None;
+    for round in 0..etcd_rounds {
+        let first = round * pods;
+        let server_first = round % 2 == 0;
+        let mut through_server = None;
+        let mut raw = None;
+        for step in 0..2 {
+            if (step == 0) == server_first {
+                through_server =
+                    Some(etcd_round_through_server(&server, &etcd, first, pods, round).await?);
+                if sizes.is_none() {
+                    let created = through_server.as_ref().expect("just measured");
+                    sizes = Some(
+                        stored_pod_size(&etcd_client, &pod_name(created.samples.ok[0])).await?,
+                    );
+                }
+            } else {
+                let (key_len, value_len) = sizes.expect("the first round starts with the server");
+                // The idle server only watches /registry/, which the raw keys are not under;
+                // it is stopped anyway so that it cannot take CPU from the raw loop.
+                server.proc.signal("STOP")?;
+                let cpu0 = cpu_seconds(etcd.pid());
+                let puts = raw_puts(&etcd_client, first, pods, key_len, value_len, false).await;
+                let etcd_cpu = cpu_seconds(etcd.pid()) - cpu0;
+                server.proc.signal("CONT")?;
+                let puts = puts?;
+                println!(
+                    "[etcd] round {}: {} raw puts of {key_len} B keys and {value_len} B values in {:.2} s ({} errors){}; etcd CPU {:.1} s",
+                    round + 1,
+                    puts.ok.len(),
+                    puts.elapsed.as_secs_f64(),
+                    puts.errors,
+                    if puts.timed_out { ", stopped at the time bound" } else { "" },
+                    etcd_cpu
+                );
+                print_first_error(&puts);
+                if puts.ok.is_empty() {
+                    bail!("no raw put succeeded on etcd");
+                }
+                raw = Some(puts);
+            }
+        }
+        let (through_server, raw) = (through_server.expect("measured"), raw.expect("measured"));
+        println!(
+            "[etcd] round {}: create / raw put = {:.0} / {:.0} per s = {:.2}x",
+            round + 1,
+            through_server.samples.rate(),
+            raw.rate(),
+            through_server.samples.rate() / raw.rate()
+        );
+        rounds.push(EtcdRound {
+            through_server,
+            raw,
+        });
     }
+    server.proc.check_alive()?;
+    server.proc.signal("STOP")?;
+    let (key_len, value_len) = sizes.expect("at least one round");
     let cpu0 = cpu_seconds(etcd.pid());
-    let txns = raw_puts(&etcd_client, pods, key_len, value_len, true).await?;
+    let txns = raw_puts(
+        &etcd_client,
+        etcd_rounds * pods,
+        pods,
+        key_len,
+        value_len,
+        true,
+    )
+    .await?;
     let txn_cpu = cpu_seconds(etcd.pid()) - cpu0;
     println!(
         "[etcd] {} raw create transactions in {:.2} s ({} errors){}; etcd CPU {:.1} s",
@@ -220,14 +259,43 @@ async fn run() -> Result<()> {
         txn_cpu
     );
     print_first_error(&txns);
+    drop(server);
     drop(etcd_client);
     drop(etcd);
 
     // The table.
     let mb = |kib: Option<u64>| kib.map_or(f64::NAN, |k| k as f64 / 1024.0);
     let create_rate = created.rate();
-    let etcd_rate = on_etcd.rate();
-    let put_rate = puts.rate();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let etcd_rate = median(
+        rounds
+            .iter()
+            .map(|r| r.through_server.samples.rate())
+            .collect(),
+    );
+    let put_rate = median(rounds.iter().map(|r| r.raw.rate()).collect());
+    let ratio = median(
+        rounds
+            .iter()
+            .map(|r| r.through_server.samples.rate() / r.raw.rate())
+            .collect(),
+    );
+    // The median round by ratio gives the latencies and CPU figures printed below.
+    let mid = rounds
+        .iter()
+        .min_by(|a, b| {
+            let d = |r: &EtcdRound| (r.through_server.samples.rate() / r.raw.rate() - ratio).abs();
+            d(a).total_cmp(&d(b))
+        })
+        .expect("at least one round");
+    let (on_etcd, puts, on_etcd_cpu) = (
+        &mid.through_server.samples,
+        &mid.raw,
+        mid.through_server.cpu,
+    );
     let rows = [
         Row::at_least(
             "create pods/s, embedded, 16 clients",
@@ -250,10 +318,10 @@ async fn run() -> Result<()> {
             " ms",
         ),
         Row::at_most("server VmRSS, pods stored", mb(rss), 150.0, " MB"),
-        Row::info("create pods/s, etcd, 16 clients", etcd_rate, "/s"),
-        Row::info("raw etcd puts/s, 16 clients", put_rate, "/s"),
+        Row::info("create pods/s, etcd, 16 clients (median)", etcd_rate, "/s"),
+        Row::info("raw etcd puts/s, 16 clients (median)", put_rate, "/s"),
         Row::info("raw etcd create txns/s (info)", txns.rate(), "/s"),
-        Row::at_least("etcd create / raw put", etcd_rate / put_rate, 0.5, "x"),
+        Row::at_least("etcd create / raw put (median round)", ratio, 0.5, "x"),
     ];
     println!(
         "\nResults ({} cores; load average now {}). ratio = measured/target for \">=\" targets,",
@@ -302,6 +370,52 @@ async fn run() -> Result<()> {
     Ok(())
 }
 
+/// One round of the etcd comparison: creates through skiff-server and raw puts.
+struct EtcdRound {
+    through_server: ThroughServer,
+    raw: Samples,
+}
+
+struct ThroughServer {
+    samples: Samples,
+    /// CPU seconds of skiff-server and etcd during the creates.
+    cpu: (f64, f64),
+}
+
+async fn etcd_round_through_server(
+    server: &Server,
+    etcd: &Proc,
+    first: usize,
+    count: usize,
+    round: usize,
+) -> Result<ThroughServer> {
+    let cpu0 = (cpu_seconds(server.proc.pid()), cpu_seconds(etcd.pid()));
+    let samples = create_pods(&server.api, first, count).await?;
+    let cpu = (
+        cpu_seconds(server.proc.pid()) - cpu0.0,
+        cpu_seconds(etcd.pid()) - cpu0.1,
+    );
+    println!(
+        "[etcd] round {}: created {} pods through skiff-server in {:.2} s ({} errors){}; CPU: server {:.1} s, etcd {:.1} s",
+        round + 1,
+        samples.ok.len(),
+        samples.elapsed.as_secs_f64(),
+        samples.errors,
+        if samples.timed_out {
+            ", stopped at the time bound"
+        } else {
+            ""
+        },
+        cpu.0,
+        cpu.1
+    );
+    print_first_error(&samples);
+    if samples.ok.is_empty() {
+        bail!("no pod could be created on the etcd store");
+    }
+    Ok(ThroughServer { samples, cpu })
+}
+
 fn bin_dir() -> PathBuf {
     match std::env::var_os("SKIFF_BIN_DIR") {
         Some(dir) => PathBuf::from(dir),
@@ -346,6 +460,19 @@ impl Proc {
             .spawn()
             .with_context(|| format!("start {name}"))?;
         Ok(Proc { name, child, log })
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`) with kill(1).
+    fn signal(&self, name: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .with_context(|| format!("kill -{name} {}", self.name))?;
+        if !status.success() {
+            bail!("kill -{name} {} failed: {status}", self.name);
+        }
+        Ok(())
     }
 
     fn pid(&self) -> u32 {
@@ -609,7 +736,8 @@ fn ms(d: Option<Duration>) -> f64 {
 }
 
 /// POSTs `count` pods from `CLIENTS` connections that take the next index from a shared counter.
-async fn create_pods(api: &Api, count: usize) -> Result<Samples> {
+/// Creates the pods numbered `first..first + count` from `CLIENTS` concurrent connections.
+async fn create_pods(api: &Api, first: usize, count: usize) -> Result<Samples> {
     let mut conns = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
         conns.push(api.connect().await.context("connect to skiff-server")?);
@@ -623,8 +751,8 @@ async fn create_pods(api: &Api, count: usize) -> Result<Samples> {
         tasks.push(tokio::spawn(async move {
             let mut s = Samples::default();
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
+                let i = first + next.fetch_add(1, Ordering::Relaxed);
+                if i >= first + count {
                     break;
                 }
                 if Instant::now() > deadline {
@@ -763,6 +891,7 @@ async fn stored_pod_size(client: &etcd_client::Client, name: &str) -> Result<(us
 /// skiff-store's `create` sends instead (put if the key's create revision is 0).
 async fn raw_puts(
     client: &etcd_client::Client,
+    first: usize,
     count: usize,
     key_len: usize,
     value_len: usize,
@@ -778,8 +907,8 @@ async fn raw_puts(
         tasks.push(tokio::spawn(async move {
             let mut s = Samples::default();
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
+                let i = first + next.fetch_add(1, Ordering::Relaxed);
+                if i >= first + count {
                     break;
                 }
                 if Instant::now() > deadline {

@@ -437,18 +437,30 @@ fn conflict_message() -> &'static str {
 }
 
 fn ensure_namespace_active(server: &ApiServer, ns: &str) -> Result<(), ApiError> {
-    let key = registry::namespaces().key(None, ns);
-    match server.cache.get(&key) {
-        None => Err(ApiError::not_found("namespaces", ns)),
-        Some(obj)
-            if obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") =>
-        {
-            Err(ApiError::forbidden(format!(
-                "unable to create new content in namespace {ns} because it is being terminated"
-            )))
-        }
-        Some(_) => Ok(()),
+    // Every create in a namespace passes here: read the phase alone, not the whole object.
+    #[derive(serde::Deserialize, Default)]
+    struct Phase {
+        phase: Option<String>,
     }
+    #[derive(serde::Deserialize)]
+    struct Namespace {
+        #[serde(default)]
+        status: Option<Phase>,
+    }
+    let key = registry::namespaces().key(None, ns);
+    let Some(bytes) = server.cache.get_encoded(&key) else {
+        return Err(ApiError::not_found("namespaces", ns));
+    };
+    let phase = serde_json::from_slice::<Namespace>(&bytes)
+        .ok()
+        .and_then(|n| n.status)
+        .and_then(|s| s.phase);
+    if phase.as_deref() == Some("Terminating") {
+        return Err(ApiError::forbidden(format!(
+            "unable to create new content in namespace {ns} because it is being terminated"
+        )));
+    }
+    Ok(())
 }
 
 /// Records that `manager` set the fields that changed from `old` to `obj` (all of `obj`'s

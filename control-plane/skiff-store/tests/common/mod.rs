@@ -21,6 +21,7 @@ macro_rules! store_cases {
         store_cases!(@case $setup, list_returns_large_prefixes_in_key_order);
         store_cases!(@case $setup, watch_replays_backlog_then_follows_live_changes_in_order);
         store_cases!(@case $setup, watch_events_carry_previous_values);
+        store_cases!(@case $setup, watch_without_previous_still_names_every_change);
         store_cases!(@case $setup, watch_from_now_sees_only_new_changes);
         store_cases!(@case $setup, watch_before_compaction_is_refused);
         store_cases!(@case $setup, compaction_keeps_current_state_readable);
@@ -243,9 +244,44 @@ pub async fn watch_events_carry_previous_values(store: Arc<dyn Store>) {
         other => panic!("expected the update, got {other:?}"),
     }
     match recv(&mut watch).await.unwrap().unwrap() {
-        Event::Delete { prev, revision } => {
-            assert_eq!(prev, updated);
+        Event::Delete {
+            key,
+            revision,
+            prev,
+        } => {
+            assert_eq!(key, "/p/x");
+            assert_eq!(prev, Some(updated));
             assert_eq!(revision, deleted_at);
+        }
+        other => panic!("expected the delete, got {other:?}"),
+    }
+}
+
+pub async fn watch_without_previous_still_names_every_change(store: Arc<dyn Store>) {
+    let r0 = base(&store).await;
+    let mut watch = store.watch_without_previous("/q/", r0).await.unwrap();
+    let created = store.create("/q/x", b"v1".to_vec()).await.unwrap();
+    let updated = store
+        .update("/q/x", b"v2".to_vec(), created.mod_revision)
+        .await
+        .unwrap();
+    let (_, deleted_at) = store.delete("/q/x", None).await.unwrap();
+    let event = recv(&mut watch).await.unwrap().unwrap();
+    assert!(event.is_create(), "{event:?}");
+    assert!(matches!(&event, Event::Put { kv, .. } if *kv == created));
+    let event = recv(&mut watch).await.unwrap().unwrap();
+    assert!(!event.is_create(), "{event:?}");
+    assert!(matches!(&event, Event::Put { kv, .. } if *kv == updated));
+    match recv(&mut watch).await.unwrap().unwrap() {
+        Event::Delete {
+            key,
+            revision,
+            prev,
+        } => {
+            assert_eq!(key, "/q/x");
+            assert_eq!(revision, deleted_at);
+            // Optional here; when present it must be the deleted value.
+            assert!(prev.is_none_or(|p| p == updated));
         }
         other => panic!("expected the delete, got {other:?}"),
     }
