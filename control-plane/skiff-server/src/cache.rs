@@ -1,11 +1,15 @@
 //! The watch cache: every object under `/registry/`, kept current from one store watch.
 //!
 //! Reads and watches are served from here, so the store sees one watch no matter how many
-//! clients there are. A write waits until the cache has caught up with its revision before
-//! answering, which gives clients read-your-writes on every backend.
+//! clients there are. Read-your-writes on every backend: each write this server answers is
+//! noted (`note_committed`), and a request that reads first waits until the cache has caught
+//! up with every write answered before it (`wait_fresh`). A create answers as soon as the
+//! store has it, as kube-apiserver does; most other writes still wait for their own event.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde_json::Value;
 use skiff_store::{Event, Revision, Store, StoreError};
@@ -63,6 +67,18 @@ pub struct Cache {
     inner: RwLock<Inner>,
     revision: watch::Sender<Revision>,
     events: broadcast::Sender<Arc<CacheEvent>>,
+    /// The newest revision of a write this server has answered.
+    committed: AtomicI64,
+}
+
+/// How long a request waits for the cache to catch up with the writes answered before it;
+/// past that the store's watch is broken or far behind, and the request gets 504.
+const FRESH_BOUND: Duration = Duration::from_secs(10);
+
+/// The cache did not reach the revision of the writes already answered within `FRESH_BOUND`.
+pub struct Behind {
+    pub wanted: Revision,
+    pub reached: Revision,
 }
 
 /// Buffered events plus the live feed that follows them.
@@ -139,6 +155,7 @@ impl Cache {
             }),
             revision: revision_tx,
             events,
+            committed: AtomicI64::new(0),
         });
         let mut stream = cache.relist(store.as_ref()).await?;
         let follower = cache.clone();
@@ -261,6 +278,27 @@ impl Cache {
     pub async fn wait_for(&self, revision: Revision) {
         let mut rx = self.revision.subscribe();
         let _ = rx.wait_for(|r| *r >= revision).await;
+    }
+
+    /// Records that a write at `revision` has been (or is about to be) answered without
+    /// waiting for its event, so that later reads wait for it (`wait_fresh`).
+    pub fn note_committed(&self, revision: Revision) {
+        self.committed.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// Waits until the cache holds every write answered so far: what a reader must see.
+    pub async fn wait_fresh(&self) -> Result<(), Behind> {
+        let wanted = self.committed.load(Ordering::Acquire);
+        if *self.revision.borrow() >= wanted {
+            return Ok(());
+        }
+        match tokio::time::timeout(FRESH_BOUND, self.wait_for(wanted)).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Behind {
+                wanted,
+                reached: self.revision(),
+            }),
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Value>> {
@@ -407,19 +445,46 @@ mod tests {
             prev: None,
         });
         let (events, _) = cache.subscribe(base).ok().unwrap();
-        let summary: Vec<(EventType, Value)> = events
-            .iter()
-            .map(|e| (e.kind, decode(&e.object)))
-            .collect();
+        let summary: Vec<(EventType, Value)> =
+            events.iter().map(|e| (e.kind, decode(&e.object))).collect();
         assert_eq!(summary[0].0, EventType::Modified);
         assert_eq!(summary[1].0, EventType::Deleted);
-        assert_eq!(summary[1].1["data"]["v"], "2", "the deleted object is the last copy");
+        assert_eq!(
+            summary[1].1["data"]["v"], "2",
+            "the deleted object is the last copy"
+        );
         assert_eq!(
             summary[1].1["metadata"]["resourceVersion"],
             (base + 2).to_string()
         );
         assert!(cache.get(key).is_none());
         assert_eq!(cache.revision(), base + 2);
+    }
+
+    #[tokio::test]
+    async fn a_reader_waits_for_every_answered_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(EmbeddedStore::open(dir.path().join("s.redb")).unwrap());
+        let cache = Cache::start(store.clone()).await.unwrap();
+        assert!(cache.wait_fresh().await.is_ok(), "nothing answered yet");
+        let base = cache.revision();
+        cache.note_committed(base + 1);
+        let waiter = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.wait_fresh().await.is_ok() })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(
+            !waiter.is_finished(),
+            "answered before the cache had the write"
+        );
+        store
+            .create("/registry/configmaps/ns/a", cm("a", "1"))
+            .await
+            .unwrap();
+        assert!(waiter.await.unwrap());
+        assert!(cache.get("/registry/configmaps/ns/a").is_some());
     }
 
     #[test]

@@ -456,6 +456,14 @@ impl ApiServer {
                     user.name, target.rt.plural
                 ))
             })?;
+        // Read-your-writes: whatever this request reads must include every write answered
+        // before it. A plain create reads little and waits where it must (namespace not yet
+        // seen, address allocation, dry run), so that a stream of creates is not serialised
+        // on the watch.
+        let plain_create = verb == "create" && target.subresource.is_none();
+        if !plain_create {
+            self.fresh().await?;
+        }
         if target.rt.plural == "pods"
             && target.rt.group.is_empty()
             && matches!(

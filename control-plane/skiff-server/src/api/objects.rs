@@ -696,6 +696,14 @@ impl ApiServer {
         Ok((obj, warnings))
     }
 
+    /// Waits until the cache holds every write answered so far (see `Cache::wait_fresh`).
+    pub(super) async fn fresh(&self) -> Result<(), ApiError> {
+        self.cache
+            .wait_fresh()
+            .await
+            .map_err(|behind| ApiError::cache_behind(&behind))
+    }
+
     async fn commit_create(
         &self,
         rt: &ResourceType,
@@ -712,7 +720,7 @@ impl ApiServer {
                 }
                 other => other.into(),
             })?;
-        self.cache.wait_for(kv.mod_revision).await;
+        self.cache.note_committed(kv.mod_revision);
         crate::cache::set_resource_version(&mut obj, kv.mod_revision);
         Ok(obj)
     }
@@ -840,6 +848,13 @@ impl ApiServer {
             ));
         }
         let input = decode_body(&ctx.content_type, body)?;
+        if let Some(ns) = &t.namespace {
+            let ns_key = registry::namespaces().key(None, ns);
+            if self.cache.get_encoded(&ns_key).is_none() {
+                // Perhaps created a moment ago: plain creates skip the freshness wait.
+                self.fresh().await?;
+            }
+        }
         let (obj, warnings) = self.prepare_create(t, ctx, input)?;
         let mut obj = obj;
         let dry_run = ctx.query.dry_run()?;
@@ -852,9 +867,12 @@ impl ApiServer {
                 None
             };
             if t.rt.kind == "Service" {
+                // Allocation reads every Service: it must see the ones just created.
+                self.fresh().await?;
                 allocate_service(self, &mut obj, None)?;
             }
             if dry_run {
+                self.fresh().await?;
                 if self.cache.get(&key).is_some() {
                     return Err(ApiError::already_exists(
                         &t.rt.qualified(),

@@ -176,6 +176,20 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
+    /// 504 with reason Timeout, kube-apiserver's answer when its watch cache does not reach
+    /// a requested resourceVersion in time.
+    pub fn cache_behind(behind: &crate::cache::Behind) -> Self {
+        Self::new(
+            504,
+            "Timeout",
+            format!(
+                "Timeout: the server's watch cache is at resourceVersion {} and has not reached {}, \
+                 the newest write it answered; the store's watch may be broken, try again later",
+                behind.reached, behind.wanted
+            ),
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)
     }
