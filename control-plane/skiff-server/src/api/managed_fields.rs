@@ -177,6 +177,155 @@ pub fn to_fields_v1(set: &FieldSet) -> Value {
     Value::Object(root)
 }
 
+/// `to_fields_v1(&fields_of(value))` in one walk over `value`, without building the set of
+/// paths: what a create records for its manager. The two must agree; a test holds them to it.
+pub fn fields_v1_of(value: &Value) -> Value {
+    let Value::Object(top) = value else {
+        return Value::Object(Map::new());
+    };
+    let mut children = Vec::with_capacity(top.len());
+    for (k, v) in top {
+        let node = if k == "metadata" {
+            metadata_node(v)
+        } else {
+            field_node(v, None, k)
+        };
+        // Only the bare field is ignored at the top; fields under a `status` object are not.
+        let bare = |n: &Value| n.as_object().is_some_and(Map::is_empty);
+        match node {
+            Some(n) if matches!(k.as_str(), "apiVersion" | "kind" | "status") && bare(&n) => {}
+            Some(n) => children.push((format!("f:{k}"), n)),
+            None => {}
+        }
+    }
+    node_of(children, false)
+}
+
+const IGNORED_METADATA: [&str; 10] = [
+    "name",
+    "namespace",
+    "resourceVersion",
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "managedFields",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "selfLink",
+];
+
+fn metadata_node(v: &Value) -> Option<Value> {
+    match v {
+        Value::Object(map) if !map.is_empty() => {
+            let children: Vec<(String, Value)> = map
+                .iter()
+                .filter(|(k, _)| !IGNORED_METADATA.contains(&k.as_str()))
+                .filter_map(|(k, c)| Some((format!("f:{k}"), field_node(c, Some("metadata"), k)?)))
+                .collect();
+            (!children.is_empty()).then(|| node_of(children, false))
+        }
+        _ => Some(Value::Object(Map::new())),
+    }
+}
+
+/// The node of field `key` holding `v`, inside an object that is itself field `parent`;
+/// `None` when it records no path (an empty keyed list, an object of such lists).
+fn field_node(v: &Value, parent: Option<&str>, key: &str) -> Option<Value> {
+    match v {
+        Value::Array(items) => list_node(items, parent, key),
+        _ => value_node(v, Some(key)),
+    }
+}
+
+fn value_node(v: &Value, field: Option<&str>) -> Option<Value> {
+    match v {
+        Value::Object(map) if !map.is_empty() => {
+            let children: Vec<(String, Value)> = map
+                .iter()
+                .filter_map(|(k, c)| Some((format!("f:{k}"), field_node(c, field, k)?)))
+                .collect();
+            (!children.is_empty()).then(|| node_of(children, false))
+        }
+        _ => Some(Value::Object(Map::new())),
+    }
+}
+
+fn list_node(items: &[Value], parent: Option<&str>, field: &str) -> Option<Value> {
+    match list_strategy(parent, field) {
+        ListStrategy::ByKey(key) => {
+            // An item without its key records the list itself.
+            let mut whole_list = false;
+            let mut children = Vec::with_capacity(items.len());
+            for item in items {
+                match key_element(item, key) {
+                    Some(k) => {
+                        // The item is recorded itself and, having its key, fields below it.
+                        let mut node = Map::new();
+                        node.insert(".".into(), Value::Object(Map::new()));
+                        if let Some(Value::Object(fields)) = value_node(item, Some(field)) {
+                            node.extend(fields);
+                        }
+                        children.push((k, Value::Object(node)));
+                    }
+                    None => whole_list = true,
+                }
+            }
+            if children.is_empty() {
+                whole_list.then(|| Value::Object(Map::new()))
+            } else {
+                Some(node_of(children, whole_list))
+            }
+        }
+        ListStrategy::PrimitiveSet => {
+            let children: Vec<(String, Value)> = items
+                .iter()
+                .map(|item| (format!("v:{item}"), Value::Object(Map::new())))
+                .collect();
+            (!children.is_empty()).then(|| node_of(children, false))
+        }
+        ListStrategy::Replace => Some(Value::Object(Map::new())),
+    }
+}
+
+/// A node with its children in path order (as `to_fields_v1` inserts them), `"."` first when
+/// the node is recorded itself as well; children met twice (two items with one key) merge.
+fn node_of(mut children: Vec<(String, Value)>, dot: bool) -> Value {
+    children.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut map = Map::new();
+    if dot {
+        map.insert(".".into(), Value::Object(Map::new()));
+    }
+    for (k, v) in children {
+        match map.get_mut(&k) {
+            Some(existing) => merge_nodes(existing, v),
+            None => {
+                map.insert(k, v);
+            }
+        }
+    }
+    Value::Object(map)
+}
+
+fn merge_nodes(into: &mut Value, from: Value) {
+    let (Some(into), Value::Object(from)) = (into.as_object_mut(), from) else {
+        return;
+    };
+    let mut keys: Vec<(String, Value)> = std::mem::take(into).into_iter().collect();
+    for (k, v) in from {
+        match keys.iter_mut().find(|(key, _)| *key == k) {
+            Some((_, existing)) => merge_nodes(existing, v),
+            None => keys.push((k, v)),
+        }
+    }
+    keys.sort_by(|a, b| match (a.0.as_str(), b.0.as_str()) {
+        (".", ".") => std::cmp::Ordering::Equal,
+        (".", _) => std::cmp::Ordering::Less,
+        (_, ".") => std::cmp::Ordering::Greater,
+        (x, y) => x.cmp(y),
+    });
+    into.extend(keys);
+}
+
 pub fn from_fields_v1(v: &Value) -> FieldSet {
     let mut out = FieldSet::new();
     fn go(v: &Value, path: &mut Path, out: &mut FieldSet) {
@@ -330,6 +479,44 @@ mod tests {
             display(&image),
             ".spec.template.spec.containers[name=\"web\"].image"
         );
+    }
+
+    #[test]
+    fn the_one_walk_builder_agrees_with_the_path_set() {
+        let cases = [
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "namespace": "d", "uid": "u", "labels": {"app": "a"},
+                    "annotations": {"x": "1"}, "finalizers": ["b", "a", "b"],
+                    "ownerReferences": [{"uid": "o1", "kind": "ReplicaSet"}]},
+                "spec": {"containers": [
+                    {"name": "web", "image": "i", "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                     "env": [{"name": "A", "value": "1"}, {"value": "keyless"}],
+                     "volumeMounts": [], "resources": {}, "args": ["x", "y"]},
+                    {"name": "web", "command": ["sh"]},
+                    {"name": "side", "image": "j"}],
+                    "volumes": [], "restartPolicy": "Always", "dnsPolicy": "ClusterFirst",
+                    "securityContext": {}, "tolerations": [{"key": "k", "operator": "Exists"}]},
+                "status": {"phase": "Pending", "qosClass": "BestEffort"}}),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "a"}},
+                    "template": {"metadata": {"labels": {"app": "a"}},
+                        "spec": {"containers": [{"name": "c", "image": "i"}]}},
+                    "strategy": {"type": "RollingUpdate",
+                        "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}},
+                "status": {}}),
+            json!({"kind": "Service", "metadata": {}, "spec": {"ports": [{"port": 80, "protocol": "TCP"},
+                {"port": 443}, {"name": "noport"}], "selector": {"app": "a"}}, "status": "x"}),
+            json!({"metadata": {"name": "only-ignored"}, "data": {}, "spec": {"containers": []}}),
+            json!({}),
+            json!("not an object"),
+        ];
+        for obj in cases {
+            assert_eq!(
+                serde_json::to_string(&fields_v1_of(&obj)).unwrap(),
+                serde_json::to_string(&to_fields_v1(&fields_of(&obj))).unwrap(),
+                "{obj}"
+            );
+        }
     }
 
     #[test]

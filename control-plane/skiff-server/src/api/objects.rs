@@ -463,21 +463,40 @@ fn ensure_namespace_active(server: &ApiServer, ns: &str) -> Result<(), ApiError>
     Ok(())
 }
 
-/// Records that `manager` set the fields that changed from `old` to `obj` (all of `obj`'s
-/// fields on create) with a non-apply operation: it gains them and every other manager
-/// loses them, as kube-apiserver's field manager does.
+/// Records that `manager` created `obj` (whose managedFields were cleared): it owns every
+/// field, in one entry with operation Update, as kube-apiserver records a create.
+fn track_create(obj: &mut Value, rt: &ResourceType, manager: &str) {
+    let fields = managed_fields::fields_v1_of(obj);
+    let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if fields.as_object().is_some_and(|f| f.is_empty()) {
+        m.remove("managedFields");
+        return;
+    }
+    let entry = json!({
+        "manager": manager,
+        "operation": "Update",
+        "apiVersion": rt.api_version(),
+        "time": now_rfc3339(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": fields,
+    });
+    m.insert("managedFields".into(), Value::Array(vec![entry]));
+}
+
+/// Records that `manager` set the fields that changed from `old` to `obj` with a non-apply
+/// operation: it gains them and every other manager loses them, as kube-apiserver's field
+/// manager does.
 fn track_update(
     obj: &mut Value,
-    old: Option<&Value>,
+    old: &Value,
     rt: &ResourceType,
     manager: &str,
     subresource: Option<&str>,
 ) {
-    let mut entries = managed_fields::entries(old.unwrap_or(obj));
-    let changed = match old {
-        Some(old) => managed_fields::changed_fields(old, obj),
-        None => managed_fields::fields_of(obj),
-    };
+    let mut entries = managed_fields::entries(old);
+    let changed = managed_fields::changed_fields(old, obj);
     if changed.is_empty() {
         managed_fields::store_entries(obj, entries, &rt.api_version(), &now_rfc3339());
         return;
@@ -485,14 +504,10 @@ fn track_update(
     for e in entries.iter_mut() {
         e.fields.retain(|p| !changed.contains(p));
     }
-    // On create every field comes from `obj` itself; after an update some are gone.
-    let present: managed_fields::FieldSet = match old {
-        None => changed,
-        Some(_) => changed
-            .into_iter()
-            .filter(|p| managed_fields::value_at(obj, p).is_some())
-            .collect(),
-    };
+    let present: managed_fields::FieldSet = changed
+        .into_iter()
+        .filter(|p| managed_fields::value_at(obj, p).is_some())
+        .collect();
     let own = entries.iter_mut().find(|e| {
         e.manager == manager && e.operation == "Update" && e.subresource.as_deref() == subresource
     });
@@ -978,7 +993,7 @@ impl ApiServer {
         if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("managedFields");
         }
-        track_update(&mut obj, None, t.rt, &field_manager(ctx), None);
+        track_create(&mut obj, t.rt, &field_manager(ctx));
         Ok((obj, warnings))
     }
 
@@ -1241,7 +1256,7 @@ impl ApiServer {
             }
             track_update(
                 &mut obj,
-                Some(old),
+                old,
                 t.rt,
                 &field_manager(ctx),
                 t.subresource
