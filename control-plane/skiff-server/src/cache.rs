@@ -93,7 +93,7 @@ pub struct TooOld {
 /// for a deleted object taken from the cache): every event and every relisted object passes
 /// here, and parsing and re-encoding each one cost a quarter of a create's CPU. Anything the
 /// scan does not recognise takes the parsing path.
-fn with_resource_version(raw: &[u8], revision: Revision) -> Encoded {
+pub fn with_resource_version(raw: &[u8], revision: Revision) -> Encoded {
     let value = format!("\"{revision}\"");
     let (start, end, insert) = match resource_version_spot(raw) {
         Some(Spot::Insert { at, empty }) => {

@@ -9,7 +9,7 @@
 //!
 //! Environment: `SKIFF_BIN_DIR` (where `skiff-server` is), `SKIFF_BENCH_PODS` (pods per store,
 //! 10,000 by default; the targets are stated for 10,000), `SKIFF_BENCH_ETCD_ROUNDS` (rounds of
-//! the etcd comparison, 3 by default), `SKIFF_BENCH_CONTROLLERS=1` (keep the server's in-process
+//! the etcd comparison, 5 by default), `SKIFF_BENCH_CONTROLLERS=1` (keep the server's in-process
 //! controllers running; by default they are disabled with `--disable all`).
 
 use std::net::{Ipv4Addr, TcpListener};
@@ -35,7 +35,7 @@ const PODS: usize = 10_000;
 /// Concurrent clients (one keep-alive connection each) for the create and put loops.
 const CLIENTS: usize = 16;
 /// Rounds of (creates through skiff-server, raw puts) on etcd.
-const ETCD_ROUNDS: usize = 3;
+const ETCD_ROUNDS: usize = 5;
 const GETS: usize = 2_000;
 const GET_WARMUP: usize = 100;
 const LISTS: usize = 30;

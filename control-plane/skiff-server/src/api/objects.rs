@@ -156,6 +156,11 @@ fn random_suffix() -> String {
         .collect()
 }
 
+fn has_type_meta(rt: &ResourceType, obj: &Value) -> bool {
+    obj.get("apiVersion").and_then(Value::as_str) == Some(&rt.api_version())
+        && obj.get("kind").and_then(Value::as_str) == Some(rt.kind)
+}
+
 fn with_type_meta(rt: &ResourceType, mut obj: Value) -> Value {
     if let Some(o) = obj.as_object_mut() {
         o.insert("apiVersion".into(), json!(rt.api_version()));
@@ -636,9 +641,7 @@ impl ApiServer {
                 &table::table(rt.kind, &[obj], &rv, None, include, true),
             );
         }
-        let typed = obj.get("apiVersion").and_then(Value::as_str) == Some(&rt.api_version())
-            && obj.get("kind").and_then(Value::as_str) == Some(rt.kind);
-        if typed {
+        if has_type_meta(rt, obj) {
             json_response(code, obj)
         } else {
             json_response(code, &with_type_meta(rt, obj.clone()))
@@ -723,8 +726,19 @@ impl ApiServer {
         &self,
         rt: &ResourceType,
         key: &str,
-        mut obj: Value,
+        obj: Value,
     ) -> Result<Value, ApiError> {
+        Ok(self.commit_create_encoded(rt, key, obj).await?.0)
+    }
+
+    /// `commit_create`, also returning the object as JSON with its resourceVersion: the
+    /// stored bytes with it spliced in, which saves encoding the object a second time.
+    async fn commit_create_encoded(
+        &self,
+        rt: &ResourceType,
+        key: &str,
+        mut obj: Value,
+    ) -> Result<(Value, crate::cache::Encoded), ApiError> {
         let kv = self
             .store
             .create(key, storable(&obj))
@@ -737,7 +751,8 @@ impl ApiServer {
             })?;
         self.cache.note_committed(kv.mod_revision);
         crate::cache::set_resource_version(&mut obj, kv.mod_revision);
-        Ok(obj)
+        let encoded = crate::cache::with_resource_version(&kv.value, kv.mod_revision);
+        Ok((obj, encoded))
     }
 
     pub fn get(&self, t: &Target, ctx: &RequestContext) -> Result<Response<Body>, ApiError> {
@@ -894,12 +909,20 @@ impl ApiServer {
                         meta_str(&obj, "name").unwrap_or(""),
                     ));
                 }
-                obj
+                (obj, None)
             } else {
-                self.commit_create(t.rt, &key, obj).await?
+                let (obj, encoded) = self.commit_create_encoded(t.rt, &key, obj).await?;
+                (obj, Some(encoded))
             }
         };
-        let mut resp = self.respond_object(t.rt, ctx, 201, &stored);
+        let mut resp = match stored {
+            // The stored bytes are the answer when they carry the type meta (they always
+            // should: prepare_create sets it).
+            (obj, Some(encoded)) if !ctx.wants_table() && has_type_meta(t.rt, &obj) => {
+                super::bytes_response(201, "application/json", encoded.to_vec())
+            }
+            (obj, _) => self.respond_object(t.rt, ctx, 201, &obj),
+        };
         add_warnings(&mut resp, &warnings);
         Ok(resp)
     }
