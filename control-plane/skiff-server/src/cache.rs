@@ -414,6 +414,13 @@ mod tests {
     use super::*;
     use skiff_store::EmbeddedStore;
 
+    /// A fresh embedded store; the directory lives as long as the returned guard.
+    fn embedded_store() -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path().join("s.redb")).unwrap());
+        (dir, store)
+    }
+
     fn cm(name: &str, v: &str) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({"metadata": {"name": name}, "data": {"v": v}}))
             .unwrap()
@@ -423,9 +430,7 @@ mod tests {
     /// create by its revisions, and a deletion shows the cache's own last copy.
     #[tokio::test]
     async fn events_without_previous_values() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(EmbeddedStore::open(dir.path().join("s.redb")).unwrap());
+        let (_dir, store) = embedded_store();
         let key = "/registry/configmaps/ns/a";
         let created = store.create(key, cm("a", "1")).await.unwrap();
         let cache = Cache::start(store.clone()).await.unwrap();
@@ -463,9 +468,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reader_waits_for_every_answered_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(EmbeddedStore::open(dir.path().join("s.redb")).unwrap());
+        let (_dir, store) = embedded_store();
         let cache = Cache::start(store.clone()).await.unwrap();
         assert!(cache.wait_fresh().await.is_ok(), "nothing answered yet");
         let base = cache.revision();
@@ -531,9 +534,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_past_revision_is_rebuilt_from_the_history() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(EmbeddedStore::open(dir.path().join("s.redb")).unwrap());
+        let (_dir, store) = embedded_store();
         let p = "/registry/configmaps/ns/";
         for n in ["a", "b", "c", "d"] {
             store.create(&format!("{p}{n}"), cm(n, "1")).await.unwrap();

@@ -399,6 +399,21 @@ pub fn entries(obj: &Value) -> Vec<Entry> {
         .collect()
 }
 
+/// A new managedFields entry, without its `fieldsV1`.
+pub fn new_entry(
+    manager: &str,
+    operation: &str,
+    subresource: Option<&str>,
+    api_version: &str,
+    now: &str,
+) -> Value {
+    let mut v = json!({"manager": manager, "operation": operation, "apiVersion": api_version, "time": now, "fieldsType": "FieldsV1"});
+    if let Some(s) = subresource {
+        v["subresource"] = json!(s);
+    }
+    v
+}
+
 pub fn store_entries(obj: &mut Value, list: Vec<Entry>, api_version: &str, now: &str) {
     let values: Vec<Value> = list
         .into_iter()
@@ -406,10 +421,13 @@ pub fn store_entries(obj: &mut Value, list: Vec<Entry>, api_version: &str, now: 
         .map(|e| {
             let mut v = e.raw;
             if !v.is_object() || v.get("manager").is_none() {
-                v = json!({"manager": e.manager, "operation": e.operation, "apiVersion": api_version, "time": now, "fieldsType": "FieldsV1"});
-                if let Some(s) = &e.subresource {
-                    v["subresource"] = json!(s);
-                }
+                v = new_entry(
+                    &e.manager,
+                    &e.operation,
+                    e.subresource.as_deref(),
+                    api_version,
+                    now,
+                );
             }
             v["fieldsV1"] = to_fields_v1(&e.fields);
             v

@@ -443,7 +443,7 @@ fn conflict_message() -> &'static str {
 
 fn ensure_namespace_active(server: &ApiServer, ns: &str) -> Result<(), ApiError> {
     // Every create in a namespace passes here: read the phase alone, not the whole object.
-    #[derive(serde::Deserialize, Default)]
+    #[derive(serde::Deserialize)]
     struct Phase {
         phase: Option<String>,
     }
@@ -479,14 +479,9 @@ fn track_create(obj: &mut Value, rt: &ResourceType, manager: &str) {
         m.remove("managedFields");
         return;
     }
-    let entry = json!({
-        "manager": manager,
-        "operation": "Update",
-        "apiVersion": rt.api_version(),
-        "time": now_rfc3339(),
-        "fieldsType": "FieldsV1",
-        "fieldsV1": fields,
-    });
+    let mut entry =
+        managed_fields::new_entry(manager, "Update", None, &rt.api_version(), &now_rfc3339());
+    entry["fieldsV1"] = fields;
     m.insert("managedFields".into(), Value::Array(vec![entry]));
 }
 

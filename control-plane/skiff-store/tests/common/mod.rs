@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff_store::{Event, Revision, Store, StoreError};
+use skiff_store::{Event, KeyValue, Revision, Store, StoreError};
 
 /// Generates one `#[tokio::test]` per shared case. `$setup` is an async fn taking the test's
 /// name and returning
@@ -220,15 +220,21 @@ pub async fn watch_replays_backlog_then_follows_live_changes_in_order(store: Arc
     );
 }
 
+/// Creates `key` (v1), updates it (v2), deletes it: the two values and the deletion's revision.
+async fn create_update_delete(store: &Arc<dyn Store>, key: &str) -> (KeyValue, KeyValue, Revision) {
+    let created = store.create(key, b"v1".to_vec()).await.unwrap();
+    let updated = store
+        .update(key, b"v2".to_vec(), created.mod_revision)
+        .await
+        .unwrap();
+    let (_, deleted_at) = store.delete(key, None).await.unwrap();
+    (created, updated, deleted_at)
+}
+
 pub async fn watch_events_carry_previous_values(store: Arc<dyn Store>) {
     let r0 = base(&store).await;
     let mut watch = store.watch("/p/", r0).await.unwrap();
-    let created = store.create("/p/x", b"v1".to_vec()).await.unwrap();
-    let updated = store
-        .update("/p/x", b"v2".to_vec(), created.mod_revision)
-        .await
-        .unwrap();
-    let (_, deleted_at) = store.delete("/p/x", None).await.unwrap();
+    let (created, updated, deleted_at) = create_update_delete(&store, "/p/x").await;
     match recv(&mut watch).await.unwrap().unwrap() {
         Event::Put { kv, prev } => {
             assert_eq!(kv, created);
@@ -260,12 +266,7 @@ pub async fn watch_events_carry_previous_values(store: Arc<dyn Store>) {
 pub async fn watch_without_previous_still_names_every_change(store: Arc<dyn Store>) {
     let r0 = base(&store).await;
     let mut watch = store.watch_without_previous("/q/", r0).await.unwrap();
-    let created = store.create("/q/x", b"v1".to_vec()).await.unwrap();
-    let updated = store
-        .update("/q/x", b"v2".to_vec(), created.mod_revision)
-        .await
-        .unwrap();
-    let (_, deleted_at) = store.delete("/q/x", None).await.unwrap();
+    let (created, updated, deleted_at) = create_update_delete(&store, "/q/x").await;
     let event = recv(&mut watch).await.unwrap().unwrap();
     assert!(event.is_create(), "{event:?}");
     assert!(matches!(&event, Event::Put { kv, .. } if *kv == created));
