@@ -217,6 +217,20 @@ mod tests {
         );
     }
 
+    /// Runs `call` again while the exec fails with ETXTBSY: a process forked by another test
+    /// thread can hold the fresh script's write descriptor until it execs itself.
+    fn unless_text_busy<T>(mut call: impl FnMut() -> Result<T, CniError>) -> Result<T, CniError> {
+        for _ in 0..50 {
+            match call() {
+                Err(e) if e.msg.contains("Text file busy") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                other => return other,
+            }
+        }
+        call()
+    }
+
     #[test]
     fn delegate_error_object_is_passed_through() {
         use std::os::unix::fs::PermissionsExt;
@@ -234,7 +248,7 @@ mod tests {
             env: &e,
             stdin: b"{}",
         };
-        let err = ipam.add().unwrap_err();
+        let err = unless_text_busy(|| ipam.add()).unwrap_err();
         assert_eq!((err.code, err.msg.as_str()), (11, "busy"));
         assert!(!resolves_to_self("fake-ipam", &e.path));
     }
@@ -256,8 +270,8 @@ mod tests {
             env: &e,
             stdin: b"{}",
         };
-        let r = ipam.add().unwrap();
+        let r = unless_text_busy(|| ipam.add()).unwrap();
         assert_eq!(r.ips[0].address.to_string(), "10.1.0.2/24");
-        ipam.del().unwrap();
+        unless_text_busy(|| ipam.del()).unwrap();
     }
 }
